@@ -1,0 +1,157 @@
+"""``featflow <command>``: one CLI that starts every part of the system."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from featflow.settings import Settings
+
+
+def _settings(config: str | None = None) -> Settings:
+    if config:
+        os.environ["FEATFLOW_CONFIG"] = config
+    return Settings()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="YAML settings file.")
+@click.pass_context
+def main(ctx: click.Context, config: str | None) -> None:
+    """featflow: streaming features and inference. Settings come from FEATFLOW_* env vars."""
+    ctx.obj = config
+
+
+@main.command()
+@click.option("--port", default=9092, show_default=True, help="Port on 127.0.0.1.")
+def broker(port: int) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) in the foreground."""
+    from infra.broker import embedded_broker
+
+    server = embedded_broker(port).start()
+    click.echo(f"bootstrap: 127.0.0.1:{port}  (memory storage; Ctrl-C stops it)")
+    try:
+        sys.exit(server.wait())
+    except KeyboardInterrupt:
+        server.stop()
+
+
+@main.command()
+@click.pass_obj
+def init(config: str | None) -> None:
+    """Create the topics and write and register the Feast repo."""
+    from features.feast_repo import apply_repo
+    from streams.topics import ensure_topics
+
+    settings = _settings(config)
+    ensure_topics(settings)
+    apply_repo(settings)
+    click.echo(f"feast repo: {settings.feature_repo.resolve()}")
+
+
+@main.command()
+@click.option("--loglevel", default="warn", type=click.Choice(["crit", "error", "warn", "info"]))
+@click.pass_obj
+def worker(config: str | None, loglevel: str) -> None:
+    """Run a stream worker: events -> features -> Feast online and offline stores."""
+    import faust
+
+    from streams.worker import build_app
+
+    app, _ = build_app(_settings(config))
+    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+@main.command()
+@click.option("--events", "n_events", default=10_000, show_default=True)
+@click.option("--users", default=1_000, show_default=True)
+@click.option("--rate", default=0.0, show_default=True, help="Events/s; 0 = as fast as possible.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--span-s", default=3600.0, show_default=True, help="Event-time span ending now.")
+@click.option("--disorder-ms", default=0, show_default=True, help="Max event-time jitter.")
+@click.pass_obj
+def produce(
+    config: str | None,
+    n_events: int,
+    users: int,
+    rate: float,
+    seed: int,
+    span_s: float,
+    disorder_ms: int,
+) -> None:
+    """Publish synthetic events (heavy-tailed users and amounts) to the events topic."""
+    from streams.generator import generate_events
+    from streams.producer import publish
+    from streams.topics import ensure_topics
+
+    settings = _settings(config)
+    ensure_topics(settings)
+    if rate > 0:  # paced: stamps follow the wall clock as the events go out
+        span_s = n_events / rate
+    start_ms = int((time.time() - span_s) * 1000)
+    events = generate_events(
+        n_events,
+        users=users,
+        start_ms=start_ms,
+        mean_gap_ms=span_s * 1000 / max(n_events, 1),
+        seed=seed,
+        disorder_ms=disorder_ms,
+    )
+    sent = publish(settings, events.records(), rate=rate)
+    click.echo(f"published {sent} events to {settings.events_topic}")
+
+
+@main.command()
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--no-store", is_flag=True, help="Do not load the rows into the offline store.")
+@click.pass_obj
+def backfill(config: str | None, input_path: str, output_path: str, no_store: bool) -> None:
+    """Compute features over a historical events file (.parquet, .csv, .jsonl)."""
+    from features.backfill import backfill as run_backfill
+    from features.backfill import read_raw_events, write_output
+
+    settings = _settings(config)
+    raw = read_raw_events(Path(input_path))
+    result = run_backfill(raw, lateness_ms=int(settings.allowed_lateness_s * 1000))
+    rejects = write_output(result, Path(output_path))
+    click.echo(f"{result.table.num_rows} rows -> {output_path}")
+    if rejects:
+        click.echo(f"{len(result.rejected)} rejected {result.reasons()} -> {rejects}")
+    if not no_store:
+        from features.feast_repo import apply_repo
+        from features.offline import OfflineWriter
+
+        apply_repo(settings)
+        OfflineWriter(settings.offline_dir).write(result.table, tag="backfill")
+        click.echo(f"loaded into offline store {settings.offline_dir}")
+
+
+@main.command()
+@click.argument("user_ids", nargs=-1, type=int, required=True)
+@click.pass_obj
+def features(config: str | None, user_ids: tuple[int, ...]) -> None:
+    """Print users' online features, read through Feast's get_online_features."""
+    from features.reader import read_online
+
+    settings = _settings(config)
+    click.echo(read_online(settings, list(user_ids)).to_string(index=False))
+
+
+@main.command()
+@click.option("--events", "n_events", default=20_000, show_default=True)
+@click.option("--users", default=500, show_default=True)
+@click.pass_obj
+def demo(config: str | None, n_events: int, users: int) -> None:
+    """Broker + worker + synthetic producer; prints features read back through Feast."""
+    from featflow.demo import run_demo
+
+    run_demo(_settings(config), n_events=n_events, users=users)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""One settings object for every part of featflow.
+
+Values come from, in order of precedence: keyword arguments, ``FEATFLOW_*``
+environment variables, an optional YAML file (``FEATFLOW_CONFIG`` or the CLI's
+``--config``), and the defaults below. Everything that must agree between a
+producer, a worker and a reader (topic names, store locations) lives here so
+two processes started with the same environment see the same system.
+
+>>> Settings(online_store="redis://127.0.0.1:6390").online_store_kind
+'redis'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the optional YAML file named by ``FEATFLOW_CONFIG``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ is overridden; pydantic never calls this
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("FEATFLOW_CONFIG")
+        if not path:
+            return {}
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of setting names to values")
+        return data
+
+
+class Settings(BaseSettings):
+    """featflow configuration (env prefix ``FEATFLOW_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="FEATFLOW_", frozen=True, extra="forbid")
+
+    home: Path = Field(Path(".featflow"), description="Data directory: stores, checkpoints.")
+    kafka_bootstrap: str = Field(DEFAULT_BOOTSTRAP, description="Kafka bootstrap servers.")
+    online_store: str = Field("sqlite", description="'sqlite' or a redis://host:port URL.")
+
+    events_topic: str = "events"
+    topic_partitions: int = Field(8, ge=1)
+    consumer_group: str = "featflow-worker"
+
+    allowed_lateness_s: float = Field(60.0, ge=0)
+    max_future_skew_s: float = Field(86_400.0, ge=0)
+    max_record_bytes: int = Field(65_536, ge=64)
+
+    batch_max_records: int = Field(10_000, ge=1)
+    batch_max_wait_ms: int = Field(20, ge=0)
+    checkpoint_interval_s: float = Field(5.0, ge=0)
+    worker_web_port: int = Field(0, ge=0, description="faust web (/metrics); 0 disables it.")
+
+    @field_validator("online_store")
+    @classmethod
+    def _check_online_store(cls, value: str) -> str:
+        if value != "sqlite" and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("online_store must be 'sqlite' or a redis:// URL")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _YamlSource(settings_cls)
+
+    @property
+    def online_store_kind(self) -> Literal["sqlite", "redis"]:
+        return "sqlite" if self.online_store == "sqlite" else "redis"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.events_topic}.dlq"
+
+    @property
+    def feature_repo(self) -> Path:
+        return self.home / "feature_repo"
+
+    @property
+    def offline_dir(self) -> Path:
+        return self.home / "offline" / "user_txn_features"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.home / "checkpoints"

@@ -1,0 +1,66 @@
+"""Feature rows in the shapes the stores take: an Arrow table and a Feast frame.
+
+Both stream and backfill build their rows here, so the offline schema has one
+definition: ``event_id, user_id, event_timestamp, <features...>,
+kafka_partition, kafka_offset``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from features.feast_repo import JOIN_KEY, TIMESTAMP_FIELD, feast_type_name
+from features.spec import FeatureSpec
+
+
+def _feature_column(spec: FeatureSpec, values: np.ndarray) -> np.ndarray:
+    # Counts are exact integers held in float64 by the kernels; store them as int64.
+    if feast_type_name(spec) == "Int64":
+        return values.astype(np.int64)
+    return values
+
+
+def offline_table(
+    specs: Sequence[FeatureSpec],
+    *,
+    event_id: Sequence[str],
+    user_id: np.ndarray,
+    event_time_ms: np.ndarray,
+    features: np.ndarray,
+    partition: np.ndarray,
+    offset: np.ndarray,
+) -> pa.Table:
+    """One row per accepted event, as written to the offline parquet store."""
+    columns: dict[str, pa.Array] = {
+        "event_id": pa.array(event_id, type=pa.string()),
+        JOIN_KEY: pa.array(user_id, type=pa.int64()),
+        TIMESTAMP_FIELD: pa.array(event_time_ms, type=pa.timestamp("ms", tz="UTC")),
+    }
+    for j, spec in enumerate(specs):
+        columns[spec.name] = pa.array(_feature_column(spec, features[:, j]))
+    columns["kafka_partition"] = pa.array(partition, type=pa.int32())
+    columns["kafka_offset"] = pa.array(offset, type=pa.int64())
+    return pa.table(columns)
+
+
+def online_frame(
+    specs: Sequence[FeatureSpec],
+    *,
+    user_id: np.ndarray,
+    event_time_ms: np.ndarray,
+    features: np.ndarray,
+) -> pd.DataFrame:
+    """Rows for Feast's online write: join key, event timestamp and features."""
+    frame = pd.DataFrame(
+        {
+            JOIN_KEY: user_id.astype(np.int64),
+            TIMESTAMP_FIELD: pd.to_datetime(event_time_ms, unit="ms", utc=True),
+        }
+    )
+    for j, spec in enumerate(specs):
+        frame[spec.name] = _feature_column(spec, features[:, j])
+    return frame

@@ -1,0 +1,1 @@
+"""Embedded servers (Kafka-compatible broker, Redis) and deployment material."""

@@ -1,0 +1,46 @@
+"""Dead letters: records featflow refused, with the reason, never dropped silently.
+
+A dead letter keeps the original key and value bytes untouched (so it can be
+replayed after a fix) and carries the reason and its source coordinates in
+Kafka headers, the convention Kafka Connect uses for its DLQs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a record was refused. Values are stable: dashboards count by them."""
+
+    MALFORMED_JSON = "malformed_json"
+    SCHEMA = "schema"
+    OUT_OF_RANGE = "out_of_range"
+    BAD_TIMESTAMP = "bad_timestamp"
+    TOO_OLD = "timestamp_before_2000"
+    IN_FUTURE = "timestamp_in_future"
+    OVERSIZED = "oversized"
+    BAD_KEY = "bad_key"
+    LATE = "late"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: Reason
+    detail: str
+    value: bytes | None
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """Kafka headers that explain this dead letter."""
+        return [
+            ("featflow.reason", self.reason.value.encode()),
+            ("featflow.detail", self.detail.encode()),
+            ("featflow.source.topic", self.topic.encode()),
+            ("featflow.source.partition", str(self.partition).encode()),
+            ("featflow.source.offset", str(self.offset).encode()),
+        ]

@@ -1,0 +1,48 @@
+"""Publishing events with kafka-python: what any producer of featflow does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from kafka import KafkaProducer
+
+from featflow.settings import Settings
+
+
+def make_producer(settings: Settings) -> KafkaProducer:
+    # acks=all and no idempotence: the embedded broker (Tansu) does not support
+    # idempotent producers; retries may duplicate, which offsets make visible.
+    return KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        linger_ms=5,
+        batch_size=256 * 1024,
+        enable_idempotence=False,
+    )
+
+
+def publish(
+    settings: Settings,
+    records: Iterable[tuple[bytes, bytes]],
+    *,
+    topic: str | None = None,
+    rate: float = 0.0,
+) -> int:
+    """Send (key, value) records; ``rate`` > 0 paces them in events/s. Returns the count."""
+    producer = make_producer(settings)
+    topic = topic or settings.events_topic
+    sent = 0
+    start = time.monotonic()
+    try:
+        for key, value in records:
+            producer.send(topic, key=key, value=value)
+            sent += 1
+            if rate > 0 and sent % 100 == 0:
+                ahead = sent / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+        producer.flush()
+    finally:
+        producer.close()
+    return sent
