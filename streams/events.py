@@ -93,7 +93,7 @@ def _classify(exc: msgspec.MsgspecError) -> Reason:
     text = str(exc)
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
         return Reason.MALFORMED_JSON
-    if "RFC3339" in text or "datetime" in text or "`event_time`" in text:
+    if text.endswith("`$.event_time`"):
         return Reason.BAD_TIMESTAMP
     if "<=" in text or ">=" in text or "out of range" in text:
         return Reason.OUT_OF_RANGE

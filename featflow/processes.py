@@ -1,0 +1,62 @@
+"""Starting featflow components as child processes with a given ``Settings``.
+
+The demo, the tests and the benchmarks all start workers the same way: the
+child gets the parent's settings as ``FEATFLOW_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from featflow.settings import Settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``os.environ`` plus every setting as a ``FEATFLOW_*`` variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATFLOW_")}
+    for name, value in settings.model_dump().items():
+        env[f"FEATFLOW_{name.upper()}"] = str(value)
+    return env
+
+
+def start_worker(settings: Settings, log_path: Path | None = None) -> subprocess.Popen[bytes]:
+    """``featflow worker`` in a child process (its output goes to ``log_path``)."""
+    log = open(log_path, "ab") if log_path else None  # noqa: SIM115 (owned by the child)
+    return subprocess.Popen(
+        [sys.executable, "-m", "featflow.cli", "worker"],
+        env=settings_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT if log else None,
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM (a clean faust shutdown writes final checkpoints), then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_caught_up(
+    settings: Settings, workers: list[subprocess.Popen[bytes]], timeout: float
+) -> float:
+    """Block until the group has checkpointed every event; returns seconds waited."""
+    from streams.lag import group_lag
+
+    start = time.monotonic()
+    while (lag := group_lag(settings)) > 0:
+        dead = [w for w in workers if w.poll() is not None]
+        if dead:
+            raise RuntimeError(f"worker pid {dead[0].pid} exited with {dead[0].returncode}")
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"workers still {lag} events behind after {timeout}s")
+        time.sleep(0.2)
+    return time.monotonic() - start

@@ -1,0 +1,45 @@
+"""Real servers for the integration suites: a Tansu broker and a Redis server.
+
+Both start once per session on free ports and are stopped at the end. A server
+that cannot start fails the tests that need it; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from featflow.settings import Settings
+from infra.broker import embedded_broker
+from infra.redis_server import embedded_redis
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with embedded_broker(log_path=log) as broker:
+        yield f"127.0.0.1:{broker.port}"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("redis") / "redis.log"
+    with embedded_redis(log_path=log) as server:
+        yield f"redis://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
+    """Settings isolated per test: own home, topic and consumer group on the shared broker."""
+    tag = uuid.uuid4().hex[:8]
+    return Settings(
+        home=tmp_path / "home",
+        kafka_bootstrap=kafka_bootstrap,
+        events_topic=f"events_{tag}",
+        consumer_group=f"workers_{tag}",
+        topic_partitions=4,
+        checkpoint_interval_s=0.5,
+    )

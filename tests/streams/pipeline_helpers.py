@@ -1,0 +1,75 @@
+"""Shared steps of the end-to-end suites: publish, run workers, read back, compute the oracle."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from kafka import KafkaConsumer
+
+from featflow.settings import Settings
+from features.spec import DEFAULT_FEATURES
+from streams.generator import GeneratedEvents, generate_events
+from tests.features.oracle import Stream, pandas_oracle
+
+FEATURE_NAMES = [s.name for s in DEFAULT_FEATURES]
+
+
+@dataclass(frozen=True)
+class Expected:
+    """Oracle feature rows, one per generated event (publication order)."""
+
+    events: GeneratedEvents
+    features: np.ndarray  # [n, F]
+
+    def frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame(self.features, columns=FEATURE_NAMES)
+        frame.insert(0, "event_id", self.events.event_id)
+        frame.insert(1, "user_id", self.events.user_id)
+        frame.insert(2, "event_time_ms", self.events.event_time_ms)
+        return frame
+
+    def latest_per_user(self) -> pd.DataFrame:
+        """The row the online store must hold: each user's newest (and last-published) event."""
+        frame = self.frame()
+        return frame.groupby("user_id", sort=True).tail(1).set_index("user_id").sort_index()
+
+
+def make_events(n: int, users: int, seed: int, hours: float = 6.0) -> GeneratedEvents:
+    span_ms = hours * 3_600_000
+    start_ms = int(time.time() * 1000 - span_ms)
+    return generate_events(n, users=users, start_ms=start_ms, mean_gap_ms=span_ms / n, seed=seed)
+
+
+def oracle(events: GeneratedEvents) -> Expected:
+    stream = Stream(events.user_id, events.event_time_ms, events.amount, events.merchant_id)
+    return Expected(events, pandas_oracle(stream, DEFAULT_FEATURES))
+
+
+def read_dead_letters(settings: Settings, expected: int, timeout: float = 30.0) -> list[dict]:
+    """Every record on the DLQ topic, with its headers decoded."""
+    consumer = KafkaConsumer(
+        settings.dlq_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=2000,
+    )
+    out: list[dict] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < expected and time.monotonic() < deadline:
+            for message in consumer:
+                headers = {k: v.decode() for k, v in message.headers}
+                out.append({"key": message.key, "value": message.value, **headers})
+    finally:
+        consumer.close()
+    return out
+
+
+def read_offline(settings: Settings) -> pd.DataFrame:
+    """All offline rows, replayed duplicates dropped by (partition, offset)."""
+    frame = pd.read_parquet(settings.offline_dir)
+    return frame.drop_duplicates(["kafka_partition", "kafka_offset"]).reset_index(drop=True)
