@@ -54,7 +54,12 @@ def init(config: str | None) -> None:
 
 
 @main.command()
-@click.option("--loglevel", default="warn", type=click.Choice(["crit", "error", "warn", "info"]))
+@click.option(
+    "--loglevel",
+    default="warn",
+    envvar="FEATFLOW_LOGLEVEL",
+    type=click.Choice(["crit", "error", "warn", "info"]),
+)
 @click.pass_obj
 def worker(config: str | None, loglevel: str) -> None:
     """Run a stream worker: events -> features -> Feast online and offline stores."""

@@ -18,6 +18,7 @@ from featflow.settings import Settings
 def settings_env(settings: Settings) -> dict[str, str]:
     """``os.environ`` plus every setting as a ``FEATFLOW_*`` variable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEATFLOW_")}
+    env["FEATFLOW_LOGLEVEL"] = os.environ.get("FEATFLOW_LOGLEVEL", "warn")
     for name, value in settings.model_dump().items():
         env[f"FEATFLOW_{name.upper()}"] = str(value)
     return env

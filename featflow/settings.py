@@ -20,6 +20,8 @@ import yaml
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from features.spec import DEFAULT_LATENESS_MS
+
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
@@ -52,12 +54,13 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(8, ge=1)
     consumer_group: str = "featflow-worker"
 
-    allowed_lateness_s: float = Field(60.0, ge=0)
+    allowed_lateness_s: float = Field(DEFAULT_LATENESS_MS / 1000, ge=0)
     max_future_skew_s: float = Field(86_400.0, ge=0)
     max_record_bytes: int = Field(65_536, ge=64)
 
     batch_max_records: int = Field(10_000, ge=1)
     batch_max_wait_ms: int = Field(20, ge=0)
+    group_session_timeout_s: float = Field(6.0, gt=0, description="Consumer group liveness.")
     checkpoint_interval_s: float = Field(5.0, ge=0)
     worker_web_port: int = Field(0, ge=0, description="faust web (/metrics); 0 disables it.")
 

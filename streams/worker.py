@@ -123,6 +123,11 @@ class FeatureWorker:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            # A SIGKILLed member must leave the group quickly: the broker waits up to
+            # the rebalance timeout for members to rejoin (Tansu waits all of it).
+            session_timeout_ms=int(settings.group_session_timeout_s * 1000),
+            heartbeat_interval_ms=max(int(settings.group_session_timeout_s * 1000) // 6, 100),
+            rebalance_timeout_ms=int(settings.group_session_timeout_s * 2000),
             fetch_max_wait_ms=max(settings.batch_max_wait_ms, 1),
         )
         self._consumer.subscribe([settings.events_topic], listener=_Rebalance(self))
@@ -207,6 +212,9 @@ def build_app(settings: Settings, specs: Sequence[FeatureSpec] = DEFAULT_FEATURE
         web_port=max(settings.worker_web_port, 1),
         web_host="127.0.0.1",
         topic_disable_leader=True,
+        broker_session_timeout=settings.group_session_timeout_s,
+        broker_heartbeat_interval=max(settings.group_session_timeout_s / 6, 0.1),
+        broker_rebalance_timeout=settings.group_session_timeout_s * 2,
     )
     worker = FeatureWorker(settings, specs)
 

@@ -1,0 +1,1 @@
+"""Feature specs, Numba window kernels and per-partition state."""

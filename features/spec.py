@@ -1,0 +1,219 @@
+"""Declarative feature specs: the single source of truth for feature names and semantics.
+
+The stream worker, the batch backfill, generated docs and the Feast feature view all read
+``DEFAULT_FEATURES``; the kernels are generic over the spec list (they dispatch on integer
+codes derived from it), so adding a feature is a one-line change to that tuple.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+Agg = Literal["count", "sum", "mean", "std", "max", "min", "distinct", "since_last", "ewm_mean"]
+Column = Literal["amount", "merchant_id"]
+
+SECOND_MS = 1_000
+MINUTE_MS = 60 * SECOND_MS
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+
+AGGS: tuple[str, ...] = get_args(Agg)
+COLUMNS: tuple[str, ...] = get_args(Column)
+
+# Aggregations over the sliding window (t - window_ms, t]; these set how much history the
+# per-entity state must retain. ``ewm_mean`` uses window_ms as a halflife and needs no history.
+WINDOWED_AGGS: frozenset[str] = frozenset({"count", "sum", "mean", "std", "max", "min", "distinct"})
+
+# Which input column each aggregation may read. Kept as a table (not if/else in the kernels)
+# so that widening e.g. ``distinct`` to another column is a data change plus a kernel test.
+_ALLOWED_COLUMNS: dict[str, tuple[str | None, ...]] = {
+    "count": (None,),
+    "since_last": (None,),
+    "sum": ("amount",),
+    "mean": ("amount",),
+    "std": ("amount",),
+    "max": ("amount",),
+    "min": ("amount",),
+    "ewm_mean": ("amount",),
+    "distinct": ("merchant_id",),
+}
+
+# Names become Feast fields / parquet columns, so keep them boring and portable.
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+# Default allowed lateness (per entity) shared by stream and backfill; both must use the same
+# value or their outputs diverge.
+DEFAULT_LATENESS_MS = 60 * SECOND_MS
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureSpec:
+    """One output feature: ``agg`` of ``column`` over a sliding event-time window.
+
+    ``window_ms`` is the sliding window length, the halflife for ``ewm_mean`` and ``None``
+    for ``since_last``. Validated on construction so a bad spec fails at import time,
+    not deep inside a Numba kernel.
+    """
+
+    name: str
+    agg: Agg
+    column: Column | None
+    window_ms: int | None
+    description: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise ValueError(
+                f"feature name {self.name!r} must match {_NAME_RE.pattern} (used as a column name)"
+            )
+        if self.agg not in _ALLOWED_COLUMNS:
+            raise ValueError(f"{self.name}: unknown agg {self.agg!r}; expected one of {AGGS}")
+        allowed = _ALLOWED_COLUMNS[self.agg]
+        if self.column not in allowed:
+            if allowed == (None,):
+                raise ValueError(
+                    f"{self.name}: agg {self.agg!r} takes no column, got {self.column!r}"
+                )
+            raise ValueError(
+                f"{self.name}: agg {self.agg!r} requires column in {allowed}, got {self.column!r}"
+            )
+        if self.agg == "since_last":
+            if self.window_ms is not None:
+                raise ValueError(
+                    f"{self.name}: since_last takes no window_ms, got {self.window_ms!r}"
+                )
+        elif (
+            isinstance(self.window_ms, bool)
+            or not isinstance(self.window_ms, int)
+            or self.window_ms <= 0
+        ):
+            what = "halflife" if self.agg == "ewm_mean" else "window"
+            raise ValueError(
+                f"{self.name}: {self.agg} needs a positive integer {what} in window_ms, "
+                f"got {self.window_ms!r}"
+            )
+        if not isinstance(self.description, str) or not self.description.strip():
+            raise ValueError(f"{self.name}: description must be a non-empty string")
+        if "\n" in self.description:
+            raise ValueError(f"{self.name}: description must be a single line")
+
+
+def validate_specs(specs: Iterable[FeatureSpec]) -> tuple[FeatureSpec, ...]:
+    """Check a spec list as a whole (non-empty, all FeatureSpec, unique names); return a tuple."""
+    out = tuple(specs)
+    if not out:
+        raise ValueError("at least one FeatureSpec is required")
+    for s in out:
+        if not isinstance(s, FeatureSpec):
+            raise ValueError(f"expected FeatureSpec, got {type(s).__name__}: {s!r}")
+    names = [s.name for s in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"duplicate feature names: {dupes}")
+    return out
+
+
+def feature_names(specs: Sequence[FeatureSpec]) -> tuple[str, ...]:
+    """Output column names, in spec order (the column order of the kernel's feature matrix)."""
+    return tuple(s.name for s in specs)
+
+
+def max_window_ms(specs: Iterable[FeatureSpec]) -> int:
+    """Longest sliding window (ms) among windowed specs; 0 if none.
+
+    Together with the allowed lateness this bounds per-entity history retention.
+    """
+    return max((s.window_ms or 0 for s in specs if s.agg in WINDOWED_AGGS), default=0)
+
+
+def spec_fingerprint(specs: Sequence[FeatureSpec]) -> list[list[object]]:
+    """JSON-able identity of a spec list (everything that changes kernel output)."""
+    return [[s.name, s.agg, s.column, s.window_ms] for s in specs]
+
+
+DEFAULT_FEATURES: tuple[FeatureSpec, ...] = validate_specs(
+    (
+        FeatureSpec(
+            name="txn_count_5m",
+            agg="count",
+            column=None,
+            window_ms=5 * MINUTE_MS,
+            description="Number of the user's transactions in the last 5 minutes (incl. this one).",
+        ),
+        FeatureSpec(
+            name="txn_count_1h",
+            agg="count",
+            column=None,
+            window_ms=HOUR_MS,
+            description="Number of the user's transactions in the last hour (incl. this one).",
+        ),
+        FeatureSpec(
+            name="txn_count_24h",
+            agg="count",
+            column=None,
+            window_ms=DAY_MS,
+            description="Number of the user's transactions in the last 24 hours (incl. this one).",
+        ),
+        FeatureSpec(
+            name="amount_sum_1h",
+            agg="sum",
+            column="amount",
+            window_ms=HOUR_MS,
+            description="Sum of the user's transaction amounts in the last hour.",
+        ),
+        FeatureSpec(
+            name="amount_sum_24h",
+            agg="sum",
+            column="amount",
+            window_ms=DAY_MS,
+            description="Sum of the user's transaction amounts in the last 24 hours.",
+        ),
+        FeatureSpec(
+            name="amount_mean_24h",
+            agg="mean",
+            column="amount",
+            window_ms=DAY_MS,
+            description="Mean of the user's transaction amounts in the last 24 hours.",
+        ),
+        FeatureSpec(
+            name="amount_std_24h",
+            agg="std",
+            column="amount",
+            window_ms=DAY_MS,
+            description="Population std (ddof=0) of the user's amounts in the last 24 hours; "
+            "0.0 for a single transaction.",
+        ),
+        FeatureSpec(
+            name="amount_max_1h",
+            agg="max",
+            column="amount",
+            window_ms=HOUR_MS,
+            description="Largest transaction amount of the user in the last hour.",
+        ),
+        FeatureSpec(
+            name="merchant_distinct_24h",
+            agg="distinct",
+            column="merchant_id",
+            window_ms=DAY_MS,
+            description="Number of distinct merchants the user paid in the last 24 hours.",
+        ),
+        FeatureSpec(
+            name="seconds_since_last_txn",
+            agg="since_last",
+            column=None,
+            window_ms=None,
+            description="Seconds since the user's previous transaction; -1.0 for the first.",
+        ),
+        FeatureSpec(
+            name="amount_ewm_mean_1h",
+            agg="ewm_mean",
+            column="amount",
+            window_ms=HOUR_MS,
+            description="Exponentially weighted mean of the user's amounts, halflife 1 hour "
+            "(event-time decay).",
+        ),
+    )
+)

@@ -1,0 +1,343 @@
+"""Per-partition window state with a river-style ``update`` API.
+
+One :class:`WindowState` per Kafka partition (or per backfill shard). It owns the dense-id
+table, the per-entity arrays and the history arena used by :mod:`features.kernels`, grows
+them as needed, and snapshots only live data. Validation lives here so the kernels can stay
+plain loops.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from features import kernels as K
+from features.spec import (
+    DEFAULT_FEATURES,
+    DEFAULT_LATENESS_MS,
+    FeatureSpec,
+    feature_names,
+    spec_fingerprint,
+    validate_specs,
+)
+
+SNAPSHOT_VERSION = 1
+# Times are bounded so that t - lateness - window can never overflow int64 in the kernel.
+_MAX_ABS_TIME_MS = 1 << 60
+# Bytes per entry of the numba typed dict, measured (76 MB RSS for 1M int64 -> int64).
+_ID_TABLE_BYTES_PER_ENTRY = 80
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Output of :meth:`WindowState.update`, row-aligned with the input batch."""
+
+    features: np.ndarray  # float64 [n, F]; NaN rows for late events
+    late: np.ndarray  # bool [n]; caller dead-letters these
+    latest_mask: np.ndarray  # bool [n]; rows to write to the online store
+    entity_max_time_ms: np.ndarray  # int64 [n]; the row's entity max event time after the batch
+
+
+def _trimmed_caps(lengths: np.ndarray, min_seg: int) -> np.ndarray:
+    """Block capacity after compaction/restore: ~12% slack, so a trimmed block takes a few
+    inserts before relocating (1.5x) again; empty entities give their block back entirely.
+
+    Slack trades memory for compaction frequency: at 1M users x 20 events, 25% slack cost
+    ~70 MiB more for ~5% higher update throughput while all users grow (measured by hand).
+    """
+    return np.where(lengths > 0, np.maximum(lengths + (lengths >> 3) + 1, min_seg), 0).astype(
+        np.int64
+    )
+
+
+def _as_1d(name: str, arr: object, dtype: type[np.generic]) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.dtype != dtype:
+        if a.size and not np.can_cast(a.dtype, dtype, casting="safe"):
+            raise TypeError(f"{name} must be {np.dtype(dtype).name}, got {a.dtype}")
+        a = a.astype(dtype)
+    return np.ascontiguousarray(a)
+
+
+class WindowState:
+    """Sliding-window feature state for the entities of one partition.
+
+    Results depend only on the event sequence (not on batch sizes, arena sizes or
+    snapshot/restore points), which is what lets stream and backfill agree exactly.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[FeatureSpec] = DEFAULT_FEATURES,
+        *,
+        lateness_ms: int = DEFAULT_LATENESS_MS,
+        initial_entities: int = 1024,
+        initial_arena: int = 1 << 16,
+        min_segment: int = 4,
+    ) -> None:
+        if isinstance(lateness_ms, bool) or not isinstance(lateness_ms, int) or lateness_ms < 0:
+            raise ValueError(f"lateness_ms must be a non-negative int, got {lateness_ms!r}")
+        if initial_entities < 1 or initial_arena < 1 or min_segment < 1:
+            raise ValueError("initial_entities, initial_arena and min_segment must be >= 1")
+        self._specs = validate_specs(specs)
+        self._enc = K.encode_specs(self._specs)
+        self._lateness_ms = lateness_ms
+        self._min_seg = int(min_segment)
+        self._n = 0
+        self._table = K.new_id_table()
+        self._keys = np.empty(initial_entities, dtype=np.int64)
+        self._seg = self._new_seg(initial_entities)
+        self._ewm = np.zeros((initial_entities, 2 * len(self._enc.halflife)), dtype=np.float64)
+        self._arena_t = np.empty(initial_arena, dtype=np.int64)
+        self._arena_a = np.empty(initial_arena, dtype=np.float64)
+        self._arena_m = np.empty(initial_arena, dtype=np.int64)
+        self._meta = np.zeros(K.META_SIZE, dtype=np.int64)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def specs(self) -> tuple[FeatureSpec, ...]:
+        return self._specs
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return feature_names(self._specs)
+
+    @property
+    def lateness_ms(self) -> int:
+        return self._lateness_ms
+
+    @property
+    def n_entities(self) -> int:
+        return self._n
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate state memory: arrays (incl. arena slack) + id-table estimate."""
+        arrays = (self._keys, self._seg, self._ewm, self._arena_t, self._arena_a, self._arena_m)
+        return sum(a.nbytes for a in arrays) + self._n * _ID_TABLE_BYTES_PER_ENTRY
+
+    @property
+    def n_live_rows(self) -> int:
+        """Retained history rows over all entities."""
+        return int(self._seg[: self._n, K.LEN].sum())
+
+    # ------------------------------------------------------------------ update
+
+    def update(
+        self,
+        user_ids: np.ndarray,
+        times_ms: np.ndarray,
+        amounts: np.ndarray,
+        merchants: np.ndarray,
+    ) -> BatchResult:
+        """Apply a batch in arrival order and return one feature row per event.
+
+        ``latest_mask`` marks, per user, the accepted row that is the last-arrived row with
+        the user's max event time as of the end of the batch, so an online store written
+        only with those rows is never overwritten by an older event. Rows with a time equal
+        to a previous batch's max are newer in arrival order and are marked too.
+        """
+        users = _as_1d("user_ids", user_ids, np.int64)
+        times = _as_1d("times_ms", times_ms, np.int64)
+        amts = _as_1d("amounts", amounts, np.float64)
+        mers = _as_1d("merchants", merchants, np.int64)
+        n = users.shape[0]
+        if not (times.shape[0] == amts.shape[0] == mers.shape[0] == n):
+            raise ValueError(
+                "user_ids, times_ms, amounts, merchants must have equal lengths, got "
+                f"{n}, {times.shape[0]}, {amts.shape[0]}, {mers.shape[0]}"
+            )
+        if n and (times.min() <= -_MAX_ABS_TIME_MS or times.max() >= _MAX_ABS_TIME_MS):
+            raise ValueError("times_ms out of range (|t| must be < 2**60 ms)")
+        if n and not np.isfinite(amts).all():
+            raise ValueError("amounts must be finite (NaN/inf would poison window sums)")
+
+        self._ensure_entities(self._n + n)
+        ent = np.empty(n, dtype=np.int64)
+        self._n = K.assign_dense_ids(self._table, users, self._keys, self._n, ent)
+
+        enc = self._enc
+        out = np.empty((n, len(self._specs)), dtype=np.float64)
+        late = np.zeros(n, dtype=np.bool_)
+        i = 0
+        while True:
+            i = K.process_events(
+                ent, times, amts, mers, i,
+                enc.agg, enc.col, enc.win_id, enc.uwin, enc.slot, enc.halflife,
+                self._lateness_ms, enc.retention_ms, self._min_seg,
+                self._seg, self._ewm, self._arena_t, self._arena_a, self._arena_m,
+                self._meta, out, late,
+            )  # fmt: skip
+            if i >= n:
+                break
+            self._make_room(int(self._meta[K.META_REQUEST]))
+
+        tmax_after = self._seg[ent, K.TMAX]
+        accepted_at_max = np.flatnonzero(~late & (times == tmax_after))
+        latest = np.zeros(n, dtype=np.bool_)
+        if accepted_at_max.size:
+            rev = accepted_at_max[::-1]
+            _, first_in_rev = np.unique(ent[rev], return_index=True)
+            latest[rev[first_in_rev]] = True
+        return BatchResult(
+            features=out, late=late, latest_mask=latest, entity_max_time_ms=tmax_after
+        )
+
+    # ------------------------------------------------------------------ memory management
+
+    @staticmethod
+    def _new_seg(n: int) -> np.ndarray:
+        seg = np.zeros((n, K.SEG_COLS), dtype=np.int64)
+        seg[:, K.TMAX] = K.NO_TIME
+        seg[:, K.EVICTED] = K.NO_TIME
+        return seg
+
+    def _ensure_entities(self, needed: int) -> None:
+        cap = self._seg.shape[0]
+        if needed <= cap:
+            return
+        new = max(needed, cap * 2)
+        seg = self._new_seg(new)
+        seg[:cap] = self._seg
+        ewm = np.zeros((new, self._ewm.shape[1]), dtype=np.float64)
+        ewm[:cap] = self._ewm
+        keys = np.empty(new, dtype=np.int64)
+        keys[:cap] = self._keys
+        self._seg, self._ewm, self._keys = seg, ewm, keys
+
+    def compact(self) -> None:
+        """Drop dead arena space in place and trim block slack to ~12% (never grows a block)."""
+        seg = self._seg[: self._n]
+        length = seg[:, K.LEN]
+        cap = seg[:, K.CAP]
+        new_cap = np.minimum(cap, _trimmed_caps(length, self._min_seg))
+        order = np.flatnonzero(cap > 0)
+        order = order[np.argsort(seg[order, K.BASE])].astype(np.int64)  # bases are unique
+        used = K.compact_arena(
+            self._seg, order, new_cap.astype(np.int64), self._arena_t, self._arena_a, self._arena_m
+        )
+        self._meta[K.META_USED] = used
+        self._meta[K.META_GARBAGE] = 0
+
+    def _make_room(self, request: int) -> None:
+        """Called when a block of ``request`` rows did not fit: compact, then grow if tight."""
+        self.compact()
+        used = int(self._meta[K.META_USED])
+        size = self._arena_t.shape[0]
+        if size - used < max(request, used >> 2):
+            new_size = used + max(request, used >> 1, 1024)
+            # in-place realloc: no views of the arena are held anywhere
+            for a in (self._arena_t, self._arena_a, self._arena_m):
+                a.resize(new_size, refcheck=False)
+
+    # ------------------------------------------------------------------ snapshot
+
+    def snapshot(self) -> bytes:
+        """Serialize live state only (no arena slack); restorable with the same specs."""
+        n = self._n
+        seg = self._seg[:n]
+        lengths = seg[:, K.LEN].copy()
+        total = int(lengths.sum())
+        hist_t = np.empty(total, dtype=np.int64)
+        hist_a = np.empty(total, dtype=np.float64)
+        hist_m = np.empty(total, dtype=np.int64)
+        K.gather_live(
+            self._seg, n, self._arena_t, self._arena_a, self._arena_m, hist_t, hist_a, hist_m
+        )
+        header = {
+            "version": SNAPSHOT_VERSION,
+            "specs": spec_fingerprint(self._specs),
+            "lateness_ms": self._lateness_ms,
+            "min_segment": self._min_seg,
+        }
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            header=np.array(json.dumps(header)),
+            keys=self._keys[:n],
+            tmax=seg[:, K.TMAX].copy(),
+            evicted=seg[:, K.EVICTED].copy(),
+            lengths=lengths,
+            ewm=self._ewm[:n],
+            hist_t=hist_t,
+            hist_a=hist_a,
+            hist_m=hist_m,
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def restore(
+        cls,
+        data: bytes,
+        specs: Sequence[FeatureSpec] = DEFAULT_FEATURES,
+        *,
+        lateness_ms: int | None = None,
+    ) -> WindowState:
+        """Rebuild a state from :meth:`snapshot`; ``specs`` must equal the snapshot's specs.
+
+        The snapshot's lateness is kept (retention was sized for it); pass ``lateness_ms`` to
+        assert it matches the caller's configuration instead of silently diverging.
+        """
+        specs = validate_specs(specs)
+        try:
+            z = np.load(io.BytesIO(data), allow_pickle=False)
+            header = json.loads(str(z["header"]))
+        except Exception as exc:  # corrupt/foreign bytes: fail with context
+            raise ValueError(f"not a WindowState snapshot: {exc}") from exc
+        if header.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(
+                f"snapshot format version {header.get('version')!r} != {SNAPSHOT_VERSION}"
+            )
+        if header["specs"] != spec_fingerprint(specs):
+            have = [s[0] for s in header["specs"]]
+            raise ValueError(
+                "snapshot was taken with different feature specs; refusing to restore "
+                f"(snapshot: {have}, requested: {list(feature_names(specs))})"
+            )
+        if lateness_ms is not None and lateness_ms != header["lateness_ms"]:
+            raise ValueError(
+                f"snapshot lateness_ms={header['lateness_ms']} != requested {lateness_ms}; "
+                "changing lateness needs a replay from a fresh state"
+            )
+        keys = z["keys"]
+        n = keys.shape[0]
+        lengths = z["lengths"]
+        total = int(lengths.sum())
+        min_seg = int(header["min_segment"])
+        caps = _trimmed_caps(lengths, min_seg)
+        arena_size = max(int(caps.sum()) * 5 // 4, 1024)
+        st = cls(
+            specs,
+            lateness_ms=int(header["lateness_ms"]),
+            initial_entities=max(n, 1),
+            initial_arena=arena_size,
+            min_segment=min_seg,
+        )
+        st._n = n
+        st._keys[:n] = keys
+        K.fill_id_table(st._table, st._keys[:n])
+        seg = st._seg
+        seg[:n, K.TMAX] = z["tmax"]
+        seg[:n, K.EVICTED] = z["evicted"]
+        seg[:n, K.LEN] = lengths
+        seg[:n, K.CAP] = caps
+        seg[:n, K.HEAD] = 0
+        bases = np.concatenate(([0], np.cumsum(caps)[:-1])) if n else np.zeros(0, np.int64)
+        seg[:n, K.BASE] = bases
+        st._ewm[:n] = z["ewm"]
+        # scatter contiguous history into the blocks
+        if total:
+            starts = np.repeat(bases - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+            dest = np.arange(total, dtype=np.int64) + starts
+            st._arena_t[dest] = z["hist_t"]
+            st._arena_a[dest] = z["hist_a"]
+            st._arena_m[dest] = z["hist_m"]
+        st._meta[K.META_USED] = int(caps.sum())
+        return st

@@ -1,0 +1,91 @@
+"""SIGKILL the worker mid-stream, restart it: features end exactly as an uninterrupted run.
+
+Also covers rebalance: a second worker joins the group mid-stream and takes
+over partitions together with their checkpointed state.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+from featflow.processes import start_worker, stop_process, wait_caught_up
+from featflow.settings import Settings
+from features.reader import read_online
+from streams.lag import group_lag
+from streams.producer import publish
+from streams.topics import ensure_topics
+from tests.streams.pipeline_helpers import (
+    FEATURE_NAMES,
+    Expected,
+    make_events,
+    oracle,
+    read_offline,
+)
+
+
+def _wait_progress(settings: Settings, total: int, fraction: float, timeout: float = 120) -> None:
+    """Until the group has checkpointed at least ``fraction`` of the events."""
+    deadline = time.monotonic() + timeout
+    while group_lag(settings) > total * (1 - fraction):
+        assert time.monotonic() < deadline, "worker made no progress"
+        time.sleep(0.05)
+
+
+def _check(settings: Settings, expected: Expected) -> None:
+    latest = expected.latest_per_user()
+    got = read_online(settings, latest.index.tolist()).set_index("user_id")
+    np.testing.assert_allclose(
+        got[FEATURE_NAMES].to_numpy(float), latest[FEATURE_NAMES].to_numpy(float), rtol=1e-9
+    )
+    offline = read_offline(settings)
+    # Exactly one row per event once replays are dropped: none lost, none double counted.
+    assert sorted(offline["event_id"]) == sorted(expected.events.event_id)
+    rows = offline.set_index("event_id").loc[expected.events.event_id]
+    np.testing.assert_allclose(rows[FEATURE_NAMES].to_numpy(float), expected.features, rtol=1e-9)
+
+
+def test_sigkill_mid_stream_then_restart(settings: Settings, tmp_path: Path) -> None:
+    events = make_events(12_000, users=400, seed=11)
+    expected = oracle(events)
+    ensure_topics(settings)
+    publish(settings, events.records())
+
+    log = tmp_path / "worker.log"
+    for fraction in (0.25, 0.6):  # kill twice, at different points
+        worker = start_worker(settings, log)
+        _wait_progress(settings, len(events), fraction)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    worker = start_worker(settings, log)
+    try:
+        wait_caught_up(settings, [worker], timeout=180)
+    finally:
+        stop_process(worker)
+    _check(settings, expected)
+
+
+def test_second_worker_takes_partitions_with_their_state(
+    settings: Settings, tmp_path: Path
+) -> None:
+    events = make_events(12_000, users=400, seed=12)
+    expected = oracle(events)
+    ensure_topics(settings)
+    half = len(events) // 2
+    records = list(events.records())
+    publish(settings, records[:half])
+    first = start_worker(settings, tmp_path / "w1.log")
+    second = None
+    try:
+        _wait_progress(settings, half, 0.5)
+        second = start_worker(settings, tmp_path / "w2.log")
+        publish(settings, records[half:])
+        wait_caught_up(settings, [first, second], timeout=180)
+    finally:
+        stop_process(first)
+        if second is not None:
+            stop_process(second)
+    _check(settings, expected)
