@@ -32,8 +32,8 @@ def _window(spec: FeatureSpec) -> str:
 def feature_table(specs: Sequence[FeatureSpec] = DEFAULT_FEATURES) -> str:
     """Markdown table of the feature set.
 
-    >>> feature_table()[:40]
-    '| feature | type | aggregation | column |'
+    >>> feature_table().splitlines()[0]
+    '| feature | type | aggregation | column | window | meaning |'
     """
     rows = [
         "| feature | type | aggregation | column | window | meaning |",

@@ -1,36 +1,105 @@
-"""Online store writer: the newest feature row of each user, through Feast.
+"""Online store writer: each user's newest feature row, in Feast's own format.
 
 Callers pass only rows that hold each user's newest event time (the window
-state knows which), so a row is never overwritten by an older event even
-though Feast's SQLite store upserts unconditionally.
+state knows which), so a row is never overwritten by an older event; a
+partition has one owner at a time, so there is one writer per user. The bytes
+come from :mod:`features.online_codec`, several times faster than Feast's
+``write_to_online_store``; tests read everything back through Feast.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from features.feast_repo import FEATURE_VIEW
-from features.rows import online_frame
+from features import online_codec as codec
+from features.feast_repo import FEATURE_VIEW, PROJECT
 from features.spec import FeatureSpec
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
+_EPOCH = datetime(1970, 1, 1)  # naive UTC, as Feast's SQLite store keeps event_ts
 
-class OnlineWriter:
+
+class OnlineWriter(Protocol):
+    def write(
+        self, *, user_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray
+    ) -> int: ...
+
+
+def open_online_writer(store: FeatureStore, specs: Sequence[FeatureSpec]) -> OnlineWriter:
+    """The writer for the store's configured online store."""
+    kind = store.config.online_store.type
+    if kind == "sqlite":
+        return SqliteOnlineWriter(store, specs)
+    if kind == "redis":
+        return RedisOnlineWriter(store, specs)
+    raise ValueError(f"unsupported online store {kind!r}")
+
+
+class SqliteOnlineWriter:
+    """Upserts into Feast's SQLite table ``<project>_<view>`` (one row per feature)."""
+
     def __init__(self, store: FeatureStore, specs: Sequence[FeatureSpec]):
-        self.store = store
+        from feast.infra.online_stores.sqlite import SqliteOnlineStore, _table_id
+
         self.specs = tuple(specs)
+        view = store.get_feature_view(FEATURE_VIEW)
+        table = _table_id(PROJECT, view)
+        path = SqliteOnlineStore._get_db_path(store.config)
+        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        self._sql = (
+            f'INSERT INTO "{table}" (entity_key, feature_name, value, value_text, event_ts, '
+            "created_ts) VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT(entity_key, feature_name) "
+            "DO UPDATE SET value = excluded.value, value_text = excluded.value_text, "
+            "event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+        )
 
     def write(self, *, user_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray) -> int:
-        """Upsert one row per user; returns the number of rows written."""
         if len(user_id) == 0:
             return 0
-        frame = online_frame(
-            self.specs, user_id=user_id, event_time_ms=event_time_ms, features=features
-        )
-        self.store.write_to_online_store(FEATURE_VIEW, frame)
-        return len(frame)
+        keys = codec.entity_keys(user_id)
+        # Naive UTC datetimes, stored through the sqlite3 adapter Feast registers.
+        stamps = [_EPOCH + timedelta(milliseconds=ms) for ms in event_time_ms.tolist()]
+        rows = []
+        for j, spec in enumerate(self.specs):
+            values, texts = codec.encode_column(spec, features[:, j])
+            name = spec.name
+            rows.extend(zip(keys, [name] * len(keys), values, texts, stamps, strict=True))
+        with self._conn:
+            self._conn.executemany(self._sql, rows)
+        return len(keys)
+
+
+class RedisOnlineWriter:
+    """HSETs into Feast's Redis layout: key = entity key + project, murmur3 fields, ``_ts``."""
+
+    def __init__(self, store: FeatureStore, specs: Sequence[FeatureSpec]):
+        from feast.infra.online_stores.redis import RedisOnlineStore
+
+        self.specs = tuple(specs)
+        self._client = RedisOnlineStore()._get_client(store.config.online_store)
+        self._fields = codec.redis_field_keys(FEATURE_VIEW, self.specs)
+        self._ts_field = f"_ts:{FEATURE_VIEW}".encode()
+        self._suffix = PROJECT.encode()
+
+    def write(self, *, user_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray) -> int:
+        if len(user_id) == 0:
+            return 0
+        keys = codec.entity_keys(user_id)
+        stamps = codec.timestamps(event_time_ms)
+        columns = [codec.encode_column(s, features[:, j])[0] for j, s in enumerate(self.specs)]
+        fields = self._fields
+        with self._client.pipeline(transaction=False) as pipe:
+            for i, key in enumerate(keys):
+                mapping = {self._ts_field: stamps[i]}
+                for field, column in zip(fields, columns, strict=True):
+                    mapping[field] = column[i]
+                pipe.hset(key + self._suffix, mapping=mapping)
+            pipe.execute()
+        return len(keys)

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from featflow.settings import Settings
 from features.feast_repo import apply_repo
 from features.offline import OfflineWriter
-from features.online import OnlineWriter
+from features.online import OnlineWriter, open_online_writer
 from features.spec import DEFAULT_FEATURES, FeatureSpec
 from features.state import WindowState
 from streams.checkpoint import Checkpoint, CheckpointStore
@@ -114,7 +114,7 @@ class FeatureWorker:
         settings = self.settings
         await asyncio.to_thread(ensure_topics, settings)
         store = await asyncio.to_thread(apply_repo, settings, self.specs)
-        self.online = OnlineWriter(store, self.specs)
+        self.online = open_online_writer(store, self.specs)
         self._producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(

@@ -52,7 +52,7 @@ def test_snapshot_of_empty_state_roundtrips() -> None:
 
 
 def test_restore_with_different_specs_raises() -> None:
-    blob = WindowState().snapshot()
+    blob = WindowState(lateness_ms=LATENESS).snapshot()
     extra = FeatureSpec(
         name="amount_min_5m", agg="min", column="amount", window_ms=300_000, description="min"
     )
