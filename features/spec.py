@@ -134,86 +134,25 @@ def spec_fingerprint(specs: Sequence[FeatureSpec]) -> list[list[object]]:
     return [[s.name, s.agg, s.column, s.window_ms] for s in specs]
 
 
+# One line per feature: (name, aggregation, column, window_ms or ewm halflife, description).
+# Adding a feature is adding a line; kernels, Feast repo, docs and tests follow.
+# fmt: off
+_DEFAULT_TABLE: tuple[tuple[str, Agg, Column | None, int | None, str], ...] = (
+    ("txn_count_5m", "count", None, 5 * MINUTE_MS, "Transactions in the last 5 minutes (incl. this one)."),  # noqa: E501
+    ("txn_count_1h", "count", None, HOUR_MS, "Transactions in the last hour (incl. this one)."),
+    ("txn_count_24h", "count", None, DAY_MS, "Transactions in the last 24 hours (incl. this one)."),
+    ("amount_sum_1h", "sum", "amount", HOUR_MS, "Sum of amounts in the last hour."),
+    ("amount_sum_24h", "sum", "amount", DAY_MS, "Sum of amounts in the last 24 hours."),
+    ("amount_mean_24h", "mean", "amount", DAY_MS, "Mean amount in the last 24 hours."),
+    ("amount_std_24h", "std", "amount", DAY_MS, "Population std (ddof=0) of amounts in the last 24 hours; 0.0 for one."),  # noqa: E501
+    ("amount_max_1h", "max", "amount", HOUR_MS, "Largest amount in the last hour."),
+    ("merchant_distinct_24h", "distinct", "merchant_id", DAY_MS, "Distinct merchants in the last 24 hours."),  # noqa: E501
+    ("seconds_since_last_txn", "since_last", None, None, "Seconds since the user's previous transaction; -1.0 for the first."),  # noqa: E501
+    ("amount_ewm_mean_1h", "ewm_mean", "amount", HOUR_MS, "Exponentially weighted mean amount, halflife 1 hour (event time)."),  # noqa: E501
+)
+# fmt: on
+
 DEFAULT_FEATURES: tuple[FeatureSpec, ...] = validate_specs(
-    (
-        FeatureSpec(
-            name="txn_count_5m",
-            agg="count",
-            column=None,
-            window_ms=5 * MINUTE_MS,
-            description="Number of the user's transactions in the last 5 minutes (incl. this one).",
-        ),
-        FeatureSpec(
-            name="txn_count_1h",
-            agg="count",
-            column=None,
-            window_ms=HOUR_MS,
-            description="Number of the user's transactions in the last hour (incl. this one).",
-        ),
-        FeatureSpec(
-            name="txn_count_24h",
-            agg="count",
-            column=None,
-            window_ms=DAY_MS,
-            description="Number of the user's transactions in the last 24 hours (incl. this one).",
-        ),
-        FeatureSpec(
-            name="amount_sum_1h",
-            agg="sum",
-            column="amount",
-            window_ms=HOUR_MS,
-            description="Sum of the user's transaction amounts in the last hour.",
-        ),
-        FeatureSpec(
-            name="amount_sum_24h",
-            agg="sum",
-            column="amount",
-            window_ms=DAY_MS,
-            description="Sum of the user's transaction amounts in the last 24 hours.",
-        ),
-        FeatureSpec(
-            name="amount_mean_24h",
-            agg="mean",
-            column="amount",
-            window_ms=DAY_MS,
-            description="Mean of the user's transaction amounts in the last 24 hours.",
-        ),
-        FeatureSpec(
-            name="amount_std_24h",
-            agg="std",
-            column="amount",
-            window_ms=DAY_MS,
-            description="Population std (ddof=0) of the user's amounts in the last 24 hours; "
-            "0.0 for a single transaction.",
-        ),
-        FeatureSpec(
-            name="amount_max_1h",
-            agg="max",
-            column="amount",
-            window_ms=HOUR_MS,
-            description="Largest transaction amount of the user in the last hour.",
-        ),
-        FeatureSpec(
-            name="merchant_distinct_24h",
-            agg="distinct",
-            column="merchant_id",
-            window_ms=DAY_MS,
-            description="Number of distinct merchants the user paid in the last 24 hours.",
-        ),
-        FeatureSpec(
-            name="seconds_since_last_txn",
-            agg="since_last",
-            column=None,
-            window_ms=None,
-            description="Seconds since the user's previous transaction; -1.0 for the first.",
-        ),
-        FeatureSpec(
-            name="amount_ewm_mean_1h",
-            agg="ewm_mean",
-            column="amount",
-            window_ms=HOUR_MS,
-            description="Exponentially weighted mean of the user's amounts, halflife 1 hour "
-            "(event-time decay).",
-        ),
-    )
+    FeatureSpec(name=name, agg=agg, column=column, window_ms=window, description=text)
+    for name, agg, column, window, text in _DEFAULT_TABLE
 )
