@@ -8,6 +8,7 @@ has checkpointed all of them, and prints features read back through Feast.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from contextlib import ExitStack
 
@@ -25,6 +26,10 @@ def run_demo(settings: Settings, *, n_events: int, users: int, timeout_s: float 
     from streams.producer import publish
     from streams.topics import ensure_topics
 
+    # A fresh data directory per run: the embedded broker starts empty, so
+    # checkpoints and stores from an earlier run would not match its log.
+    settings = settings.model_copy(update={"home": settings.home / "demo"})
+    shutil.rmtree(settings.home, ignore_errors=True)
     with ExitStack() as stack:
         if "FEATFLOW_KAFKA_BOOTSTRAP" not in os.environ:
             broker = stack.enter_context(embedded_broker())

@@ -45,7 +45,11 @@ class _Rebalance(ConsumerRebalanceListener):
         self.worker.release(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self.worker.acquire(assigned)
+        # aiokafka logs and swallows listener errors; hand them to the run loop.
+        try:
+            await self.worker.acquire(assigned)
+        except Exception as exc:
+            self.worker.fatal = exc
 
 
 class FeatureWorker:
@@ -64,6 +68,7 @@ class FeatureWorker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
+        self.fatal: BaseException | None = None  # raised by run(): the worker must stop
 
     # -- partition ownership -------------------------------------------------
     async def acquire(self, partitions: list[TopicPartition]) -> None:
@@ -80,6 +85,14 @@ class FeatureWorker:
                 # replayed from the start whatever offset the group committed.
                 await self._consumer.seek_to_beginning(tp)
             else:
+                end = (await self._consumer.end_offsets([tp]))[tp]
+                if checkpoint.offset >= end:
+                    # Skipping up to the checkpoint would silently drop the new log.
+                    raise RuntimeError(
+                        f"checkpoint of {tp.topic}-{tp.partition} is at offset "
+                        f"{checkpoint.offset} but the log ends at {end}: the topic was "
+                        f"recreated; remove {self.checkpoints.root} (and the stores) to rebuild"
+                    )
                 state = WindowState.restore(checkpoint.state, self.specs)
                 offset = checkpoint.offset
                 self._consumer.seek(tp, offset + 1)
@@ -145,6 +158,8 @@ class FeatureWorker:
         """Fetch, process and write until ``stop`` is called."""
         assert self._consumer is not None
         while not self._stopping.is_set():
+            if self.fatal is not None:
+                raise self.fatal
             fetched = await self._consumer.getmany(
                 timeout_ms=self.settings.batch_max_wait_ms or 1,
                 max_records=self.settings.batch_max_records,
@@ -221,7 +236,14 @@ def build_app(settings: Settings, specs: Sequence[FeatureSpec] = DEFAULT_FEATURE
     class FeatureService(Service):
         async def on_start(self) -> None:
             await worker.start()
-            self.add_future(worker.run())
+            self.add_future(self._run())
+
+        async def _run(self) -> None:
+            try:
+                await worker.run()
+            except Exception as exc:
+                log.exception("stream worker failed")
+                await self.crash(exc)
 
         async def on_stop(self) -> None:
             await worker.stop()

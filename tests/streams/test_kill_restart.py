@@ -89,3 +89,25 @@ def test_second_worker_takes_partitions_with_their_state(
         if second is not None:
             stop_process(second)
     _check(settings, expected)
+
+
+def test_checkpoint_ahead_of_the_log_stops_the_worker(settings: Settings, tmp_path: Path) -> None:
+    """A recreated topic must not be silently skipped up to an old checkpoint."""
+    from features.state import WindowState
+    from streams.checkpoint import Checkpoint, CheckpointStore
+
+    ensure_topics(settings)
+    events = make_events(200, users=10, seed=13)
+    publish(settings, events.records())
+    store = CheckpointStore(settings.checkpoint_dir)
+    state = WindowState(lateness_ms=int(settings.allowed_lateness_s * 1000)).snapshot()
+    for partition in range(settings.topic_partitions):
+        store.save(settings.events_topic, partition, Checkpoint(offset=10**6, state=state))
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log)
+    try:
+        code = worker.wait(timeout=120)
+    finally:
+        stop_process(worker)
+    assert code != 0
+    assert "the topic was recreated" in log.read_text()
