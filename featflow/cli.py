@@ -5,11 +5,17 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
 
 from featflow.settings import Settings
+
+# kafka-python loads its protocol schemas through a deprecated importlib API on
+# every import; the warning says nothing about featflow and floods the console.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"kafka\.")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"importlib\.resources")
 
 
 def _settings(config: str | None = None) -> Settings:
