@@ -57,9 +57,11 @@ def test_sigkill_mid_stream_then_restart(settings: Settings, tmp_path: Path) -> 
     log = tmp_path / "worker.log"
     for fraction in (0.25, 0.6):  # kill twice, at different points
         worker = start_worker(settings, log)
-        _wait_progress(settings, len(events), fraction)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
+        try:
+            _wait_progress(settings, len(events), fraction)
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
     worker = start_worker(settings, log)
     try:
         wait_caught_up(settings, [worker], timeout=180)
