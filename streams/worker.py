@@ -220,7 +220,7 @@ def build_app(settings: Settings, specs: Sequence[FeatureSpec] = DEFAULT_FEATURE
     from mode import Service
 
     app = faust.App(
-        "featflow",
+        f"{settings.consumer_group}-faust",  # its own group: the DLQ watcher
         broker=f"kafka://{settings.kafka_bootstrap}",
         datadir=str(settings.home / "faust"),
         web_enabled=settings.worker_web_port > 0,

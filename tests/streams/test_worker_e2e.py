@@ -7,6 +7,8 @@ Features are read back only through Feast's own SDK (``get_online_features``,
 from __future__ import annotations
 
 import json
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from featflow.settings import Settings
 from features.backfill import backfill
 from features.feast_repo import FEATURE_VIEW, open_store
 from features.reader import read_online
+from infra.process import free_port
 from streams.producer import publish
 from streams.topics import ensure_topics
 from tests.streams.pipeline_helpers import (
@@ -58,6 +61,25 @@ def _bad_records(events, now_ms: int) -> list[tuple[bytes, bytes, str]]:
     ]
 
 
+def _scrape(port: int, want_dead_letters: int, timeout: float = 30.0) -> dict[str, float]:
+    """The worker's /metrics as {sample: value}, once the DLQ watcher has seen every letter."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        samples = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
+        observed = sum(
+            v for k, v in samples.items() if k.startswith("featflow_dead_letters_observed_total")
+        )
+        if observed >= want_dead_letters or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_stream_to_feast_matches_oracle(
     settings: Settings, store: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -75,11 +97,20 @@ def test_stream_to_feast_matches_oracle(
     records = list(events.records())
     publish(settings, records[:2000] + [(k, v) for k, v, _ in bad[:-1]] + records[2000:])
     publish(settings, [(k, v) for k, v, _ in bad[-1:]])
+    port = free_port()
+    settings = settings.model_copy(update={"worker_web_port": port})
     worker = start_worker(settings, tmp_path / "worker.log")
     try:
         wait_caught_up(settings, [worker], timeout=180)
+        metrics = _scrape(port, want_dead_letters=len(bad))
     finally:
         stop_process(worker)
+
+    # Counters on /metrics account for every record.
+    assert metrics["featflow_events_accepted_total"] == len(events)
+    assert metrics["featflow_events_dead_lettered_total"] == len(bad)
+    assert metrics["featflow_events_late_total"] == 1
+    assert metrics['featflow_dead_letters_observed_total{reason="late"}'] == 1
 
     # Online: every user's newest row, through Feast.
     latest = expected.latest_per_user()
