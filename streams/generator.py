@@ -75,3 +75,64 @@ def generate_events(
         event_time_ms -= rng.integers(0, disorder_ms + 1, size=n)
     event_id = [f"{seed}-{i}" for i in range(n)]
     return GeneratedEvents(event_id, user_id, merchant_id, amount.astype(np.float64), event_time_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedOutcomes:
+    event_id: list[str]
+    user_id: np.ndarray
+    label: np.ndarray  # int8, 1 = fraud
+    outcome_time_ms: np.ndarray
+
+    def records(self) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs for the ``outcomes`` topic, keyed by user_id."""
+        for i in range(len(self.event_id)):
+            user = int(self.user_id[i])
+            value = {
+                "event_id": self.event_id[i],
+                "user_id": user,
+                "label": int(self.label[i]),
+                "outcome_time": int(self.outcome_time_ms[i]),
+            }
+            yield str(user).encode(), _encoder.encode(value)
+
+
+def fraud_probability(events: GeneratedEvents) -> np.ndarray:
+    """The hidden ground truth: fraud is likelier for large amounts (relative to the
+    user's median), at a merchant the user has not paid before, in quick bursts.
+
+    Models never see this function; they must learn it from the window features.
+    """
+    n = len(events)
+    order = np.lexsort((np.arange(n), events.event_time_ms, events.user_id))
+    users = events.user_id[order]
+    times = events.event_time_ms[order]
+    merchants = events.merchant_id[order]
+    amounts = events.amount[order]
+    first_of_user = np.r_[True, users[1:] != users[:-1]]
+    gap_s = np.where(first_of_user, 1e6, np.diff(times, prepend=times[0]) / 1000.0)
+    seen: set[tuple[int, int]] = set()
+    new_merchant = np.zeros(n, dtype=bool)
+    for i, pair in enumerate(zip(users.tolist(), merchants.tolist(), strict=True)):
+        new_merchant[i] = pair not in seen
+        seen.add(pair)
+    typical = np.ones(n)
+    starts = np.flatnonzero(first_of_user)
+    for lo, hi in zip(starts, [*starts[1:], n], strict=True):
+        typical[lo:hi] = np.median(amounts[lo:hi]) or 1.0
+    logit = -5.0 + 1.6 * np.log1p(amounts / typical) + 1.2 * new_merchant + 1.5 * (gap_s < 30.0)
+    prob = np.empty(n)
+    prob[order] = 1.0 / (1.0 + np.exp(-logit))
+    return prob
+
+
+def generate_outcomes(
+    events: GeneratedEvents, *, seed: int = 0, label_delay_ms: int = 3_600_000
+) -> GeneratedOutcomes:
+    """A label for every event, drawn from :func:`fraud_probability`, arriving late."""
+    rng = np.random.default_rng(seed + 1_000_003)
+    label = (rng.random(len(events)) < fraud_probability(events)).astype(np.int8)
+    delay = rng.integers(label_delay_ms // 2, label_delay_ms + 1, size=len(events))
+    return GeneratedOutcomes(
+        list(events.event_id), events.user_id.copy(), label, events.event_time_ms + delay
+    )

@@ -1,0 +1,1 @@
+"""ONNX model registry, training and export, the predictor and the HTTP service."""
