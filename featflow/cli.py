@@ -84,6 +84,9 @@ def worker(config: str | None, loglevel: str) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--span-s", default=3600.0, show_default=True, help="Event-time span ending now.")
 @click.option("--disorder-ms", default=0, show_default=True, help="Max event-time jitter.")
+@click.option("--outcomes", is_flag=True, help="Also publish a label per event to 'outcomes'.")
+@click.option("--label-delay-s", default=3600.0, show_default=True, help="Max label delay.")
+@click.option("--labels-out", type=click.Path(dir_okay=False), help="Also write labels (.jsonl).")
 @click.pass_obj
 def produce(
     config: str | None,
@@ -93,9 +96,18 @@ def produce(
     seed: int,
     span_s: float,
     disorder_ms: int,
+    outcomes: bool,
+    label_delay_s: float,
+    labels_out: str | None,
 ) -> None:
-    """Publish synthetic events (heavy-tailed users and amounts) to the events topic."""
-    from streams.generator import generate_events
+    """Publish synthetic events (heavy-tailed users and amounts) to the events topic.
+
+    With --outcomes, each event also gets a label from a hidden rule (fraud is
+    likelier for amounts far above the user's median, at merchants new to the
+    user, and in bursts under 30 s apart), published to 'outcomes' after a
+    random delay of up to --label-delay-s: the late labels a model learns from.
+    """
+    from streams.generator import generate_events, generate_outcomes
     from streams.producer import publish
     from streams.topics import ensure_topics
 
@@ -114,6 +126,14 @@ def produce(
     )
     sent = publish(settings, events.records(), rate=rate)
     click.echo(f"published {sent} events to {settings.events_topic}")
+    if outcomes or labels_out:
+        labels = generate_outcomes(events, seed=seed, label_delay_ms=int(label_delay_s * 1000))
+        if labels_out:
+            Path(labels_out).write_bytes(b"\n".join(v for _, v in labels.records()) + b"\n")
+            click.echo(f"wrote {len(labels.event_id)} labels to {labels_out}")
+        if outcomes:
+            publish(settings, labels.records(), topic=settings.outcomes_topic)
+            click.echo(f"published {len(labels.event_id)} outcomes to {settings.outcomes_topic}")
 
 
 @main.command()
@@ -140,6 +160,89 @@ def backfill(config: str | None, input_path: str, output_path: str, no_store: bo
         apply_repo(settings)
         OfflineWriter(settings.offline_dir).write(result.table, tag="backfill")
         click.echo(f"loaded into offline store {settings.offline_dir}")
+
+
+@main.command()
+@click.option(
+    "--labels",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Outcomes file with event_id and label (.parquet, .csv, .jsonl).",
+)
+@click.option(
+    "--events",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Events file to backfill instead of reading the offline store.",
+)
+@click.pass_obj
+def train(config: str | None, labels: str, events: str | None) -> None:
+    """Train on point-in-time features, export ONNX, register; promote if it beats the champion."""
+    from inference.workflow import read_labels, train_and_register
+
+    report = train_and_register(
+        _settings(config), read_labels(Path(labels)), events=Path(events) if events else None
+    )
+    click.echo(f"registered {report.version}: {report.metrics}")
+    click.echo(f"{'promoted' if report.promoted else 'not promoted'}: {report.reason}")
+
+
+@main.group()
+def models() -> None:
+    """Model registry: list, show, promote, rollback."""
+
+
+@models.command("list")
+@click.pass_obj
+def models_list(config: str | None) -> None:
+    """Versions with their holdout metrics; * marks the champion."""
+    from inference.registry import ModelRegistry
+
+    registry = ModelRegistry(_settings(config).models_dir)
+    champion = registry.champion_version()
+    for version in registry.versions():
+        metrics = registry.get(version).metadata.get("holdout_metrics", {})
+        mark = "*" if version == champion else " "
+        click.echo(
+            f"{mark} {version}  auc={metrics.get('auc')}  log_loss={metrics.get('log_loss')}"
+        )
+
+
+@models.command("show")
+@click.argument("version")
+@click.pass_obj
+def models_show(config: str | None, version: str) -> None:
+    """A version's metadata as JSON."""
+    import json
+
+    from inference.registry import ModelRegistry
+
+    meta = ModelRegistry(_settings(config).models_dir).get(version).metadata
+    click.echo(json.dumps(meta, indent=2, sort_keys=True))
+
+
+@models.command("promote")
+@click.argument("version")
+@click.pass_obj
+def models_promote(config: str | None, version: str) -> None:
+    """Make VERSION the champion (refused if its file or inputs do not check out)."""
+    from inference.exceptions import ModelRejected
+    from inference.registry import ModelRegistry
+    from inference.train import FEATURE_NAMES
+
+    try:
+        ModelRegistry(_settings(config).models_dir).promote(version, FEATURE_NAMES)
+    except ModelRejected as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"champion: {version}")
+
+
+@models.command("rollback")
+@click.pass_obj
+def models_rollback(config: str | None) -> None:
+    """Return to the previous champion."""
+    from inference.registry import ModelRegistry
+
+    click.echo(f"champion: {ModelRegistry(_settings(config).models_dir).rollback()}")
 
 
 @main.command()

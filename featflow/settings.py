@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     online_store: str = Field("sqlite", description="'sqlite' or a redis://host:port URL.")
 
     events_topic: str = "events"
+    outcomes_topic: str = "outcomes"
+    predictions_topic: str = "predictions"
     topic_partitions: int = Field(8, ge=1)
     consumer_group: str = "featflow-worker"
 
@@ -62,6 +64,9 @@ class Settings(BaseSettings):
     batch_max_wait_ms: int = Field(20, ge=0)
     group_session_timeout_s: float = Field(6.0, gt=0, description="Consumer group liveness.")
     checkpoint_interval_s: float = Field(5.0, ge=0)
+    promotion_min_auc_gain: float = Field(
+        0.0, description="A new model must beat the champion's holdout AUC by this much."
+    )
     worker_web_port: int = Field(0, ge=0, description="faust web (/metrics); 0 disables it.")
 
     @field_validator("online_store")
@@ -97,6 +102,10 @@ class Settings(BaseSettings):
     @property
     def offline_dir(self) -> Path:
         return self.home / "offline" / "user_txn_features"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
 
     @property
     def checkpoint_dir(self) -> Path:

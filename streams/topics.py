@@ -17,6 +17,9 @@ def catalogue(settings: Settings) -> dict[str, int]:
     return {
         settings.events_topic: settings.topic_partitions,
         settings.dlq_topic: 1,
+        settings.outcomes_topic: settings.topic_partitions,
+        f"{settings.outcomes_topic}.dlq": 1,
+        settings.predictions_topic: settings.topic_partitions,
     }
 
 

@@ -22,7 +22,19 @@ NAMES = [s.name for s in DEFAULT_FEATURES]
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["broker"], ["init"], ["worker"], ["produce"], ["backfill"], ["features"], ["demo"]],
+    [
+        [],
+        ["broker"],
+        ["init"],
+        ["worker"],
+        ["produce"],
+        ["backfill"],
+        ["features"],
+        ["demo"],
+        ["train"],
+        ["models"],
+        ["models", "rollback"],
+    ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"])
@@ -91,3 +103,40 @@ def test_backfill_cli(fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         .to_df()
     )
     assert hist["txn_count_24h"].notna().all()
+
+
+def test_train_and_models_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.generator import generate_outcomes
+
+    monkeypatch.setenv("FEATFLOW_HOME", str(tmp_path / "home"))
+    events = generate_events(6000, users=200, start_ms=1_767_225_600_000, mean_gap_ms=3000, seed=4)
+    events_path = tmp_path / "events.jsonl"
+    events_path.write_bytes(b"\n".join(v for _, v in events.records()) + b"\n")
+    labels_path = tmp_path / "labels.jsonl"
+    labels = generate_outcomes(events, seed=4)
+    labels_path.write_bytes(b"\n".join(v for _, v in labels.records()) + b"\n")
+    runner = CliRunner()
+
+    args = ["train", "--events", str(events_path), "--labels", str(labels_path)]
+    first = runner.invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "registered v0001" in first.output and "promoted: no champion yet" in first.output
+    second = runner.invoke(main, args)  # same data: same AUC, gain 0 >= margin 0
+    assert second.exit_code == 0, second.output
+    assert "registered v0002" in second.output
+
+    listing = runner.invoke(main, ["models", "list"])
+    assert listing.exit_code == 0 and "v0001" in listing.output and "v0002" in listing.output
+    shown = json.loads(runner.invoke(main, ["models", "show", "v0001"]).output)
+    assert shown["feature_names"] == NAMES and len(shown["sha256"]) == 64
+    assert runner.invoke(main, ["models", "rollback"]).exit_code == 0
+
+    model = tmp_path / "home" / "models" / "v0002" / "model.onnx"
+    model.write_bytes(model.read_bytes() + b"tampered")
+    refused = runner.invoke(main, ["models", "promote", "v0002"])
+    assert refused.exit_code != 0 and "sha256" in refused.output
+
+    bad_labels = tmp_path / "bad.csv"
+    bad_labels.write_text("event_id,label\ne1,2\n")
+    result = runner.invoke(main, ["train", "--labels", str(bad_labels)])
+    assert result.exit_code != 0 and "not 0 or 1" in str(result.exception)

@@ -1,0 +1,92 @@
+"""``featflow train`` end to end: labels -> point-in-time features -> model -> registry.
+
+A new model is promoted only if it beats the champion on the same recent
+holdout by the configured AUC margin (or when there is no champion yet).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from featflow.settings import Settings
+from features.feast_repo import apply_repo
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    version: str
+    promoted: bool
+    reason: str
+    metrics: dict[str, float | None]
+
+
+def read_labels(path: Path) -> pd.DataFrame:
+    """Outcomes file (.parquet, .csv or .jsonl) with at least event_id and label (0/1)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        frame = pd.read_parquet(path)
+    elif suffix == ".csv":
+        frame = pd.read_csv(path, dtype={"event_id": str})
+    elif suffix in {".jsonl", ".ndjson", ".json"}:
+        frame = pd.read_json(path, lines=True, dtype={"event_id": str})
+    else:
+        raise ValueError(f"{path}: unsupported labels file (use .parquet, .csv or .jsonl)")
+    missing = {"event_id", "label"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path}: missing columns {sorted(missing)}")
+    bad = ~frame["label"].isin([0, 1])
+    if bad.any():
+        raise ValueError(f"{path}: {int(bad.sum())} labels are not 0 or 1")
+    return frame
+
+
+def train_and_register(
+    settings: Settings, labels: pd.DataFrame, *, events: Path | None = None
+) -> TrainReport:
+    """Train on ``labels`` joined to the offline store (or to ``events`` backfilled)."""
+    from features.backfill import backfill, read_raw_events
+    from features.offline import OfflineWriter
+    from inference.predictor import load_model
+    from inference.registry import ModelRegistry
+    from inference.train import FEATURE_NAMES, labelled_events, train, training_set
+
+    lateness_ms = int(settings.allowed_lateness_s * 1000)
+    with tempfile.TemporaryDirectory() as scratch:
+        source = settings
+        if events is not None:  # analysts' path: the same kernels, in a scratch store
+            source = settings.model_copy(update={"home": Path(scratch), "online_store": "sqlite"})
+            result = backfill(read_raw_events(events), lateness_ms=lateness_ms)
+            apply_repo(source)
+            OfflineWriter(source.offline_dir).write(result.table, tag="backfill")
+        store = apply_repo(source)
+        offline = pd.read_parquet(
+            source.offline_dir, columns=["event_id", "user_id", "event_timestamp"]
+        )
+        data = training_set(store, labelled_events(labels, offline))
+        model = train(data)
+
+    registry = ModelRegistry(settings.models_dir)
+    version = registry.register(model.onnx, model.metadata).version
+    new_auc = model.metadata["holdout_metrics"]["auc"]
+    champion = registry.champion()
+    if champion is None:
+        promoted, reason = True, "no champion yet"
+    else:
+        from sklearn.metrics import roc_auc_score
+
+        _, blob = registry.load_verified(champion.version, FEATURE_NAMES)
+        old = load_model(champion.version, blob, FEATURE_NAMES).score(model.holdout_features)
+        old_auc = float(roc_auc_score(model.holdout_label, old))
+        margin = settings.promotion_min_auc_gain
+        promoted = new_auc is not None and new_auc >= old_auc + margin
+        reason = (
+            f"holdout AUC {new_auc:.4f} vs champion {champion.version} {old_auc:.4f} "
+            f"(required gain {margin:+.4f})"
+        )
+    if promoted:
+        registry.promote(version, FEATURE_NAMES)
+    return TrainReport(version, promoted, reason, model.metadata["holdout_metrics"])
