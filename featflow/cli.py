@@ -186,6 +186,21 @@ def train(config: str | None, labels: str, events: str | None) -> None:
     click.echo(f"{'promoted' if report.promoted else 'not promoted'}: {report.reason}")
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--no-publish", is_flag=True, help="Do not publish predictions to Kafka.")
+@click.pass_obj
+def serve(config: str | None, host: str, port: int, no_publish: bool) -> None:
+    """HTTP predictions (POST /predict, GET /health, GET /metrics; OpenAPI at /docs)."""
+    import uvicorn
+
+    from inference.service import build_app
+
+    app = build_app(_settings(config), publish=not no_publish)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
 @main.group()
 def models() -> None:
     """Model registry: list, show, promote, rollback."""

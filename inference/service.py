@@ -1,0 +1,219 @@
+"""``featflow serve``: HTTP predictions from online features and the champion model.
+
+``POST /predict`` reads the users' features from the Feast online store, scores
+them with the champion ONNX model and publishes each prediction (id, user,
+event id, score, model version, feature values, time) to the ``predictions``
+topic so outcomes can be joined later. A background thread watches the
+registry and hot-swaps the champion.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import FastAPI, HTTPException, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field, model_validator
+
+from featflow.settings import Settings
+from features.spec import DEFAULT_FEATURES
+from inference.feature_reader import FeatureReader
+from inference.predictor import Predictor
+from inference.publisher import PredictionPublisher
+
+FEATURE_NAMES = [s.name for s in DEFAULT_FEATURES]
+MAX_BATCH = 1000
+#: Latency buckets from 50 us to 1 s (seconds).
+LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
+
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, strict=True)]
+
+
+class PredictRequest(BaseModel):
+    """Exactly one of ``user_id`` or ``user_ids``; ``event_id`` ties a prediction to an event."""
+
+    model_config = {"extra": "forbid"}
+
+    user_id: Int64 | None = None
+    user_ids: list[Int64] | None = Field(None, min_length=1, max_length=MAX_BATCH)
+    event_id: str | None = Field(None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PredictRequest:
+        if (self.user_id is None) == (self.user_ids is None):
+            raise ValueError("give exactly one of user_id or user_ids")
+        return self
+
+
+class Prediction(BaseModel):
+    prediction_id: str
+    user_id: int
+    score: float
+    model_version: str
+    features: dict[str, float]
+    features_found: bool
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[Prediction]
+
+
+@dataclass
+class _Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+    found: Counter
+    looked_up: Counter
+    model: Gauge
+
+
+def _metrics() -> _Metrics:
+    reg = CollectorRegistry(auto_describe=True)
+    return _Metrics(
+        reg,
+        Counter("featflow_http_requests", "HTTP requests.", ["path", "status"], registry=reg),
+        Histogram(
+            "featflow_predict_latency_seconds",
+            "Time to read features and score, per request.",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        ),
+        Counter("featflow_features_found", "Users whose features were found.", registry=reg),
+        Counter("featflow_features_requested", "Users looked up.", registry=reg),
+        Gauge("featflow_model_info", "Serving model version (value 1).", ["version"], registry=reg),
+    )
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def create_app(
+    settings: Settings,
+    predictor: Predictor,
+    reader: FeatureReader,
+    publisher: PredictionPublisher | None,
+    *,
+    refresh_interval_s: float = 1.0,
+) -> FastAPI:
+    metrics = _metrics()
+    stop = threading.Event()
+
+    def watch_registry() -> None:
+        while not stop.wait(refresh_interval_s):
+            predictor.refresh()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        predictor.refresh()
+        watcher = threading.Thread(target=watch_registry, name="champion-watch", daemon=True)
+        watcher.start()
+        if publisher is not None:
+            publisher.start()
+        yield
+        stop.set()
+        if publisher is not None:
+            publisher.close()
+
+    app = FastAPI(title="featflow", version="0.1.0", lifespan=lifespan)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        metrics.requests.labels(request.url.path, str(response.status_code)).inc()
+        return response
+
+    @app.post("/predict", response_model=Prediction | BatchPrediction)
+    async def predict(body: PredictRequest) -> Any:
+        """Score users with the champion model; unknown users get default features."""
+        start = time.perf_counter()
+        users = [body.user_id] if body.user_id is not None else list(body.user_ids or [])
+        features, found = reader.read(users)
+        try:
+            version, scores = predictor.score(features)
+        except RuntimeError as exc:
+            raise HTTPException(503, "no model is loaded yet") from exc
+        metrics.latency.observe(time.perf_counter() - start)
+        metrics.looked_up.inc(len(users))
+        metrics.found.inc(int(found.sum()))
+        now_ms = int(time.time() * 1000)
+        out = []
+        for i, user in enumerate(users):
+            values = dict(zip(FEATURE_NAMES, features[i].tolist(), strict=True))
+            pid = uuid.uuid4().hex
+            record = {
+                "prediction_id": pid,
+                "user_id": user,
+                "event_id": body.event_id,
+                "score": float(scores[i]),
+                "model_version": version,
+                "features": values,
+                "features_found": bool(found[i]),
+                "prediction_time": now_ms,
+            }
+            if publisher is not None:
+                publisher.offer(str(user).encode(), _encoder.encode(record))
+            out.append(
+                Prediction(
+                    prediction_id=pid,
+                    user_id=user,
+                    score=float(scores[i]),
+                    model_version=version,
+                    features=values,
+                    features_found=bool(found[i]),
+                )
+            )
+        return out[0] if body.user_id is not None else BatchPrediction(predictions=out)
+
+    @app.get("/health")
+    async def health(response: Response) -> dict[str, Any]:
+        """Ready only when a model is loaded and the online store answers."""
+        model = predictor.active
+        store_ok = reader.ping()
+        ready = model is not None and store_ok
+        response.status_code = 200 if ready else 503
+        return {
+            "ready": ready,
+            "model_version": model.version if model else None,
+            "online_store": "ok" if store_ok else "unreachable",
+            "last_model_error": predictor.last_error,
+        }
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        model = predictor.active
+        metrics.model.clear()
+        if model is not None:
+            metrics.model.labels(model.version).set(1)
+        text = generate_latest(metrics.registry).decode()
+        if publisher is not None:
+            text += (
+                "# HELP featflow_predictions_dropped_total Predictions not published: queue full.\n"
+                "# TYPE featflow_predictions_dropped_total counter\n"
+                f"featflow_predictions_dropped_total {publisher.dropped}\n"
+                "# HELP featflow_predictions_published_total Predictions acknowledged by Kafka.\n"
+                "# TYPE featflow_predictions_published_total counter\n"
+                f"featflow_predictions_published_total {publisher.published}\n"
+            )
+        return Response(text, media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def build_app(settings: Settings, *, publish: bool = True) -> FastAPI:
+    """The service for ``settings``: registry champion, configured online store, topic."""
+    from features.feast_repo import apply_repo
+    from inference.feature_reader import open_feature_reader
+    from inference.registry import ModelRegistry
+
+    store = apply_repo(settings)
+    predictor = Predictor(ModelRegistry(settings.models_dir), FEATURE_NAMES)
+    reader = open_feature_reader(store, DEFAULT_FEATURES)
+    publisher = PredictionPublisher(settings) if publish else None
+    return create_app(settings, predictor, reader, publisher)

@@ -1,0 +1,219 @@
+"""HTTP contract, feature reads equal to Feast's, published predictions, hot swap under load."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from kafka import KafkaConsumer
+from skl2onnx import to_onnx
+from sklearn.linear_model import LogisticRegression
+
+from featflow.settings import Settings
+from features.feast_repo import apply_repo
+from features.online import open_online_writer
+from features.reader import read_online
+from features.spec import DEFAULT_FEATURES
+from inference.feature_reader import default_features, open_feature_reader
+from inference.predictor import Predictor
+from inference.publisher import PredictionPublisher
+from inference.registry import ModelRegistry
+from inference.service import FEATURE_NAMES, create_app
+from infra.process import free_port
+from streams.topics import ensure_topics
+
+F = len(FEATURE_NAMES)
+USERS = np.arange(1, 51, dtype=np.int64) * 1000
+
+
+def _model(seed: int) -> tuple[bytes, LogisticRegression]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(300, F)).astype(np.float32)
+    y = (x[:, seed % F] + rng.normal(scale=0.5, size=300) > 0).astype(int)
+    model = LogisticRegression().fit(x, y)
+    return to_onnx(
+        model, x[:1], options={"zipmap": False}, target_opset=17
+    ).SerializeToString(), model
+
+
+def _setup(
+    settings: Settings, n_models: int = 1
+) -> tuple[dict[str, LogisticRegression], np.ndarray]:
+    store = apply_repo(settings)
+    rng = np.random.default_rng(0)
+    features = rng.normal(10, 5, size=(len(USERS), F))
+    for j, spec in enumerate(DEFAULT_FEATURES):
+        if spec.agg in ("count", "distinct"):
+            features[:, j] = rng.integers(1, 50, size=len(USERS))
+    times = np.full(len(USERS), 1_767_225_600_000, dtype=np.int64)
+    open_online_writer(store, DEFAULT_FEATURES).write(
+        user_id=USERS, event_time_ms=times, features=features
+    )
+    registry = ModelRegistry(settings.models_dir)
+    models = {}
+    for seed in range(1, n_models + 1):
+        blob, model = _model(seed)
+        models[registry.register(blob, {"feature_names": FEATURE_NAMES}).version] = model
+    registry.promote("v0001")
+    return models, features
+
+
+def _app(settings: Settings, publisher: PredictionPublisher | None = None, interval: float = 1.0):
+    store = apply_repo(settings)
+    predictor = Predictor(ModelRegistry(settings.models_dir), FEATURE_NAMES)
+    reader = open_feature_reader(store, DEFAULT_FEATURES)
+    return create_app(settings, predictor, reader, publisher, refresh_interval_s=interval)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_reader_equals_feast(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    online = request.getfixturevalue("redis_url") if backend == "redis" else "sqlite"
+    settings = Settings(home=tmp_path, online_store=online)
+    _, features = _setup(settings)
+    reader = open_feature_reader(apply_repo(settings), DEFAULT_FEATURES)
+    ids = [*USERS.tolist(), -7]
+    got, found = reader.read(ids)
+    feast = read_online(settings, ids)
+    np.testing.assert_array_equal(got[:-1], feast[FEATURE_NAMES].to_numpy(float)[:-1])
+    np.testing.assert_array_equal(got[:-1], features)
+    assert found.tolist() == [True] * len(USERS) + [False]
+    np.testing.assert_array_equal(got[-1], default_features(DEFAULT_FEATURES))
+    assert reader.ping()
+
+
+def test_http_contract(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    models, features = _setup(settings)
+    with TestClient(_app(settings)) as client:
+        one = client.post("/predict", json={"user_id": int(USERS[3])}).json()
+        assert one["model_version"] == "v0001" and one["features_found"] is True
+        assert list(one["features"]) == FEATURE_NAMES
+        np.testing.assert_allclose(list(one["features"].values()), features[3])
+        expected = models["v0001"].predict_proba(features[3:4].astype(np.float32))[0, 1]
+        assert one["score"] == pytest.approx(expected, abs=1e-5)
+
+        batch = client.post("/predict", json={"user_ids": [int(USERS[0]), 424242]}).json()
+        assert [p["features_found"] for p in batch["predictions"]] == [True, False]
+        unknown = batch["predictions"][1]["features"]
+        assert unknown["seconds_since_last_txn"] == -1.0 and unknown["txn_count_24h"] == 0.0
+        assert len({p["prediction_id"] for p in batch["predictions"]}) == 2
+
+        for bad in (
+            {},
+            {"user_id": 1, "user_ids": [2]},
+            {"user_id": "1"},
+            {"user_id": 1.5},
+            {"user_id": 2**63},
+            {"user_ids": []},
+            {"user_ids": list(range(1001))},
+            {"user_id": 1, "colour": "red"},
+            {"user_id": 1, "event_id": ""},
+        ):
+            response = client.post("/predict", json=bad)
+            assert response.status_code == 422, (bad, response.text)
+            assert response.json()["detail"]
+        assert client.post("/predict", content=b"{oops").status_code == 422
+
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json()["model_version"] == "v0001"
+        metrics = client.get("/metrics").text
+        assert 'featflow_model_info{version="v0001"} 1.0' in metrics
+        assert 'featflow_predict_latency_seconds_bucket{le="5e-05"}' in metrics
+        assert 'featflow_http_requests_total{path="/predict",status="422"}' in metrics
+        assert "featflow_features_found_total 2.0" in metrics
+        assert client.get("/docs").status_code == 200
+
+
+def test_health_is_503_without_a_model(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    apply_repo(settings)
+    with TestClient(_app(settings)) as client:
+        assert client.get("/health").status_code == 503
+        assert client.post("/predict", json={"user_id": 1}).status_code == 503
+
+
+def test_predictions_are_published(settings: Settings) -> None:
+    _setup(settings)
+    ensure_topics(settings)
+    with TestClient(_app(settings, PredictionPublisher(settings))) as client:
+        sent = [
+            client.post("/predict", json={"user_id": int(u), "event_id": f"ev{u}"}).json()
+            for u in USERS[:5]
+        ]
+    consumer = KafkaConsumer(
+        settings.predictions_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    got = {
+        m.value["prediction_id"]: m.value
+        for m in (type("M", (), {"value": json.loads(r.value)}) for r in consumer)
+    }
+    consumer.close()
+    for p in sent:
+        record = got[p["prediction_id"]]
+        assert record["score"] == p["score"] and record["model_version"] == "v0001"
+        assert record["event_id"] == f"ev{p['user_id']}" and record["features"] == p["features"]
+
+
+def test_hot_swap_under_http_load(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    models, features = _setup(settings, n_models=3)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            _app(settings, interval=0.05), host="127.0.0.1", port=port, log_level="error"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    x = features[:4].astype(np.float32)
+    expected = {v: m.predict_proba(x)[:, 1] for v, m in models.items()}
+    errors: list[str] = []
+    versions: set[str] = set()
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+            while not stop.is_set():
+                response = http.post("/predict", json={"user_ids": USERS[:4].tolist()})
+                if response.status_code != 200:
+                    errors.append(response.text)
+                    continue
+                preds = response.json()["predictions"]
+                version = {p["model_version"] for p in preds}
+                if len(version) != 1:
+                    errors.append(f"mixed versions {version}")
+                    continue
+                (v,) = version
+                versions.add(v)
+                if not np.allclose([p["score"] for p in preds], expected[v], atol=1e-5):
+                    errors.append(f"scores do not match {v}")
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for c in clients:
+        c.start()
+    registry = ModelRegistry(settings.models_dir)
+    try:
+        for version in ["v0002", "v0003", "v0001", "v0002", "v0003"]:
+            time.sleep(0.4)
+            registry.promote(version)
+        time.sleep(0.4)
+    finally:
+        stop.set()
+        for c in clients:
+            c.join()
+        server.should_exit = True
+        thread.join(10)
+    assert errors == []
+    assert versions == {"v0001", "v0002", "v0003"}
