@@ -153,10 +153,8 @@ def test_predictions_are_published(settings: Settings) -> None:
         auto_offset_reset="earliest",
         consumer_timeout_ms=5000,
     )
-    got = {
-        m.value["prediction_id"]: m.value
-        for m in (type("M", (), {"value": json.loads(r.value)}) for r in consumer)
-    }
+    records = [json.loads(message.value) for message in consumer]
+    got = {r["prediction_id"]: r for r in records}
     consumer.close()
     for p in sent:
         record = got[p["prediction_id"]]
