@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     batch_max_wait_ms: int = Field(20, ge=0)
     group_session_timeout_s: float = Field(6.0, gt=0, description="Consumer group liveness.")
     checkpoint_interval_s: float = Field(5.0, ge=0)
+    stream_scoring: bool = Field(False, description="Worker scores each accepted event.")
     promotion_min_auc_gain: float = Field(
         0.0, description="A new model must beat the champion's holdout AUC by this much."
     )

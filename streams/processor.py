@@ -19,7 +19,7 @@ from features.rows import offline_table
 from features.spec import FeatureSpec
 from features.state import WindowState
 from streams.dead_letter import DeadLetter, Reason
-from streams.events import decode_events
+from streams.events import EventBatch, decode_events
 
 
 class Record(Protocol):
@@ -59,6 +59,8 @@ class Effects:
     online_features: np.ndarray
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: Counters = field(default_factory=Counters)
+    accepted: EventBatch | None = None  # every accepted event, for stream scoring
+    accepted_features: np.ndarray | None = None  # their feature rows [n, F]
 
 
 class PartitionProcessor:
@@ -139,7 +141,14 @@ class PartitionProcessor:
         counts.dead_lettered = len(dead)
         dead.sort(key=lambda d: d.offset)
         return Effects(
-            table, good.user_id[newest], good.event_time_ms[newest], features[newest], dead, counts
+            table,
+            good.user_id[newest],
+            good.event_time_ms[newest],
+            features[newest],
+            dead,
+            counts,
+            good,
+            features,
         )
 
 

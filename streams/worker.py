@@ -32,6 +32,7 @@ from features.spec import DEFAULT_FEATURES, FeatureSpec
 from features.state import WindowState
 from streams.checkpoint import Checkpoint, CheckpointStore
 from streams.processor import Counters, Effects, PartitionProcessor
+from streams.scoring import StreamScorer
 from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class FeatureWorker:
         self.checkpoints = CheckpointStore(settings.checkpoint_dir)
         self.offline = OfflineWriter(settings.offline_dir)
         self.online: OnlineWriter | None = None
+        self.scorer = StreamScorer(settings) if settings.stream_scoring else None
         self.processors: dict[int, PartitionProcessor] = {}
         self.totals = Counters()
         self.dlq_observed: dict[str, int] = {}  # by reason, as seen on the DLQ topic
@@ -187,6 +189,12 @@ class FeatureWorker:
                 event_time_ms=effects.online_event_time_ms,
                 features=effects.online_features,
             )
+        if self.scorer is not None and effects.accepted is not None:
+            assert effects.accepted_features is not None
+            records = self.scorer.records(effects.accepted, effects.accepted_features)
+            topic = self.settings.predictions_topic
+            pending = [await self._producer.send(topic, value=v, key=k) for k, v in records]
+            await asyncio.gather(*pending)  # delivered before the checkpoint moves past them
         if effects.dead_letters:
             sends = [
                 await self._producer.send(

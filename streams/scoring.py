@@ -1,0 +1,58 @@
+"""Stream scoring: each accepted event is scored as soon as its features exist.
+
+The worker asks this scorer for prediction records after every batch; they go
+to the ``predictions`` topic with the event id, so outcomes join them exactly as
+they join HTTP predictions. The champion is re-read from the registry at most
+once a second and swapped atomically (see :class:`inference.predictor.Predictor`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import msgspec
+import numpy as np
+
+from featflow.settings import Settings
+from features.spec import DEFAULT_FEATURES
+from inference.predictor import Predictor
+from inference.registry import ModelRegistry
+from streams.events import EventBatch
+
+_encoder = msgspec.json.Encoder()
+
+
+class StreamScorer:
+    def __init__(self, settings: Settings, refresh_interval_s: float = 1.0):
+        self.feature_names = [s.name for s in DEFAULT_FEATURES]
+        self.predictor = Predictor(ModelRegistry(settings.models_dir), self.feature_names)
+        self.refresh_interval_s = refresh_interval_s
+        self._next_refresh = 0.0
+
+    def records(self, events: EventBatch, features: np.ndarray) -> list[tuple[bytes, bytes]]:
+        """(key, value) prediction records for the batch; none until a champion exists."""
+        now = time.monotonic()
+        if now >= self._next_refresh:
+            self.predictor.refresh()
+            self._next_refresh = now + self.refresh_interval_s
+        model = self.predictor.active
+        if model is None or len(events) == 0:
+            return []
+        scores = model.score(features)
+        now_ms = int(time.time() * 1000)
+        out = []
+        for i in range(len(events)):
+            user = int(events.user_id[i])
+            record = {
+                "prediction_id": uuid.uuid4().hex,
+                "user_id": user,
+                "event_id": events.event_id[i],
+                "score": float(scores[i]),
+                "model_version": model.version,
+                "features": dict(zip(self.feature_names, features[i].tolist(), strict=True)),
+                "event_time": int(events.event_time_ms[i]),
+                "prediction_time": now_ms,
+            }
+            out.append((str(user).encode(), _encoder.encode(record)))
+        return out

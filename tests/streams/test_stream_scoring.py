@@ -1,0 +1,56 @@
+"""Stream scoring: every accepted event is scored by the champion and published with its id."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from kafka import KafkaConsumer
+from skl2onnx import to_onnx
+from sklearn.linear_model import LogisticRegression
+
+from featflow.processes import start_worker, stop_process, wait_caught_up
+from featflow.settings import Settings
+from inference.registry import ModelRegistry
+from streams.producer import publish
+from streams.topics import ensure_topics
+from tests.streams.pipeline_helpers import FEATURE_NAMES, make_events, oracle
+
+
+def test_worker_scores_every_event(settings: Settings, tmp_path: Path) -> None:
+    settings = settings.model_copy(update={"stream_scoring": True})
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, len(FEATURE_NAMES))).astype(np.float32)
+    model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
+    # Scale-free coefficients keep scores away from 0/1 on real feature magnitudes.
+    model.coef_ = model.coef_ / 1000.0
+    blob = to_onnx(model, x[:1], options={"zipmap": False}, target_opset=17).SerializeToString()
+    registry = ModelRegistry(settings.models_dir)
+    registry.promote(registry.register(blob, {"feature_names": FEATURE_NAMES}).version)
+
+    events = make_events(2000, users=50, seed=21)
+    expected = oracle(events)
+    ensure_topics(settings)
+    publish(settings, events.records())
+    worker = start_worker(settings, tmp_path / "worker.log")
+    try:
+        wait_caught_up(settings, [worker], timeout=180)
+    finally:
+        stop_process(worker)
+
+    consumer = KafkaConsumer(
+        settings.predictions_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    records = {r["event_id"]: r for r in (json.loads(m.value) for m in consumer)}
+    consumer.close()
+    assert sorted(records) == sorted(events.event_id)
+    frame = expected.frame().set_index("event_id")
+    ids = list(records)
+    want = model.predict_proba(frame.loc[ids, FEATURE_NAMES].to_numpy(np.float32))[:, 1]
+    got = np.array([records[i]["score"] for i in ids])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert {r["model_version"] for r in records.values()} == {"v0001"}
