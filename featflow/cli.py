@@ -165,7 +165,6 @@ def backfill(config: str | None, input_path: str, output_path: str, no_store: bo
 @main.command()
 @click.option(
     "--labels",
-    required=True,
     type=click.Path(exists=True, dir_okay=False),
     help="Outcomes file with event_id and label (.parquet, .csv, .jsonl).",
 )
@@ -175,12 +174,14 @@ def backfill(config: str | None, input_path: str, output_path: str, no_store: bo
     help="Events file to backfill instead of reading the offline store.",
 )
 @click.pass_obj
-def train(config: str | None, labels: str, events: str | None) -> None:
+def train(config: str | None, labels: str | None, events: str | None) -> None:
     """Train on point-in-time features, export ONNX, register; promote if it beats the champion."""
     from inference.workflow import read_labels, train_and_register
 
     report = train_and_register(
-        _settings(config), read_labels(Path(labels)), events=Path(events) if events else None
+        _settings(config),
+        read_labels(Path(labels)) if labels else None,
+        events=Path(events) if events else None,
     )
     click.echo(f"registered {report.version}: {report.metrics}")
     click.echo(f"{'promoted' if report.promoted else 'not promoted'}: {report.reason}")

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
         return self.home / "offline" / "user_txn_features"
 
     @property
+    def outcomes_dir(self) -> Path:
+        return self.home / "outcomes"
+
+    @property
     def models_dir(self) -> Path:
         return self.home / "models"
 

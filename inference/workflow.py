@@ -44,10 +44,25 @@ def read_labels(path: Path) -> pd.DataFrame:
     return frame
 
 
+def stored_labels(settings: Settings) -> pd.DataFrame:
+    """Outcomes the worker stored from the ``outcomes`` topic; the last label per event wins."""
+    if not settings.outcomes_dir.exists() or not any(settings.outcomes_dir.glob("*.parquet")):
+        raise ValueError(
+            f"no stored outcomes in {settings.outcomes_dir}: run a worker while outcomes are "
+            "published, or pass --labels FILE"
+        )
+    frame = pd.read_parquet(settings.outcomes_dir)
+    frame = frame.sort_values(["kafka_partition", "kafka_offset"], kind="stable")
+    return frame.drop_duplicates("event_id", keep="last")
+
+
 def train_and_register(
-    settings: Settings, labels: pd.DataFrame, *, events: Path | None = None
+    settings: Settings, labels: pd.DataFrame | None = None, *, events: Path | None = None
 ) -> TrainReport:
-    """Train on ``labels`` joined to the offline store (or to ``events`` backfilled)."""
+    """Train on ``labels`` (default: stored outcomes) joined to the offline store, or to
+    ``events`` backfilled with the stream's kernels."""
+    if labels is None:
+        labels = stored_labels(settings)
     from features.backfill import backfill, read_raw_events
     from features.offline import OfflineWriter
     from inference.predictor import load_model

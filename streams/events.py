@@ -82,18 +82,18 @@ class EventBatch:
         )
 
 
-def _event_time_ms(value: int | datetime) -> int:
+def epoch_ms(value: int | datetime) -> int:
     if isinstance(value, int):
         return value
     # Integer timedelta division: exact, unlike datetime.timestamp()'s float.
     return (value - _EPOCH) // _ONE_MS
 
 
-def _classify(exc: msgspec.MsgspecError) -> Reason:
+def classify_error(exc: msgspec.MsgspecError) -> Reason:
     text = str(exc)
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
         return Reason.MALFORMED_JSON
-    if text.endswith("`$.event_time`"):
+    if text.endswith(("`$.event_time`", "`$.outcome_time`")):
         return Reason.BAD_TIMESTAMP
     if "<=" in text or ">=" in text or "out of range" in text:
         return Reason.OUT_OF_RANGE
@@ -146,12 +146,12 @@ def decode_events(
         try:
             event = _decoder.decode(raw)
         except msgspec.MsgspecError as exc:
-            reject(i, _classify(exc), str(exc))
+            reject(i, classify_error(exc), str(exc))
             continue
         if not math.isfinite(event.amount) or event.amount < 0:
             reject(i, Reason.OUT_OF_RANGE, f"amount must be finite and >= 0, got {event.amount}")
             continue
-        t_ms = _event_time_ms(event.event_time)
+        t_ms = epoch_ms(event.event_time)
         if t_ms < MIN_EVENT_TIME_MS:
             reject(i, Reason.TOO_OLD, f"event_time {t_ms} ms is before 2000-01-01")
             continue

@@ -31,6 +31,8 @@ from features.online import OnlineWriter, open_online_writer
 from features.spec import DEFAULT_FEATURES, FeatureSpec
 from features.state import WindowState
 from streams.checkpoint import Checkpoint, CheckpointStore
+from streams.dead_letter import DeadLetter
+from streams.outcomes import decode_outcomes
 from streams.processor import Counters, Effects, PartitionProcessor
 from streams.scoring import StreamScorer
 from streams.topics import ensure_topics
@@ -66,6 +68,7 @@ class FeatureWorker:
         self.processors: dict[int, PartitionProcessor] = {}
         self.totals = Counters()
         self.dlq_observed: dict[str, int] = {}  # by reason, as seen on the DLQ topic
+        self.outcomes_stored = 0
         self._last_checkpoint: dict[int, float] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -204,6 +207,12 @@ class FeatureWorker:
             ]
             await asyncio.gather(*sends)
 
+    async def send_dead_letter(self, topic: str, letter: DeadLetter) -> None:
+        assert self._producer is not None
+        await self._producer.send_and_wait(
+            topic, value=letter.value, key=letter.key, headers=letter.headers()
+        )
+
     async def _maybe_checkpoint(self, force: bool = False) -> None:
         assert self._consumer is not None
         now = time.monotonic()
@@ -258,6 +267,23 @@ def build_app(settings: Settings, specs: Sequence[FeatureSpec] = DEFAULT_FEATURE
 
     app.service(FeatureService)
 
+    # Outcomes are low volume: a faust per-event agent stores them (parquet parts
+    # under $FEATFLOW_HOME/outcomes) and dead-letters bad ones to outcomes.dlq.
+    # Events are acked only after their batch is written (at-least-once; readers
+    # keep the last label per event_id). A timer flushes the tail of the stream:
+    # faust's take_events held the last records back until more arrived.
+    outcomes = app.topic(settings.outcomes_topic, key_serializer="raw", value_serializer="raw")
+    store = OutcomeStore(settings, worker)
+
+    @app.agent(outcomes)
+    async def store_outcomes(stream):
+        async for event in stream.noack().events():
+            await store.add(event)
+
+    @app.timer(interval=1.0)
+    async def flush_outcomes() -> None:
+        await store.flush()
+
     # faust needs at least one subscription; its per-event agent suits the
     # low-volume dead-letter topic: it tallies refusals by reason for /metrics.
     dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
@@ -277,3 +303,43 @@ def build_app(settings: Settings, specs: Sequence[FeatureSpec] = DEFAULT_FEATURE
             return web.text(render_metrics(worker), content_type="text/plain; version=0.0.4")
 
     return app, worker
+
+
+class OutcomeStore:
+    """Buffers outcome events, writes them as one part file, then acks them."""
+
+    def __init__(self, settings: Settings, worker: FeatureWorker, max_batch: int = 1000):
+        self.settings = settings
+        self.worker = worker
+        self.max_batch = max_batch
+        self.writer = OfflineWriter(settings.outcomes_dir)
+        self._events: list = []
+        self._lock = asyncio.Lock()
+
+    async def add(self, event) -> None:
+        self._events.append(event)
+        if len(self._events) >= self.max_batch:
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            events, self._events = self._events, []
+            if not events:
+                return
+            settings = self.settings
+            table, dead = decode_outcomes(
+                [e.value for e in events],
+                partitions=[e.message.partition for e in events],
+                offsets=[e.message.offset for e in events],
+                topic=settings.outcomes_topic,
+                max_future_skew_ms=int(settings.max_future_skew_s * 1000),
+                max_record_bytes=settings.max_record_bytes,
+            )
+            first = events[0].message
+            tag = f"{first.partition:04d}-{first.offset:012d}"
+            await asyncio.to_thread(self.writer.write, table, tag=tag)
+            for letter in dead:
+                await self.worker.send_dead_letter(f"{settings.outcomes_topic}.dlq", letter)
+            self.worker.outcomes_stored += table.num_rows
+            for event in events:
+                event.ack()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -73,3 +74,10 @@ def read_offline(settings: Settings) -> pd.DataFrame:
     """All offline rows, replayed duplicates dropped by (partition, offset)."""
     frame = pd.read_parquet(settings.offline_dir)
     return frame.drop_duplicates(["kafka_partition", "kafka_offset"]).reset_index(drop=True)
+
+
+def assert_clean_log(path: Path) -> None:
+    """A worker log without crashes or tracebacks (supervisors restart crashed agents)."""
+    text = path.read_text(errors="replace")
+    for marker in ("Traceback", "Crashed reason"):
+        assert marker not in text, text[text.index(marker) - 500 : text.index(marker) + 2000]

@@ -15,7 +15,7 @@ from featflow.settings import Settings
 from inference.registry import ModelRegistry
 from streams.producer import publish
 from streams.topics import ensure_topics
-from tests.streams.pipeline_helpers import FEATURE_NAMES, make_events, oracle
+from tests.streams.pipeline_helpers import FEATURE_NAMES, assert_clean_log, make_events, oracle
 
 
 def test_worker_scores_every_event(settings: Settings, tmp_path: Path) -> None:
@@ -39,6 +39,7 @@ def test_worker_scores_every_event(settings: Settings, tmp_path: Path) -> None:
     finally:
         stop_process(worker)
 
+    assert_clean_log(tmp_path / "worker.log")
     consumer = KafkaConsumer(
         settings.predictions_topic,
         bootstrap_servers=settings.kafka_bootstrap,

@@ -25,6 +25,7 @@ from streams.producer import publish
 from streams.topics import ensure_topics
 from tests.streams.pipeline_helpers import (
     FEATURE_NAMES,
+    assert_clean_log,
     make_events,
     oracle,
     read_dead_letters,
@@ -106,6 +107,7 @@ def test_stream_to_feast_matches_oracle(
     finally:
         stop_process(worker)
 
+    assert_clean_log(tmp_path / "worker.log")
     # Counters on /metrics account for every record.
     assert metrics["featflow_events_accepted_total"] == len(events)
     assert metrics["featflow_events_dead_lettered_total"] == len(bad)

@@ -1,0 +1,99 @@
+"""The ``outcomes`` topic: labels that arrive late, joined to predictions by id.
+
+An outcome is a JSON object::
+
+    {"prediction_id": "9f..", "event_id": "e-1", "user_id": 42, "label": 1,
+     "outcome_time": 1767229200000}           # or an RFC 3339 string
+
+``prediction_id`` is optional (labels often come from systems that never saw
+the prediction); ``event_id`` always ties the label to its event. Bad records
+go to ``outcomes.dlq`` with their reason, as for events.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+import pyarrow as pa
+
+from streams.dead_letter import DeadLetter, Reason
+from streams.events import MIN_EVENT_TIME_MS, Int64, classify_error, epoch_ms
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    user_id: Int64
+    label: Literal[0, 1]
+    outcome_time: Int64 | Annotated[datetime, msgspec.Meta(tz=True)]
+    prediction_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+
+
+_decoder = msgspec.json.Decoder(Outcome)
+
+OUTCOME_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("user_id", pa.int64()),
+        ("label", pa.int8()),
+        ("outcome_timestamp", pa.timestamp("ms", tz="UTC")),
+        ("prediction_id", pa.string()),
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+    ]
+)
+
+
+def _validate(
+    raw: bytes | None, now_ms: int, max_future_skew_ms: int, max_record_bytes: int
+) -> tuple[Outcome, int] | tuple[Reason, str]:
+    """(outcome, time in ms), or (reason, detail) for a dead letter."""
+    if raw is None:
+        return Reason.MALFORMED_JSON, "record has no value (tombstone)"
+    if len(raw) > max_record_bytes:
+        return Reason.OVERSIZED, f"{len(raw)} bytes > limit {max_record_bytes}"
+    try:
+        outcome = _decoder.decode(raw)
+    except msgspec.MsgspecError as exc:
+        return classify_error(exc), str(exc)
+    t_ms = epoch_ms(outcome.outcome_time)
+    if t_ms < MIN_EVENT_TIME_MS:
+        return Reason.TOO_OLD, f"outcome_time {t_ms} ms is before 2000-01-01"
+    if t_ms > now_ms + max_future_skew_ms:
+        return Reason.IN_FUTURE, f"outcome_time {t_ms} ms is {t_ms - now_ms} ms ahead"
+    return outcome, t_ms
+
+
+def decode_outcomes(
+    values: Sequence[bytes | None],
+    *,
+    partitions: Sequence[int],
+    offsets: Sequence[int],
+    topic: str = "outcomes",
+    now_ms: int | None = None,
+    max_future_skew_ms: int = 86_400_000,
+    max_record_bytes: int = 65_536,
+) -> tuple[pa.Table, list[DeadLetter]]:
+    """Valid outcomes as an Arrow table (``OUTCOME_SCHEMA``) and the dead letters."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    rows: dict[str, list] = {name: [] for name in OUTCOME_SCHEMA.names}
+    dead: list[DeadLetter] = []
+    for raw, partition, offset in zip(values, partitions, offsets, strict=True):
+        checked = _validate(raw, now_ms, max_future_skew_ms, max_record_bytes)
+        if isinstance(checked[0], Reason):
+            reason, detail = checked
+            dead.append(DeadLetter(reason, str(detail), raw, None, topic, partition, offset))
+            continue
+        outcome, t_ms = checked
+        assert isinstance(outcome, Outcome)
+        rows["event_id"].append(outcome.event_id)
+        rows["user_id"].append(outcome.user_id)
+        rows["label"].append(outcome.label)
+        rows["outcome_timestamp"].append(t_ms)
+        rows["prediction_id"].append(outcome.prediction_id)
+        rows["kafka_partition"].append(partition)
+        rows["kafka_offset"].append(offset)
+    return pa.Table.from_pydict(rows, schema=OUTCOME_SCHEMA), dead
