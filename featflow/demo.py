@@ -1,28 +1,41 @@
 """``featflow demo``: the whole loop on embedded defaults, then stop everything.
 
-Starts a Tansu broker (unless ``FEATFLOW_KAFKA_BOOTSTRAP`` names one), a stream
-worker in a child process, publishes synthetic events, waits until the worker
-has checkpointed all of them, and prints features read back through Feast.
+1. Starts a Tansu broker (unless ``FEATFLOW_KAFKA_BOOTSTRAP`` names one) and a
+   stream worker with stream scoring on.
+2. Publishes synthetic events and their late labels (outcomes).
+3. Waits until the worker has checkpointed every event and stored the labels,
+   then prints features read back through Feast.
+4. Trains a model on point-in-time features, registers and promotes it.
+5. Serves ``/predict`` over HTTP and asks it about a few users.
+6. Publishes more events: the worker scores each with the new champion.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from contextlib import ExitStack
 
 import click
+import httpx
 import numpy as np
+import pandas as pd
 
 from featflow.settings import Settings
 
 
 def run_demo(settings: Settings, *, n_events: int, users: int, timeout_s: float = 300.0) -> None:
+    import uvicorn
+
     from featflow.processes import start_worker, stop_process, wait_caught_up
     from features.reader import read_online
+    from inference.service import build_app
+    from inference.workflow import train_and_register
     from infra.broker import embedded_broker
-    from streams.generator import generate_events
+    from infra.process import free_port
+    from streams.generator import generate_events, generate_outcomes
     from streams.producer import publish
     from streams.topics import ensure_topics
 
@@ -35,24 +48,90 @@ def run_demo(settings: Settings, *, n_events: int, users: int, timeout_s: float 
             broker = stack.enter_context(embedded_broker())
             settings = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{broker.port}"})
             click.echo(f"broker: Tansu on {settings.kafka_bootstrap}")
-        settings = settings.model_copy(update={"checkpoint_interval_s": 1.0})
+        settings = settings.model_copy(
+            update={"checkpoint_interval_s": 1.0, "stream_scoring": True}
+        )
         ensure_topics(settings)
         worker = start_worker(settings)
         stack.callback(stop_process, worker)
         click.echo(f"worker: pid {worker.pid}, online store {settings.online_store}")
 
-        start_ms = int(time.time() * 1000) - 2 * 3600 * 1000
+        now_ms = int(time.time() * 1000)
         events = generate_events(
-            n_events, users=users, start_ms=start_ms, mean_gap_ms=7_200_000 / n_events, seed=7
+            n_events, users=users, start_ms=now_ms - 7_200_000, mean_gap_ms=7_200_000 / n_events
         )
+        outcomes = generate_outcomes(events, label_delay_ms=120_000)
         started = time.monotonic()
         publish(settings, events.records())
-        click.echo(f"produced {n_events} events for {users} users")
+        publish(settings, outcomes.records(), topic=settings.outcomes_topic)
+        click.echo(f"produced {n_events} events for {users} users, and a late label for each")
         wait_caught_up(settings, [worker], timeout_s)
-        click.echo(f"all events processed in {time.monotonic() - started:.1f}s")
+        _wait_for_labels(settings, n_events, timeout_s)
+        click.echo(f"all events processed and labels stored in {time.monotonic() - started:.1f}s")
 
         ids, counts = np.unique(events.user_id, return_counts=True)
-        busiest = ids[np.argsort(-counts)][:5].tolist()
+        busiest = ids[np.argsort(-counts)][:3].tolist()
         frame = read_online(settings, busiest)
-        click.echo("features of the 5 busiest users, read through Feast get_online_features:")
+        click.echo("\nfeatures of the 3 busiest users, read through Feast get_online_features:")
         click.echo(frame.T.to_string(header=False))
+
+        report = train_and_register(settings)
+        click.echo(f"\ntrained {report.version}: holdout {report.metrics}")
+        click.echo(f"{'promoted' if report.promoted else 'not promoted'}: {report.reason}")
+
+        port = free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(build_app(settings), host="127.0.0.1", port=port, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        stack.callback(thread.join, 10)
+        stack.callback(setattr, server, "should_exit", True)
+        while not server.started:
+            time.sleep(0.05)
+        click.echo(f"\nserving on http://127.0.0.1:{port} (OpenAPI at /docs)")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+            answer = http.post("/predict", json={"user_ids": [*busiest, 999_999_999]}).json()
+        for p in answer["predictions"]:
+            click.echo(
+                f"  POST /predict user {p['user_id']}: score {p['score']:.3f} "
+                f"({p['model_version']}, features found: {p['features_found']})"
+            )
+
+        more = generate_events(
+            2000, users=users, start_ms=int(time.time() * 1000) - 60_000, mean_gap_ms=30, seed=8
+        )
+        publish(settings, more.records())
+        wait_caught_up(settings, [worker], timeout_s)
+        scored = _count_scored(settings, set(more.event_id))
+        click.echo(f"\nstream scoring: {scored} of {len(more)} new events scored by the champion")
+
+
+def _wait_for_labels(settings: Settings, expected: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        parts = list(settings.outcomes_dir.glob("*.parquet"))
+        if (
+            parts
+            and pd.read_parquet(settings.outcomes_dir, columns=["event_id"]).shape[0] >= expected
+        ):
+            return
+        time.sleep(0.5)
+    raise click.ClickException("labels were not all stored in time")
+
+
+def _count_scored(settings: Settings, event_ids: set[str]) -> int:
+    import json
+
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        settings.predictions_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
+    try:
+        return len({json.loads(m.value)["event_id"] for m in consumer} & event_ids)
+    finally:
+        consumer.close()
