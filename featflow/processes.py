@@ -19,6 +19,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """``os.environ`` plus every setting as a ``FEATFLOW_*`` variable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEATFLOW_")}
     env["FEATFLOW_LOGLEVEL"] = os.environ.get("FEATFLOW_LOGLEVEL", "warn")
+    env.setdefault("PYTHONFAULTHANDLER", "1")  # a crash in native code still leaves a trace
     for name, value in settings.model_dump().items():
         env[f"FEATFLOW_{name.upper()}"] = str(value)
     return env
@@ -50,14 +51,21 @@ def wait_caught_up(
     settings: Settings, workers: list[subprocess.Popen[bytes]], timeout: float
 ) -> float:
     """Block until the group has checkpointed every event; returns seconds waited."""
+    return wait_lag_at_most(settings, workers, 0, timeout)
+
+
+def wait_lag_at_most(
+    settings: Settings, workers: list[subprocess.Popen[bytes]], lag: int, timeout: float
+) -> float:
+    """Block until at most ``lag`` events are not yet checkpointed; fail fast if a worker dies."""
     from streams.lag import group_lag
 
     start = time.monotonic()
-    while (lag := group_lag(settings)) > 0:
+    while (behind := group_lag(settings)) > lag:
         dead = [w for w in workers if w.poll() is not None]
         if dead:
             raise RuntimeError(f"worker pid {dead[0].pid} exited with {dead[0].returncode}")
         if time.monotonic() - start > timeout:
-            raise TimeoutError(f"workers still {lag} events behind after {timeout}s")
-        time.sleep(0.2)
+            raise TimeoutError(f"workers still {behind} events behind after {timeout}s")
+        time.sleep(0.05)
     return time.monotonic() - start

@@ -32,6 +32,7 @@ from features.spec import DEFAULT_FEATURES, FeatureSpec
 from features.state import WindowState
 from streams.checkpoint import Checkpoint, CheckpointStore
 from streams.dead_letter import DeadLetter
+from streams.lag import log_end_offsets
 from streams.outcomes import decode_outcomes
 from streams.processor import Counters, Effects, PartitionProcessor
 from streams.scoring import StreamScorer
@@ -73,6 +74,7 @@ class FeatureWorker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
+        self.started = asyncio.Event()  # set once the producer and stores are ready
         self.fatal: BaseException | None = None  # raised by run(): the worker must stop
 
     # -- partition ownership -------------------------------------------------
@@ -91,6 +93,8 @@ class FeatureWorker:
                 await self._consumer.seek_to_beginning(tp)
             else:
                 end = (await self._consumer.end_offsets([tp]))[tp]
+                if checkpoint.offset >= end:  # may be a broker under-reporting: read to be sure
+                    end = await asyncio.to_thread(self._log_end, tp)
                 if checkpoint.offset >= end:
                     # Skipping up to the checkpoint would silently drop the new log.
                     raise RuntimeError(
@@ -111,6 +115,17 @@ class FeatureWorker:
             )
             self._last_checkpoint[tp.partition] = time.monotonic()
             log.info("acquired %s-%d at offset %d", tp.topic, tp.partition, offset)
+
+    def _log_end(self, tp: TopicPartition) -> int:
+        from kafka import KafkaConsumer
+        from kafka import TopicPartition as KafkaTopicPartition
+
+        probe = KafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap)
+        try:
+            ktp = KafkaTopicPartition(tp.topic, tp.partition)
+            return log_end_offsets(probe, [ktp])[ktp]
+        finally:
+            probe.close()
 
     def release(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -150,6 +165,7 @@ class FeatureWorker:
         )
         self._consumer.subscribe([settings.events_topic], listener=_Rebalance(self))
         await self._consumer.start()
+        self.started.set()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -322,6 +338,7 @@ class OutcomeStore:
             await self.flush()
 
     async def flush(self) -> None:
+        await self.worker.started.wait()  # faust may start agents before our service
         async with self._lock:
             events, self._events = self._events, []
             if not events:

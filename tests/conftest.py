@@ -39,6 +39,8 @@ def settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
         home=tmp_path / "home",
         kafka_bootstrap=kafka_bootstrap,
         events_topic=f"events_{tag}",
+        outcomes_topic=f"outcomes_{tag}",
+        predictions_topic=f"predictions_{tag}",
         consumer_group=f"workers_{tag}",
         topic_partitions=4,
         checkpoint_interval_s=0.5,

@@ -7,15 +7,14 @@ over partitions together with their checkpointed state.
 from __future__ import annotations
 
 import signal
-import time
+import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from featflow.processes import start_worker, stop_process, wait_caught_up
+from featflow.processes import start_worker, stop_process, wait_caught_up, wait_lag_at_most
 from featflow.settings import Settings
 from features.reader import read_online
-from streams.lag import group_lag
 from streams.producer import publish
 from streams.topics import ensure_topics
 from tests.streams.pipeline_helpers import (
@@ -27,12 +26,11 @@ from tests.streams.pipeline_helpers import (
 )
 
 
-def _wait_progress(settings: Settings, total: int, fraction: float, timeout: float = 120) -> None:
+def _wait_progress(
+    settings: Settings, worker: subprocess.Popen[bytes], total: int, fraction: float
+) -> None:
     """Until the group has checkpointed at least ``fraction`` of the events."""
-    deadline = time.monotonic() + timeout
-    while group_lag(settings) > total * (1 - fraction):
-        assert time.monotonic() < deadline, "worker made no progress"
-        time.sleep(0.05)
+    wait_lag_at_most(settings, [worker], int(total * (1 - fraction)), timeout=120)
 
 
 def _check(settings: Settings, expected: Expected) -> None:
@@ -58,7 +56,7 @@ def test_sigkill_mid_stream_then_restart(settings: Settings, tmp_path: Path) -> 
     for fraction in (0.25, 0.6):  # kill twice, at different points
         worker = start_worker(settings, log)
         try:
-            _wait_progress(settings, len(events), fraction)
+            _wait_progress(settings, worker, len(events), fraction)
         finally:
             worker.send_signal(signal.SIGKILL)
             worker.wait()
@@ -82,7 +80,7 @@ def test_second_worker_takes_partitions_with_their_state(
     first = start_worker(settings, tmp_path / "w1.log")
     second = None
     try:
-        _wait_progress(settings, half, 0.5)
+        _wait_progress(settings, first, half, 0.5)
         second = start_worker(settings, tmp_path / "w2.log")
         publish(settings, records[half:])
         wait_caught_up(settings, [first, second], timeout=180)
