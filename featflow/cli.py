@@ -12,10 +12,12 @@ import click
 
 from featflow.settings import Settings
 
-# kafka-python loads its protocol schemas through a deprecated importlib API on
-# every import; the warning says nothing about featflow and floods the console.
-warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"kafka\.")
-warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"importlib\.resources")
+# kafka-python loads its protocol schemas through a deprecated importlib API when
+# imported; the warning says nothing about featflow and floods the console. (A
+# filter would not hold: importing feast resets DeprecationWarning to "once".)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import kafka  # noqa: F401
 
 
 def _settings(config: str | None = None) -> Settings:
