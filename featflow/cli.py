@@ -76,7 +76,9 @@ def worker(config: str | None, loglevel: str) -> None:
     from streams.worker import build_app
 
     app, _ = build_app(_settings(config))
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    runner = faust.Worker(app, loglevel=loglevel, quiet=True)
+    runner.spinner = None  # its cursor escape codes mangle logs and the demo's output
+    runner.execute_from_commandline()
 
 
 @main.command()
