@@ -25,13 +25,49 @@ Semantics
   A late-but-accepted event (``t < tmax_e``) is added with weight ``0.5 ** ((tmax_e - t) / h)``
   and the emitted value is the entity's value *as of tmax_e* (O(1) state cannot exclude
   "future" events; documented divergence from the windowed aggregates).
-* mean/std/sum/max/min/distinct are recomputed over the window's rows on every event (two-pass
-  std, ddof=0, 0.0 for one event) instead of running sums: no drift, and results do not depend
-  on batch boundaries or snapshot/restore points.
+* sum/mean/std (population, ddof=0; 0.0 for one event) and max/min read ``amount``,
+  distinct reads ``merchant_id`` (the only columns spec validation allows for them).
+
+Algorithms
+----------
+Results depend only on the event sequence (never on batch boundaries, arena layout or
+snapshot/restore points; ``TUNING`` is a code constant, shared by stream and backfill, and
+only moves the last bits of sums), but how a row is computed depends on the entity's
+history size:
+
+* **Scan path** (entities holding at most ``TUNING["promote_above"]`` rows, i.e. almost all
+  of them, and every out-of-order event): the window's rows are scanned (two-pass std,
+  plain sums). For a handful of rows this beats any incremental bookkeeping, and it touches
+  no state beyond the rows themselves.
+* **Incremental path** (*promoted* entities, in-order events ``t >= tmax_e``): O(1)
+  amortized per event however many rows the window holds. Promotion rebuilds the state
+  from the retained rows; an entity is demoted (state dropped) once it holds fewer than
+  ``TUNING["demote_below"]`` rows.
+
+  - per window length: a start pointer advanced monotonically (two pointers); ``count``.
+  - sum/mean/std: double-double (~106-bit) running sums of ``x`` and of ``x*x`` (the
+    square split exactly with Dekker's product), added on append and subtracted when a row
+    leaves; ``var = (n*Sxx - Sx**2) / n**2`` evaluated in double-double. A window whose
+    rows all hold the same amount (tracked by the start of the trailing run of equal
+    amounts) yields exactly 0.0, as pandas does. Sums restart from exact zeros when a
+    window empties and are recomputed from the window's rows if they stop being finite.
+  - max/min: a monotonic stack over the entity's rows kept as per-row int32 links (row
+    below, row above) plus, per window, its first stack row (the window's max/min);
+    appends pop dominated rows, windows advance along the links (amortized O(1), also for
+    adversarial monotone sequences).
+  - distinct: a per-row flag "a later row has the same merchant"; a window's count is the
+    number of its unflagged rows, kept up to date on append (is the merchant's previous
+    occurrence inside the window?) and when a row leaves (unflagged => -1). The previous
+    occurrence is found by scanning the longest distinct window while it is short, else
+    in a hash map (entity, merchant) -> last row that holds only such entities' merchants.
+
+  An out-of-order event of a promoted entity is inserted in time order and its own row is
+  computed on the scan path (O(k), rare); folding it into the incremental state costs
+  O(rows after it), the rows the arena insert shifts anyway.
 
 State layout
 ------------
-Per entity ``e`` one row of ``seg[e, :]`` = (TMAX, EVICTED, BASE, HEAD, LEN, CAP) and
+Per entity ``e`` one row of ``seg[e, :]`` = (TMAX, EVICTED, BASE, HEAD, LEN, CAP, XSLOT) and
 ``ewm[e, 2k:2k+2]`` = (numerator, denominator) for each ewm spec ``k``. History lives in an
 arena (``arena_t`` int64, ``arena_a`` float64, ``arena_m`` int64): entity ``e`` owns block
 ``[BASE, BASE + CAP)`` whose live rows are ``[BASE + HEAD, BASE + HEAD + LEN)``, sorted by
@@ -39,8 +75,18 @@ arena (``arena_t`` int64, ``arena_a`` float64, ``arena_m`` int64): entity ``e`` 
 future accepted event's window and are evicted; ``EVICTED`` keeps the newest evicted time so
 ``since_last`` stays exact. A full block is relocated to the arena end with 1.5x capacity;
 when the arena itself is full :func:`process_events` returns the index of the first
-unprocessed event (state untouched for it except idempotent eviction) and the Python layer
-compacts/grows the arena and resumes: no event is ever lost or applied twice.
+unprocessed event (state untouched for it) and the Python layer compacts/grows the arena
+and resumes: no event is ever lost or applied twice.
+
+A promoted entity (``XSLOT >= 0``) also owns slot ``XSLOT`` of the side storage (typed lists
+made by :func:`new_side`): ``xi[s]`` int64 (X_SEQ: logical number of the first live row,
+X_RUN, X_DIDX, X_MASK, then window pointers, fronts and distinct counts), ``xf[s]`` float64
+(double-double sums) and ``xr[s]`` int32 ``[C, n_links + 1]``, a ring indexed by
+``logical row & X_MASK`` holding the row links and distinct flags. Logical row ``L`` is at
+arena index ``BASE + HEAD + L - X_SEQ``. Links are relative distances and pointers are
+logical, so relocation/compaction of the arena never touches the side storage. Only the
+running sums depend on more than the rows; snapshots keep them (and which entities are
+promoted) and :func:`restore_promoted` rebuilds the rest.
 """
 
 from __future__ import annotations
@@ -50,18 +96,43 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import njit, types
-from numba.typed import Dict
+from numba.typed import Dict, List
 
 from features.spec import FeatureSpec, max_window_ms, validate_specs
 
 NO_TIME = np.iinfo(np.int64).min  # sentinel: "no time seen / nothing evicted"
+NONE = -1  # sentinel logical row / slot (logical rows are >= 0)
+MAX_BLOCK = (1 << 31) - 1  # row links are int32 distances within one entity's history
 
 # seg columns
-TMAX, EVICTED, BASE, HEAD, LEN, CAP = 0, 1, 2, 3, 4, 5
-SEG_COLS = 6
+TMAX, EVICTED, BASE, HEAD, LEN, CAP, XSLOT = range(7)
+SEG_COLS = 7
 # meta slots
-META_USED, META_GARBAGE, META_REQUEST = 0, 1, 2
-META_SIZE = 3
+META_USED, META_GARBAGE, META_REQUEST, META_XBYTES = range(4)
+META_SIZE = 4
+# side int state (xi[s]); per-window columns follow at the indices in EncodedSpecs.wlay
+X_SEQ, X_RUN, X_DIDX, X_MASK = range(4)
+X_COLS = 4
+# per-window layout columns (EncodedSpecs.wlay[u, :]); -1 = absent
+WL_LO, WL_SUM, WL_SQ, WL_FMAX, WL_FMIN, WL_DIST = range(6)
+WL_COLS = 6
+# global layout slots (EncodedSpecs.glay)
+GL_PMAX, GL_PMIN, GL_DMAX, GL_RUN, GL_NXI, GL_NXF, GL_NRC = range(7)
+GL_SIZE = 7
+
+# Thresholds (rows); performance only, every setting gives the same features up to float
+# rounding (tests run the oracles with the extremes, see tests/features/conftest.py).
+TUNING: dict[str, int] = {
+    # scan path while an entity holds <= this many rows, incremental path above
+    "promote_above": 32,
+    # back to the scan path below this many rows (hysteresis: no flapping)
+    "demote_below": 8,
+    # distinct: hash-map lookups once the longest distinct window holds more rows ...
+    "dist_index_above": 64,
+    # ... and scanning again below this many
+    "dist_unindex_below": 16,
+}
+T_PROMOTE, T_DEMOTE, T_DIST_ON, T_DIST_OFF = range(4)
 
 # agg codes (kernel dispatch); order is internal, names are the public contract
 AGG_CODES: dict[str, int] = {
@@ -76,9 +147,26 @@ AGG_CODES: dict[str, int] = {
     "ewm_mean": 8,
 }
 COL_CODES: dict[str | None, int] = {None: -1, "amount": 0, "merchant_id": 1}
+# the column each windowed agg reads in the kernels (= spec._ALLOWED_COLUMNS)
+_KERNEL_COLUMN: dict[str, str | None] = {
+    "count": None,
+    "sum": "amount",
+    "mean": "amount",
+    "std": "amount",
+    "max": "amount",
+    "min": "amount",
+    "distinct": "merchant_id",
+}
 
 _COUNT, _SUM, _MEAN, _STD, _MAX, _MIN, _DISTINCT, _SINCE_LAST, _EWM = range(9)
 _DISTINCT_NAIVE_MAX = 32  # below this an O(k^2) scan beats copying + sorting
+_SPLITTER = 134217729.0  # 2**27 + 1: Dekker split of a float64 into two 26-bit halves
+_MIN_RING = 16
+
+_DIST_KEY = types.UniTuple(types.int64, 2)  # (entity, merchant)
+_XI_T = types.Array(types.int64, 1, "C")
+_XF_T = types.Array(types.float64, 1, "C")
+_XR_T = types.Array(types.int32, 2, "C")
 
 
 class EncodedSpecs(NamedTuple):
@@ -91,14 +179,24 @@ class EncodedSpecs(NamedTuple):
     slot: np.ndarray  # int64[F] ewm slot (-1 if not ewm)
     halflife: np.ndarray  # float64[K] halflife per ewm slot, ms
     retention_ms: int  # max sliding window
+    # incremental-state layout of promoted entities
+    wlay: np.ndarray  # int64[U, WL_COLS]: xi column of the window start (WL_LO), xf column
+    # of the sums (WL_SUM), 1 if x*x sums are kept (WL_SQ), xi column of the max/min front
+    # (WL_FMAX/WL_FMIN) and of the distinct count (WL_DIST); -1 where absent
+    glay: np.ndarray  # int64[GL_SIZE]: ring column of the max/min stack links, window index
+    # of the longest distinct window, 1 if a std needs run tracking, sizes of xi/xf/ring rows
 
 
 def encode_specs(specs: Sequence[FeatureSpec]) -> EncodedSpecs:
     """Validate and lower a spec list; the only place spec semantics meet kernel codes."""
     specs = validate_specs(specs)
+    for s in specs:
+        if s.agg in _KERNEL_COLUMN and s.column != _KERNEL_COLUMN[s.agg]:
+            raise ValueError(f"{s.name}: the kernels compute {s.agg} of {_KERNEL_COLUMN[s.agg]}")
     agg = np.array([AGG_CODES[s.agg] for s in specs], dtype=np.int64)
     col = np.array([COL_CODES[s.column] for s in specs], dtype=np.int64)
-    windows = sorted({s.window_ms for s in specs if AGG_CODES[s.agg] < _SINCE_LAST})
+    windowed = [s for s in specs if AGG_CODES[s.agg] < _SINCE_LAST]
+    windows = sorted({s.window_ms for s in windowed})
     win_id = np.array(
         [windows.index(s.window_ms) if AGG_CODES[s.agg] < _SINCE_LAST else -1 for s in specs],
         dtype=np.int64,
@@ -108,6 +206,38 @@ def encode_specs(specs: Sequence[FeatureSpec]) -> EncodedSpecs:
         [ewm_specs.index(s) if s.agg == "ewm_mean" else -1 for s in specs], dtype=np.int64
     )
     halflife = np.array([float(s.window_ms) for s in ewm_specs], dtype=np.float64)
+
+    wlay = np.full((len(windows), WL_COLS), -1, dtype=np.int64)
+    wlay[:, WL_SQ] = 0
+    n_xi, n_xf = X_COLS, 0
+    for u, w in enumerate(windows):
+        aggs = {s.agg for s in windowed if s.window_ms == w}
+        wlay[u, WL_LO] = n_xi
+        n_xi += 1
+        if aggs & {"sum", "mean", "std"}:
+            wlay[u, WL_SUM] = n_xf
+            wlay[u, WL_SQ] = int("std" in aggs)
+            n_xf += 4 if "std" in aggs else 2
+        for name, c in (("max", WL_FMAX), ("min", WL_FMIN), ("distinct", WL_DIST)):
+            if name in aggs:
+                wlay[u, c] = n_xi
+                n_xi += 1
+    has_max = any(s.agg == "max" for s in specs)
+    has_min = any(s.agg == "min" for s in specs)
+    n_links = 2 * (int(has_max) + int(has_min))
+    dist_w = [u for u in range(len(windows)) if wlay[u, WL_DIST] >= 0]
+    glay = np.array(
+        [
+            0 if has_max else -1,
+            (2 if has_max else 0) if has_min else -1,
+            max(dist_w) if dist_w else -1,  # windows are sorted: the last is the longest
+            int(any(s.agg == "std" for s in specs)),
+            n_xi,
+            n_xf,
+            n_links + 1,  # + the distinct flag column
+        ],
+        dtype=np.int64,
+    )
     return EncodedSpecs(
         agg=agg,
         col=col,
@@ -116,7 +246,31 @@ def encode_specs(specs: Sequence[FeatureSpec]) -> EncodedSpecs:
         slot=slot,
         halflife=halflife,
         retention_ms=max_window_ms(specs),
+        wlay=wlay,
+        glay=glay,
     )
+
+
+def tuning_array() -> np.ndarray:
+    """``TUNING`` as the kernel's int64 argument (read on every call, so tests can patch it)."""
+    return np.array(
+        [
+            TUNING["promote_above"],
+            TUNING["demote_below"],
+            TUNING["dist_index_above"],
+            TUNING["dist_unindex_below"],
+        ],
+        dtype=np.int64,
+    )
+
+
+def new_seg(n: int) -> np.ndarray:
+    """Per-entity rows for ``n`` unseen entities."""
+    seg = np.zeros((n, SEG_COLS), dtype=np.int64)
+    seg[:, TMAX] = NO_TIME
+    seg[:, EVICTED] = NO_TIME
+    seg[:, XSLOT] = NONE
+    return seg
 
 
 # ---------------------------------------------------------------------------- id mapping
@@ -126,6 +280,23 @@ def encode_specs(specs: Sequence[FeatureSpec]) -> EncodedSpecs:
 def new_id_table():  # -> numba.typed.Dict[int64, int64]
     """Empty raw-id -> dense-index table (built in nopython so its code is disk-cached)."""
     return Dict.empty(key_type=types.int64, value_type=types.int64)
+
+
+@njit(cache=True)
+def new_dist_map():  # -> numba.typed.Dict[(int64, int64), int64]
+    """Empty (entity, merchant) -> logical row of the merchant's last occurrence."""
+    return Dict.empty(key_type=_DIST_KEY, value_type=types.int64)
+
+
+@njit(cache=True)
+def new_side():  # -> (xi, xf, xr, free slots) numba typed lists
+    """Empty side storage for promoted entities."""
+    return (
+        List.empty_list(_XI_T),
+        List.empty_list(_XF_T),
+        List.empty_list(_XR_T),
+        List.empty_list(types.int64),
+    )
 
 
 @njit(cache=True)
@@ -155,7 +326,112 @@ def fill_id_table(table, keys: np.ndarray) -> None:
         table[keys[i]] = i
 
 
-# ---------------------------------------------------------------------------- main kernel
+# ---------------------------------------------------------------------------- double-double
+
+
+@njit(cache=True)
+def _two_sum(a: float, b: float) -> tuple[float, float]:
+    """s + e == a + b exactly (Knuth), s = fl(a + b)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+@njit(cache=True)
+def _two_prod(a: float, b: float) -> tuple[float, float]:
+    """p + e == a * b exactly (Dekker; no FMA needed), p = fl(a * b)."""
+    p = a * b
+    c = _SPLITTER * a
+    ah = c - (c - a)
+    al = a - ah
+    c = _SPLITTER * b
+    bh = c - (c - b)
+    bl = b - bh
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+@njit(cache=True)
+def _dd_add(hi: float, lo: float, bh: float, bl: float) -> tuple[float, float]:
+    """(hi, lo) + (bh, bl) in double-double, renormalized so that hi == fl(hi + lo).
+
+    Running window sums add and subtract every row once. In plain float64 a 1e9 row (x*x =
+    1e18) leaves ~1e2 of rounding in the sum of squares after it left, far more than the
+    variance of the small rows that follow (pandas' online variance is off by up to ~7 on
+    the hot-user test); at ~106 bits the residue is ~1e-14
+    (test_kernels::test_hot_user_matches_pandas).
+    """
+    s, e = _two_sum(hi, bh)
+    t, f = _two_sum(lo, bl)
+    s, e = _two_sum(s, e + t)
+    return _two_sum(s, e + f)
+
+
+@njit(cache=True, inline="always")
+def _acc_add(cf: np.ndarray, c: int, sq: bool, x: float) -> None:
+    """Add x (and x*x, split exactly) to the double-double sums at cf[c:c+2] (cf[c+2:c+4])."""
+    cf[c], cf[c + 1] = _dd_add(cf[c], cf[c + 1], x, 0.0)
+    if sq:
+        p, q = _two_prod(x, x)
+        cf[c + 2], cf[c + 3] = _dd_add(cf[c + 2], cf[c + 3], p, q)
+
+
+@njit(cache=True, inline="always")
+def _acc_sub(cf: np.ndarray, c: int, sq: bool, x: float) -> None:
+    cf[c], cf[c + 1] = _dd_add(cf[c], cf[c + 1], -x, 0.0)
+    if sq:
+        p, q = _two_prod(x, x)
+        cf[c + 2], cf[c + 3] = _dd_add(cf[c + 2], cf[c + 3], -p, -q)
+
+
+@njit(cache=True)
+def _acc_fill(cf: np.ndarray, c: int, sq: bool, arena_a: np.ndarray, lo: int, hi: int) -> None:
+    """Sums over arena_a[lo:hi] from exact zeros (rebuild, reset)."""
+    cf[c] = 0.0
+    cf[c + 1] = 0.0
+    if sq:
+        cf[c + 2] = 0.0
+        cf[c + 3] = 0.0
+    for j in range(lo, hi):
+        _acc_add(cf, c, sq, arena_a[j])
+
+
+@njit(cache=True)
+def _dd_std(sh: float, sl: float, qh: float, ql: float, n: int) -> float:
+    """Population std from double-double Sx = sh + sl, Sxx = qh + ql over n rows.
+
+    n*Sxx - Sx**2 is formed in double-double: the cancellation that ruins the textbook
+    one-pass formula costs nothing at ~106 bits, and rows that left the window leave no
+    residue beyond ~2**-106 of the largest sum seen (test_kernels::
+    test_hot_user_matches_pandas: nearly-constant windows right after 1e9 spikes).
+    """
+    fn = float(n)
+    ah, al = _two_prod(qh, fn)
+    bh, bl = _two_prod(sh, sh)
+    dh, _ = _dd_add(ah, al + ql * fn, -bh, -(bl + 2.0 * sh * sl))
+    v = dh / fn / fn
+    if v > 0.0:
+        return np.sqrt(v)
+    # rounding can leave a tiny negative variance: 0.0; NaN (inf sums) stays NaN so the
+    # caller falls back to two passes (test_kernels::test_huge_amount_does_not_poison_sums)
+    return 0.0 if v <= 0.0 else v
+
+
+@njit(cache=True)
+def _two_pass_std(arena_a: np.ndarray, lo: int, hi: int) -> float:
+    """Two-pass population std of arena_a[lo:hi]: no cancellation, exactly 0.0 for one row
+    (test_kernels::test_single_event, test_in_order_matches_pandas)."""
+    s = 0.0
+    for j in range(lo, hi):
+        s += arena_a[j]
+    m = s / (hi - lo)
+    ss = 0.0
+    for j in range(lo, hi):
+        dv = arena_a[j] - m
+        ss += dv * dv
+    return np.sqrt(ss / (hi - lo))
+
+
+# ---------------------------------------------------------------------------- scan path
 
 
 @njit(cache=True)
@@ -184,6 +460,472 @@ def _distinct_count(arena_m: np.ndarray, lo: int, hi: int, scratch: np.ndarray) 
     return n
 
 
+@njit(cache=True, inline="always")
+def _scan_features(
+    i: int,
+    e: int,
+    ti: int,
+    first: int,
+    pos: int,
+    agg: np.ndarray,
+    win_id: np.ndarray,
+    uwin: np.ndarray,
+    slot: np.ndarray,
+    seg: np.ndarray,
+    ewm: np.ndarray,
+    arena_t: np.ndarray,
+    arena_a: np.ndarray,
+    arena_m: np.ndarray,
+    lo_cache: np.ndarray,
+    scratch: np.ndarray,
+    out: np.ndarray,
+) -> np.ndarray:
+    """Features of the row at ``pos`` by scanning its window rows [lo, pos]; returns the
+    (possibly regrown) scratch buffer."""
+    for u in range(uwin.shape[0]):
+        lo_cache[u] = -1
+    for f in range(agg.shape[0]):
+        code = agg[f]
+        if code == _SINCE_LAST:
+            prev = arena_t[pos - 1] if pos > first else seg[e, EVICTED]
+            out[i, f] = -1.0 if prev == NO_TIME else (ti - prev) / 1000.0
+            continue
+        if code == _EWM:
+            q = slot[f]
+            out[i, f] = ewm[e, 2 * q] / ewm[e, 2 * q + 1]
+            continue
+        u = win_id[f]
+        lo = lo_cache[u]
+        if lo < 0:
+            # first row with time > ti - w (a row at exactly ti - w is excluded;
+            # test_kernels::test_window_boundary)
+            bound = ti - uwin[u]
+            a = first
+            b = pos
+            while a < b:
+                mid = (a + b) >> 1
+                if arena_t[mid] > bound:
+                    b = mid
+                else:
+                    a = mid + 1
+            lo = a
+            lo_cache[u] = lo
+        cnt = pos - lo + 1
+        if code == _COUNT:
+            out[i, f] = float(cnt)
+        elif code == _DISTINCT:
+            if cnt > scratch.shape[0]:
+                scratch = np.empty(2 * cnt, dtype=np.int64)
+            out[i, f] = float(_distinct_count(arena_m, lo, pos, scratch))
+        elif code in (_MAX, _MIN):
+            best = arena_a[lo]
+            for j in range(lo + 1, pos + 1):
+                v = arena_a[j]
+                if (code == _MAX and v > best) or (code == _MIN and v < best):
+                    best = v
+            out[i, f] = best
+        elif code == _STD:
+            out[i, f] = _two_pass_std(arena_a, lo, pos + 1)
+        else:
+            # plain left-to-right sum of a few rows (test_kernels::test_in_order_matches_pandas)
+            s = 0.0
+            for j in range(lo, pos + 1):
+                s += arena_a[j]
+            out[i, f] = s if code == _SUM else s / cnt
+    return scratch
+
+
+# ---------------------------------------------------------------------------- incremental
+
+
+@njit(cache=True, inline="always")
+def _stack_push(
+    arena_a: np.ndarray,
+    ring: np.ndarray,
+    mask: int,
+    pc: int,
+    is_max: bool,
+    off: int,
+    seq: int,
+    j: int,
+) -> int:
+    """Push logical row j on the entity's max (min) stack; return the row below it or NONE.
+
+    The stack holds the rows strictly greater (smaller) than every later row; ring column
+    pc links each to the row below, pc + 1 to the row above (distances, 0: none). Every row
+    is popped at most once: amortized O(1) (monotone runs in
+    test_kernels::test_hot_user_matches_pandas).
+    """
+    x = arena_a[off + j]
+    p = j - 1
+    while p >= seq:
+        v = arena_a[off + p]
+        if (v <= x) if is_max else (v >= x):
+            d = ring[p & mask, pc]
+            p = p - d if d > 0 else NONE
+        else:
+            break
+    if p < seq:
+        p = NONE
+    ring[j & mask, pc] = 0 if p == NONE else j - p
+    ring[j & mask, pc + 1] = 0
+    if p != NONE:
+        ring[p & mask, pc + 1] = j - p
+    return p
+
+
+@njit(cache=True)
+def _dist_index(e: int, ci, ring, mask: int, fcol: int, arena_m, dmap, lo, end, off) -> None:
+    """Map (e, merchant) -> last occurrence for the merchants of logical rows [lo, end)."""
+    for q in range(lo, end):
+        if ring[q & mask, fcol] == 0:
+            dmap[(e, arena_m[off + q])] = q
+    ci[X_DIDX] = 1
+
+
+@njit(cache=True)
+def _dist_unindex(e: int, ci, ring, mask: int, fcol: int, arena_m, dmap, lo, end, off) -> None:
+    """Remove the entity's map entries (exactly its window's last occurrences)."""
+    for q in range(lo, end):
+        if ring[q & mask, fcol] == 0:
+            dmap.pop((e, arena_m[off + q]), NONE)
+    ci[X_DIDX] = 0
+
+
+@njit(cache=True)
+def _ring_fit(xr, s: int, ci, ring, seq: int, end: int, need: int, meta) -> np.ndarray:
+    """The slot's ring, doubled (live logical rows [seq, end) copied) until it holds need."""
+    if need <= ring.shape[0]:
+        return ring
+    cap = max(ring.shape[0], _MIN_RING)
+    while cap < need:
+        cap *= 2
+    grown = np.zeros((cap, ring.shape[1]), dtype=np.int32)
+    if ring.shape[0] > 0:
+        mask = ci[X_MASK]
+        for q in range(seq, end):
+            for c in range(ring.shape[1]):
+                grown[q & (cap - 1), c] = ring[q & mask, c]
+    meta[META_XBYTES] += (cap - ring.shape[0]) * ring.shape[1] * 4
+    xr[s] = grown
+    ci[X_MASK] = cap - 1
+    return grown
+
+
+@njit(cache=True)
+def _insert_late(
+    e: int,
+    pos: int,
+    uwin: np.ndarray,
+    wlay: np.ndarray,
+    glay: np.ndarray,
+    tune: np.ndarray,
+    seg: np.ndarray,
+    arena_t: np.ndarray,
+    arena_a: np.ndarray,
+    arena_m: np.ndarray,
+    xi,
+    xf,
+    xr,
+    dmap,
+    meta: np.ndarray,
+) -> None:
+    """Fold an out-of-order row (already inserted at arena index ``pos``, before the row of
+    time TMAX) into a promoted entity's state, anchored at TMAX.
+
+    Rows after it moved up one logical number; everything pointing at them moves too. Cost:
+    O(rows after pos + popped stack rows), the same order as the arena insert itself
+    (test_kernels::test_out_of_order_vs_bruteforce, test_hot_users_out_of_order_vs_bruteforce).
+    """
+    xs = seg[e, XSLOT]
+    ci = xi[xs]
+    cf = xf[xs]
+    length = seg[e, LEN]
+    seq = ci[X_SEQ]
+    off = seg[e, BASE] + seg[e, HEAD] - seq
+    end = seq + length  # new numbering
+    p = pos - off  # logical number of the new row
+    ti = arena_t[pos]
+    x = arena_a[pos]
+    mm = arena_m[pos]
+    tm = seg[e, TMAX]
+    ring = _ring_fit(xr, xs, ci, xr[xs], seq, end - 1, length, meta)
+    mask = ci[X_MASK]
+    nrc = ring.shape[1]
+    fcol = nrc - 1
+    for q in range(end - 2, p - 1, -1):
+        for c in range(nrc):
+            ring[(q + 1) & mask, c] = ring[q & mask, c]
+    for c in range(nrc):
+        ring[p & mask, c] = 0
+    nu = uwin.shape[0]
+    # window starts: a window the row is not in starts after it (its start moves up one)
+    for u in range(nu):
+        if ti <= tm - uwin[u]:
+            ci[wlay[u, WL_LO]] += 1
+        else:
+            c = wlay[u, WL_SUM]
+            if c >= 0:
+                sq = wlay[u, WL_SQ] > 0
+                _acc_add(cf, c, sq, x)
+                if not (np.isfinite(cf[c]) and (not sq or np.isfinite(cf[c + 2]))):
+                    _acc_fill(cf, c, sq, arena_a, off + ci[wlay[u, WL_LO]], off + end)
+    if glay[GL_RUN] > 0:
+        r = ci[X_RUN]  # old numbering; the row is never last (TMAX's row is after it)
+        if p < r:
+            ci[X_RUN] = r + 1
+        elif x != arena_a[off + end - 1]:
+            ci[X_RUN] = p + 1
+    for which in (GL_PMAX, GL_PMIN):
+        pc = glay[which]
+        if pc < 0:
+            continue
+        is_max = which == GL_PMAX
+        # a: lowest stack row after the new one, b: highest stack row before it. Links of
+        # rows after it that point before it are one short now (distances moved with rows).
+        a = end - 1
+        b = NONE
+        while True:
+            d = ring[a & mask, pc]
+            if d == 0:
+                break
+            if a - d > p:
+                a -= d
+            else:
+                b = a - d - 1
+                break
+        if b < seq:
+            b = NONE
+        va = arena_a[off + a]
+        on = (x > va) if is_max else (x < va)  # the row is on the stack
+        if on:
+            while b != NONE:
+                vb = arena_a[off + b]
+                if (vb <= x) if is_max else (vb >= x):
+                    d = ring[b & mask, pc]
+                    b = b - d if d > 0 else NONE
+                    if b < seq:
+                        b = NONE
+                else:
+                    break
+            ring[p & mask, pc] = 0 if b == NONE else p - b
+            ring[p & mask, pc + 1] = a - p
+            ring[a & mask, pc] = a - p
+            if b != NONE:
+                ring[b & mask, pc + 1] = p - b
+        else:
+            ring[a & mask, pc] = 0 if b == NONE else a - b
+            if b != NONE:
+                ring[b & mask, pc + 1] = a - b
+        fc = WL_FMAX if is_max else WL_FMIN
+        for u in range(nu):
+            col = wlay[u, fc]
+            if col < 0:
+                continue
+            f = ci[col]  # old numbering
+            if ti <= tm - uwin[u] or (f >= p and not on):
+                ci[col] = f + 1
+            elif f >= p:
+                ci[col] = p
+            elif on and ((arena_a[off + f] <= x) if is_max else (arena_a[off + f] >= x)):
+                ci[col] = p  # the front was popped by the new row
+    dm = glay[GL_DMAX]
+    if dm >= 0:
+        lo_d = ci[wlay[dm, WL_LO]]
+        indexed = ci[X_DIDX] != 0
+        first_moved = lo_d
+        if p >= lo_d:
+            later = False
+            for q in range(p + 1, end):
+                if arena_m[off + q] == mm:
+                    later = True
+                    break
+            prev = NONE
+            if later:
+                ring[p & mask, fcol] = 1
+            elif indexed:
+                prev = dmap.get((e, mm), NONE)  # the last occurrence, before the new row
+            else:
+                q = p - 1
+                while q >= lo_d:
+                    if arena_m[off + q] == mm:
+                        prev = q
+                        break
+                    q -= 1
+            if prev != NONE:
+                ring[prev & mask, fcol] = 1
+            for u in range(nu):
+                dc = wlay[u, WL_DIST]
+                if dc >= 0 and ti > tm - uwin[u] and not later and prev < ci[wlay[u, WL_LO]]:
+                    ci[dc] += 1
+            if indexed:
+                if not later:
+                    dmap[(e, mm)] = p
+                first_moved = p + 1
+            cnt = end - lo_d
+            if not indexed and cnt > tune[T_DIST_ON]:
+                _dist_index(e, ci, ring, mask, fcol, arena_m, dmap, lo_d, end, off)
+                indexed = False  # entries are fresh
+            elif indexed and cnt < tune[T_DIST_OFF]:
+                # entries after the row still carry old numbers: drop by merchant, not value
+                _dist_unindex(e, ci, ring, mask, fcol, arena_m, dmap, lo_d, end, off)
+                indexed = False
+        if indexed:
+            # renumber the map entries of rows that moved up (last occurrences = unflagged)
+            for q in range(first_moved, end):
+                if ring[q & mask, fcol] == 0:
+                    dmap[(e, arena_m[off + q])] = q
+
+
+@njit(cache=True)
+def _rebuild(
+    e: int,
+    uwin: np.ndarray,
+    wlay: np.ndarray,
+    glay: np.ndarray,
+    tune: np.ndarray,
+    seg: np.ndarray,
+    arena_t: np.ndarray,
+    arena_a: np.ndarray,
+    arena_m: np.ndarray,
+    xi,
+    xf,
+    xr,
+    dmap,
+    meta: np.ndarray,
+) -> None:
+    """Compute a newly promoted entity's incremental state from its rows, anchored at TMAX."""
+    s = seg[e, XSLOT]
+    ci = xi[s]
+    cf = xf[s]
+    ring = xr[s]
+    length = seg[e, LEN]
+    ring = _ring_fit(xr, s, ci, ring, 0, 0, length, meta)  # contents are recomputed below
+    mask = ci[X_MASK]
+    seq = ci[X_SEQ]
+    first = seg[e, BASE] + seg[e, HEAD]
+    off = first - seq
+    end = seq + length
+    tm = seg[e, TMAX]
+    nu = uwin.shape[0]
+    for u in range(nu):
+        bound = tm - uwin[u]
+        a = first
+        b = first + length
+        while a < b:
+            mid = (a + b) >> 1
+            if arena_t[mid] > bound:
+                b = mid
+            else:
+                a = mid + 1
+        ci[wlay[u, WL_LO]] = a - off
+        c = wlay[u, WL_SUM]
+        if c >= 0:
+            _acc_fill(cf, c, wlay[u, WL_SQ] > 0, arena_a, a, first + length)
+    if glay[GL_RUN] > 0:
+        r = end - 1
+        while r > seq and arena_a[off + r - 1] == arena_a[off + r]:
+            r -= 1
+        ci[X_RUN] = r
+    for which in (GL_PMAX, GL_PMIN):
+        pc = glay[which]
+        if pc < 0:
+            continue
+        for j in range(seq, end):
+            _stack_push(arena_a, ring, mask, pc, which == GL_PMAX, off, seq, j)
+        fc = WL_FMAX if which == GL_PMAX else WL_FMIN
+        for u in range(nu):
+            c = wlay[u, fc]
+            if c < 0:
+                continue
+            lo = ci[wlay[u, WL_LO]]
+            if lo >= end:
+                ci[c] = NONE
+                continue
+            f = end - 1
+            while True:
+                d = ring[f & mask, pc]
+                if d == 0 or f - d < lo:
+                    break
+                f -= d
+            ci[c] = f
+    dm = glay[GL_DMAX]
+    if dm >= 0:
+        fcol = glay[GL_NRC] - 1
+        lo = ci[wlay[dm, WL_LO]]
+        k = end - lo
+        for q in range(lo, end):
+            ring[q & mask, fcol] = 0
+        if k <= _DISTINCT_NAIVE_MAX:
+            for q in range(lo, end):
+                v = arena_m[off + q]
+                for r in range(q + 1, end):
+                    if arena_m[off + r] == v:
+                        ring[q & mask, fcol] = 1
+                        break
+        else:
+            idx = np.argsort(arena_m[off + lo : off + end], kind="mergesort")  # stable
+            for z in range(k - 1):
+                if arena_m[off + lo + idx[z]] == arena_m[off + lo + idx[z + 1]]:
+                    ring[(lo + idx[z]) & mask, fcol] = 1
+        for u in range(nu):
+            c = wlay[u, WL_DIST]
+            if c < 0:
+                continue
+            nd = 0
+            for q in range(ci[wlay[u, WL_LO]], end):
+                if ring[q & mask, fcol] == 0:
+                    nd += 1
+            ci[c] = nd
+        if k > tune[T_DIST_ON]:
+            _dist_index(e, ci, ring, mask, fcol, arena_m, dmap, lo, end, off)
+
+
+@njit(cache=True)
+def _promote(
+    e, uwin, wlay, glay, tune, seg, arena_t, arena_a, arena_m, xi, xf, xr, xfree, dmap, meta
+) -> None:
+    """Give entity e a side-storage slot and build its incremental state from its rows."""
+    if len(xfree) > 0:
+        s = xfree.pop()
+    else:
+        s = len(xi)
+        xi.append(np.zeros(0, dtype=np.int64))
+        xf.append(np.zeros(0, dtype=np.float64))
+        xr.append(np.zeros((0, 1), dtype=np.int32))
+    ci = np.zeros(glay[GL_NXI], dtype=np.int64)
+    ci[X_MASK] = -1  # empty ring: _rebuild sizes it
+    xi[s] = ci
+    xf[s] = np.zeros(glay[GL_NXF], dtype=np.float64)
+    xr[s] = np.zeros((0, glay[GL_NRC]), dtype=np.int32)
+    meta[META_XBYTES] += 8 * (glay[GL_NXI] + glay[GL_NXF])
+    seg[e, XSLOT] = s
+    _rebuild(e, uwin, wlay, glay, tune, seg, arena_t, arena_a, arena_m, xi, xf, xr, dmap, meta)
+
+
+@njit(cache=True)
+def _demote(e, wlay, glay, seg, arena_m, xi, xf, xr, xfree, dmap, meta) -> None:
+    """Drop entity e's incremental state (back to the scan path) and free its slot."""
+    s = seg[e, XSLOT]
+    ci = xi[s]
+    ring = xr[s]
+    if ci[X_DIDX] != 0:
+        seq = ci[X_SEQ]
+        off = seg[e, BASE] + seg[e, HEAD] - seq
+        lo = ci[wlay[glay[GL_DMAX], WL_LO]]
+        end = seq + seg[e, LEN]
+        _dist_unindex(e, ci, ring, ci[X_MASK], glay[GL_NRC] - 1, arena_m, dmap, lo, end, off)
+    meta[META_XBYTES] -= 8 * (glay[GL_NXI] + glay[GL_NXF]) + ring.shape[0] * ring.shape[1] * 4
+    xi[s] = np.zeros(0, dtype=np.int64)
+    xf[s] = np.zeros(0, dtype=np.float64)
+    xr[s] = np.zeros((0, 1), dtype=np.int32)
+    xfree.append(s)
+    seg[e, XSLOT] = NONE
+
+
+# ---------------------------------------------------------------------------- main kernel
+
+
 @njit(cache=True)
 def process_events(
     ent: np.ndarray,  # int64[n] dense entity index
@@ -192,32 +934,43 @@ def process_events(
     mer: np.ndarray,  # int64[n]
     start: int,  # first event index to process (resume point)
     agg: np.ndarray,  # int64[F]
-    col: np.ndarray,  # int64[F]
     win_id: np.ndarray,  # int64[F]
     uwin: np.ndarray,  # int64[U]
+    wlay: np.ndarray,  # int64[U, WL_COLS]
+    glay: np.ndarray,  # int64[GL_SIZE]
     slot: np.ndarray,  # int64[F]
     halflife: np.ndarray,  # float64[K]
+    tune: np.ndarray,  # int64[4] (tuning_array())
     lateness_ms: int,
     retention_ms: int,
     min_seg: int,
-    seg: np.ndarray,  # int64[E, 6]
+    seg: np.ndarray,  # int64[E, SEG_COLS]
     ewm: np.ndarray,  # float64[E, 2K]
     arena_t: np.ndarray,  # int64[A]
     arena_a: np.ndarray,  # float64[A]
     arena_m: np.ndarray,  # int64[A]
-    meta: np.ndarray,  # int64[3] (used, garbage, requested capacity)
+    xi,  # side storage (new_side())
+    xf,
+    xr,
+    xfree,
+    dmap,  # typed.Dict[(int64, int64), int64] (new_dist_map())
+    meta: np.ndarray,  # int64[META_SIZE] (used, garbage, requested capacity, side bytes)
     out: np.ndarray,  # float64[n, F]
     late: np.ndarray,  # bool[n]
 ) -> int:
     """Process events ``start..n-1`` in order; return n, or the index where the arena ran out.
 
-    On an early return ``meta[META_REQUEST]`` holds the block size that did not fit.
+    On an early return ``meta[META_REQUEST]`` holds the block size that did not fit (more
+    than ``MAX_BLOCK`` if the entity cannot grow at all).
     """
     n = ent.shape[0]
     nf = agg.shape[0]
     nk = halflife.shape[0]
     nu = uwin.shape[0]
     arena_size = arena_t.shape[0]
+    dm = glay[GL_DMAX]
+    fcol = glay[GL_NRC] - 1
+    track_run = glay[GL_RUN] > 0
     lo_cache = np.empty(nu, dtype=np.int64)
     scratch = np.empty(64, dtype=np.int64)
     for i in range(start, n):
@@ -231,9 +984,10 @@ def process_events(
                 out[i, f] = np.nan
             continue
         late[i] = False
-        new_tmax = ti if (not seen or ti > tmax) else tmax
+        in_order = not seen or ti >= tmax
+        new_tmax = ti if in_order else tmax
 
-        # -- evict rows no future accepted event can see (idempotent: safe to redo on resume)
+        # -- rows no future accepted event can see: counted now, evicted once room is sure
         base = seg[e, BASE]
         head = seg[e, HEAD]
         length = seg[e, LEN]
@@ -242,14 +996,71 @@ def process_events(
         k = 0
         while k < length and arena_t[base + head + k] <= horizon:
             k += 1
+        live = length - k
+        new_head = head + k if live > 0 else 0
+        new_cap = cap
+        if new_head + live == cap and new_head == 0:
+            new_cap = max(min_seg, cap + max(cap >> 1, 1))
+            if new_cap > MAX_BLOCK or meta[META_USED] + new_cap > arena_size:
+                meta[META_REQUEST] = new_cap
+                return i  # nothing of event i applied yet
+
+        xs = seg[e, XSLOT]
+        if xs >= 0:
+            ci = xi[xs]
+            cf = xf[xs]
+            ring = xr[xs]
+            mask = ci[X_MASK]
+            seq = ci[X_SEQ]
+            off = base + head - seq  # logical row L is at arena index off + L
+            end = seq + length
+            if in_order:
+                # -- slide every window to (ti - w, ti]: rows leave (still in the arena)
+                indexed = ci[X_DIDX] != 0
+                for u in range(nu):
+                    bound = ti - uwin[u]
+                    lc = wlay[u, WL_LO]
+                    lo = ci[lc]
+                    lo0 = lo
+                    c = wlay[u, WL_SUM]
+                    sq = wlay[u, WL_SQ] > 0
+                    dc = wlay[u, WL_DIST]
+                    while lo < end and arena_t[off + lo] <= bound:
+                        if c >= 0:
+                            _acc_sub(cf, c, sq, arena_a[off + lo])
+                        if dc >= 0 and ring[lo & mask, fcol] == 0:
+                            ci[dc] -= 1
+                            if indexed and u == dm:
+                                dmap.pop((e, arena_m[off + lo]), NONE)
+                        lo += 1
+                    if lo == lo0:
+                        continue
+                    ci[lc] = lo
+                    if c >= 0 and lo == end:
+                        # empty window: restart from exact zeros, so rounding residue never
+                        # outlives a quiet spell (test_kernels::test_hot_user_matches_pandas)
+                        _acc_fill(cf, c, sq, arena_a, 0, 0)
+                    for fc, pc in ((WL_FMAX, glay[GL_PMAX]), (WL_FMIN, glay[GL_PMIN])):
+                        col = wlay[u, fc]
+                        if col < 0:
+                            continue
+                        f = ci[col]
+                        if f != NONE:
+                            while f < lo and f < end - 1:
+                                d = ring[f & mask, pc + 1]
+                                if d <= 0:  # cannot happen; never spin on a broken link
+                                    break
+                                f += d
+                            if f < lo:
+                                f = NONE
+                            ci[col] = f
+            ci[X_SEQ] = seq + k
+
+        # -- evict
         if k > 0:
             seg[e, EVICTED] = arena_t[base + head + k - 1]
-            head += k
-            length -= k
-            if length == 0:
-                head = 0
-            seg[e, HEAD] = head
-            seg[e, LEN] = length
+        head = new_head
+        length = live
 
         # -- make room for one more row
         if head + length == cap:
@@ -260,13 +1071,8 @@ def process_events(
                     arena_a[base + j] = arena_a[base + head + j]
                     arena_m[base + j] = arena_m[base + head + j]
                 head = 0
-                seg[e, HEAD] = 0
             else:
-                new_cap = max(min_seg, cap + max(cap >> 1, 1))
                 used = meta[META_USED]
-                if used + new_cap > arena_size:
-                    meta[META_REQUEST] = new_cap
-                    return i
                 for j in range(length):
                     arena_t[used + j] = arena_t[base + head + j]
                     arena_a[used + j] = arena_a[base + head + j]
@@ -277,6 +1083,7 @@ def process_events(
                 cap = new_cap
                 seg[e, BASE] = base
                 seg[e, CAP] = cap
+        seg[e, HEAD] = head
 
         # -- insert after all rows with time <= ti (upper bound => arrival order breaks ties)
         first = base + head
@@ -286,8 +1093,9 @@ def process_events(
             arena_a[pos] = arena_a[pos - 1]
             arena_m[pos] = arena_m[pos - 1]
             pos -= 1
+        x = amt[i]
         arena_t[pos] = ti
-        arena_a[pos] = amt[i]
+        arena_a[pos] = x
         arena_m[pos] = mer[i]
         length += 1
         seg[e, LEN] = length
@@ -297,26 +1105,105 @@ def process_events(
         if nk > 0:
             if not seen:
                 for q in range(nk):
-                    x = amt[i]
                     ewm[e, 2 * q] = x
                     ewm[e, 2 * q + 1] = 1.0
             elif ti >= tmax:
                 for q in range(nk):
                     d = 0.5 ** ((ti - tmax) / halflife[q])
-                    ewm[e, 2 * q] = ewm[e, 2 * q] * d + amt[i]
+                    ewm[e, 2 * q] = ewm[e, 2 * q] * d + x
                     ewm[e, 2 * q + 1] = ewm[e, 2 * q + 1] * d + 1.0
             else:
                 # late-but-accepted: weight as of tmax, value stays "as of tmax"
                 # (guarded by test_kernels::test_out_of_order_vs_bruteforce)
                 for q in range(nk):
                     wgt = 0.5 ** ((tmax - ti) / halflife[q])
-                    ewm[e, 2 * q] += wgt * amt[i]
+                    ewm[e, 2 * q] += wgt * x
                     ewm[e, 2 * q + 1] += wgt
         seg[e, TMAX] = new_tmax
 
-        # -- features over rows [lo, pos]
+        if xs < 0 or not in_order:
+            # -- scan path: small entity, or an out-of-order row (then folded in). Which path
+            # computes a row changes only its rounding; every path is checked against the
+            # oracles (tests/features/conftest.py::TUNINGS forces each one)
+            scratch = _scan_features(
+                i, e, ti, first, pos, agg, win_id, uwin, slot, seg, ewm,
+                arena_t, arena_a, arena_m, lo_cache, scratch, out,
+            )  # fmt: skip
+            if xs < 0:
+                if length > tune[T_PROMOTE]:
+                    _promote(
+                        e, uwin, wlay, glay, tune, seg, arena_t, arena_a, arena_m,
+                        xi, xf, xr, xfree, dmap, meta,
+                    )  # fmt: skip
+            else:
+                _insert_late(
+                    e, pos, uwin, wlay, glay, tune, seg, arena_t, arena_a, arena_m,
+                    xi, xf, xr, dmap, meta,
+                )  # fmt: skip
+                if length < tune[T_DEMOTE]:
+                    _demote(e, wlay, glay, seg, arena_m, xi, xf, xr, xfree, dmap, meta)
+            continue
+
+        # -- incremental path: the row was appended as logical row j
+        seq = ci[X_SEQ]
+        off = first - seq
+        j = seq + length - 1
+        end = j + 1
+        if length > mask + 1:
+            # ring full: double it (rows keep their logical numbers)
+            ring = _ring_fit(xr, xs, ci, ring, seq, j, length, meta)
+            mask = ci[X_MASK]
+        ring[j & mask, fcol] = 0
         for u in range(nu):
-            lo_cache[u] = -1
+            c = wlay[u, WL_SUM]
+            if c >= 0:
+                sq = wlay[u, WL_SQ] > 0
+                _acc_add(cf, c, sq, x)
+                if not (np.isfinite(cf[c]) and (not sq or np.isfinite(cf[c + 2]))):
+                    # an amount near float64 overflow (x*x = inf): recompute instead of
+                    # letting inf - inf poison the sums once it leaves
+                    # (test_kernels::test_huge_amount_does_not_poison_sums)
+                    _acc_fill(cf, c, sq, arena_a, off + ci[wlay[u, WL_LO]], off + end)
+        if track_run and not (length > 1 and arena_a[pos - 1] == x):
+            ci[X_RUN] = j
+        for which in (GL_PMAX, GL_PMIN):
+            pc = glay[which]
+            if pc < 0:
+                continue
+            p = _stack_push(arena_a, ring, mask, pc, which == GL_PMAX, off, seq, j)
+            fc = WL_FMAX if which == GL_PMAX else WL_FMIN
+            for u in range(nu):
+                col = wlay[u, fc]
+                if col >= 0 and (ci[col] == NONE or ci[col] > p):
+                    ci[col] = j  # the front and everything after it were dominated
+        if dm >= 0:
+            mm = mer[i]
+            lo_d = ci[wlay[dm, WL_LO]]
+            indexed = ci[X_DIDX] != 0
+            p = NONE
+            if indexed:
+                p = dmap.get((e, mm), NONE)
+                dmap[(e, mm)] = j
+            else:
+                q = j - 1
+                while q >= lo_d:
+                    if arena_m[off + q] == mm:
+                        p = q
+                        break
+                    q -= 1
+            if p != NONE:
+                ring[p & mask, fcol] = 1
+            for u in range(nu):
+                dc = wlay[u, WL_DIST]
+                if dc >= 0 and p < ci[wlay[u, WL_LO]]:  # NONE is before every window
+                    ci[dc] += 1
+            cnt = end - lo_d
+            if not indexed and cnt > tune[T_DIST_ON]:
+                _dist_index(e, ci, ring, mask, fcol, arena_m, dmap, lo_d, end, off)
+            elif indexed and cnt < tune[T_DIST_OFF]:
+                _dist_unindex(e, ci, ring, mask, fcol, arena_m, dmap, lo_d, end, off)
+
+        # -- features from the incremental state
         for f in range(nf):
             code = agg[f]
             if code == _SINCE_LAST:
@@ -328,54 +1215,34 @@ def process_events(
                 out[i, f] = ewm[e, 2 * q] / ewm[e, 2 * q + 1]
                 continue
             u = win_id[f]
-            lo = lo_cache[u]
-            if lo < 0:
-                # first row with time > ti - w (a row at exactly ti - w is excluded;
-                # test_kernels::test_window_boundary)
-                bound = ti - uwin[u]
-                a = first
-                b = pos
-                while a < b:
-                    mid = (a + b) >> 1
-                    if arena_t[mid] > bound:
-                        b = mid
-                    else:
-                        a = mid + 1
-                lo = a
-                lo_cache[u] = lo
-            cnt = pos - lo + 1
+            lo = ci[wlay[u, WL_LO]]
+            cnt = end - lo
             if code == _COUNT:
                 out[i, f] = float(cnt)
-            elif code == _DISTINCT:
-                if cnt > scratch.shape[0]:
-                    scratch = np.empty(2 * cnt, dtype=np.int64)
-                out[i, f] = float(_distinct_count(arena_m, lo, pos, scratch))
-            else:
-                c = col[f]
-                if code in (_MAX, _MIN):
-                    best = arena_a[lo] if c == 0 else float(arena_m[lo])
-                    for j in range(lo + 1, pos + 1):
-                        v = arena_a[j] if c == 0 else float(arena_m[j])
-                        if (code == _MAX and v > best) or (code == _MIN and v < best):
-                            best = v
-                    out[i, f] = best
+            elif code in (_SUM, _MEAN):
+                # hi == fl(hi + lo): the sum rounded once, however many rows came and went
+                # (test_kernels::test_hot_user_matches_pandas: sums next to 1e9 spikes)
+                s = cf[wlay[u, WL_SUM]]
+                out[i, f] = s if code == _SUM else s / cnt
+            elif code == _STD:
+                if ci[X_RUN] <= lo:
+                    # every row of the window holds the same amount: exactly 0.0, as pandas
+                    # (test_kernels::test_hot_user_matches_pandas, constant runs)
+                    out[i, f] = 0.0
                 else:
-                    s = 0.0
-                    for j in range(lo, pos + 1):
-                        s += arena_a[j] if c == 0 else float(arena_m[j])
-                    if code == _SUM:
-                        out[i, f] = s
-                    elif code == _MEAN:
-                        out[i, f] = s / cnt
-                    else:
-                        # two-pass population variance: no cancellation drift, exactly 0.0
-                        # for a single row (test_kernels::test_single_event)
-                        m = s / cnt
-                        ss = 0.0
-                        for j in range(lo, pos + 1):
-                            dv = (arena_a[j] if c == 0 else float(arena_m[j])) - m
-                            ss += dv * dv
-                        out[i, f] = np.sqrt(ss / cnt)
+                    c = wlay[u, WL_SUM]
+                    v = _dd_std(cf[c], cf[c + 1], cf[c + 2], cf[c + 3], cnt)
+                    if not np.isfinite(v):
+                        v = _two_pass_std(arena_a, off + lo, off + end)
+                    out[i, f] = v
+            elif code == _MAX:
+                out[i, f] = arena_a[off + ci[wlay[u, WL_FMAX]]]
+            elif code == _MIN:
+                out[i, f] = arena_a[off + ci[wlay[u, WL_FMIN]]]
+            else:
+                out[i, f] = float(ci[wlay[u, WL_DIST]])
+        if length < tune[T_DEMOTE]:
+            _demote(e, wlay, glay, seg, arena_m, xi, xf, xr, xfree, dmap, meta)
     return n
 
 
@@ -394,7 +1261,8 @@ def compact_arena(
     """Slide live blocks to the arena front in place; returns the new used size.
 
     In place is safe because blocks are visited by ascending base and never grow, so every
-    destination is <= its source (no second arena => peak memory stays ~1x).
+    destination is <= its source (no second arena => peak memory stays ~1x). Side storage
+    is indexed by logical row numbers, so it does not care where rows live.
     """
     cursor = 0
     for r in range(order.shape[0]):
@@ -432,3 +1300,40 @@ def gather_live(
             out_a[cursor + j] = arena_a[src + j]
             out_m[cursor + j] = arena_m[src + j]
         cursor += seg[e, LEN]
+
+
+@njit(cache=True)
+def gather_sums(seg: np.ndarray, promoted: np.ndarray, xf, out: np.ndarray) -> None:
+    """Running sums of the promoted entities (in ``promoted`` order) into out (snapshot)."""
+    for r in range(promoted.shape[0]):
+        out[r, :] = xf[seg[promoted[r], XSLOT]]
+
+
+@njit(cache=True)
+def restore_promoted(
+    promoted: np.ndarray,  # int64 entity indices
+    sums: np.ndarray,  # float64[len(promoted), n_xf]
+    uwin: np.ndarray,
+    wlay: np.ndarray,
+    glay: np.ndarray,
+    tune: np.ndarray,
+    seg: np.ndarray,
+    arena_t: np.ndarray,
+    arena_a: np.ndarray,
+    arena_m: np.ndarray,
+    xi,
+    xf,
+    xr,
+    xfree,
+    dmap,
+    meta: np.ndarray,
+) -> None:
+    """Restore path: promote the snapshot's promoted entities (state rebuilt from their
+    rows), then put back their running sums, the one part not derived from the rows."""
+    for r in range(promoted.shape[0]):
+        e = promoted[r]
+        _promote(
+            e, uwin, wlay, glay, tune, seg, arena_t, arena_a, arena_m,
+            xi, xf, xr, xfree, dmap, meta,
+        )  # fmt: skip
+        xf[seg[e, XSLOT]][:] = sums[r]

@@ -2,8 +2,9 @@
 
 One :class:`WindowState` per Kafka partition (or per backfill shard). It owns the dense-id
 table, the per-entity arrays and the history arena used by :mod:`features.kernels`, grows
-them as needed, and snapshots only live data. Validation lives here so the kernels can stay
-plain loops.
+them as needed, and snapshots only live data (plus the running sums of entities on the
+kernels' incremental path; the rest of that state is rebuilt from the rows on restore).
+Validation lives here so the kernels can stay plain loops.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ from features.spec import (
     validate_specs,
 )
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: + promoted entities and their running window sums
 # Times are bounded so that t - lateness - window can never overflow int64 in the kernel.
 _MAX_ABS_TIME_MS = 1 << 60
 # Bytes per entry of the numba typed dict, measured (76 MB RSS for 1M int64 -> int64).
 _ID_TABLE_BYTES_PER_ENTRY = 80
+# Same kind of estimates (measured: 54 B per (entity, merchant) entry for 1M entries; 720 B
+# per side-storage slot beyond its array data, i.e. three small numba-owned arrays).
+_DIST_MAP_BYTES_PER_ENTRY = 64
+_SIDE_BYTES_PER_SLOT = 720
 
 
 @dataclass(frozen=True)
@@ -92,12 +97,14 @@ class WindowState:
         self._n = 0
         self._table = K.new_id_table()
         self._keys = np.empty(initial_entities, dtype=np.int64)
-        self._seg = self._new_seg(initial_entities)
+        self._seg = K.new_seg(initial_entities)
         self._ewm = np.zeros((initial_entities, 2 * len(self._enc.halflife)), dtype=np.float64)
         self._arena_t = np.empty(initial_arena, dtype=np.int64)
         self._arena_a = np.empty(initial_arena, dtype=np.float64)
         self._arena_m = np.empty(initial_arena, dtype=np.int64)
         self._meta = np.zeros(K.META_SIZE, dtype=np.int64)
+        self._dmap = K.new_dist_map()
+        self._side = K.new_side()  # (xi, xf, xr, free slots) of promoted entities
 
     # ------------------------------------------------------------------ properties
 
@@ -119,9 +126,21 @@ class WindowState:
 
     @property
     def nbytes(self) -> int:
-        """Approximate state memory: arrays (incl. arena slack) + id-table estimate."""
+        """Approximate state memory: arrays (incl. arena slack), side storage of promoted
+        entities, hash-table estimates."""
         arrays = (self._keys, self._seg, self._ewm, self._arena_t, self._arena_a, self._arena_m)
-        return sum(a.nbytes for a in arrays) + self._n * _ID_TABLE_BYTES_PER_ENTRY
+        return (
+            sum(a.nbytes for a in arrays)
+            + self._n * _ID_TABLE_BYTES_PER_ENTRY
+            + int(self._meta[K.META_XBYTES])
+            + len(self._side[0]) * _SIDE_BYTES_PER_SLOT
+            + len(self._dmap) * _DIST_MAP_BYTES_PER_ENTRY
+        )
+
+    @property
+    def n_promoted(self) -> int:
+        """Entities currently on the kernels' incremental path (long histories)."""
+        return int((self._seg[: self._n, K.XSLOT] >= 0).sum())
 
     @property
     def n_live_rows(self) -> int:
@@ -167,13 +186,14 @@ class WindowState:
         out = np.empty((n, len(self._specs)), dtype=np.float64)
         late = np.zeros(n, dtype=np.bool_)
         i = 0
+        tune = K.tuning_array()
         while True:
             i = K.process_events(
                 ent, times, amts, mers, i,
-                enc.agg, enc.col, enc.win_id, enc.uwin, enc.slot, enc.halflife,
+                enc.agg, enc.win_id, enc.uwin, enc.wlay, enc.glay, enc.slot, enc.halflife, tune,
                 self._lateness_ms, enc.retention_ms, self._min_seg,
                 self._seg, self._ewm, self._arena_t, self._arena_a, self._arena_m,
-                self._meta, out, late,
+                *self._side, self._dmap, self._meta, out, late,
             )  # fmt: skip
             if i >= n:
                 break
@@ -192,19 +212,12 @@ class WindowState:
 
     # ------------------------------------------------------------------ memory management
 
-    @staticmethod
-    def _new_seg(n: int) -> np.ndarray:
-        seg = np.zeros((n, K.SEG_COLS), dtype=np.int64)
-        seg[:, K.TMAX] = K.NO_TIME
-        seg[:, K.EVICTED] = K.NO_TIME
-        return seg
-
     def _ensure_entities(self, needed: int) -> None:
         cap = self._seg.shape[0]
         if needed <= cap:
             return
         new = max(needed, cap * 2)
-        seg = self._new_seg(new)
+        seg = K.new_seg(new)
         seg[:cap] = self._seg
         ewm = np.zeros((new, self._ewm.shape[1]), dtype=np.float64)
         ewm[:cap] = self._ewm
@@ -228,6 +241,8 @@ class WindowState:
 
     def _make_room(self, request: int) -> None:
         """Called when a block of ``request`` rows did not fit: compact, then grow if tight."""
+        if request > K.MAX_BLOCK:
+            raise OverflowError(f"one entity would need more than {K.MAX_BLOCK} history rows")
         self.compact()
         used = int(self._meta[K.META_USED])
         size = self._arena_t.shape[0]
@@ -251,6 +266,9 @@ class WindowState:
         K.gather_live(
             self._seg, n, self._arena_t, self._arena_a, self._arena_m, hist_t, hist_a, hist_m
         )
+        promoted = np.flatnonzero(seg[:, K.XSLOT] >= 0).astype(np.int64)
+        sums = np.empty((promoted.shape[0], int(self._enc.glay[K.GL_NXF])), dtype=np.float64)
+        K.gather_sums(self._seg, promoted, self._side[1], sums)
         header = {
             "version": SNAPSHOT_VERSION,
             "specs": spec_fingerprint(self._specs),
@@ -269,6 +287,8 @@ class WindowState:
             hist_t=hist_t,
             hist_a=hist_a,
             hist_m=hist_m,
+            promoted=promoted,  # entities on the incremental path ...
+            sums=sums,  # ... and their running sums (rounding depends on history)
         )
         return buf.getvalue()
 
@@ -340,4 +360,9 @@ class WindowState:
             st._arena_a[dest] = z["hist_a"]
             st._arena_m[dest] = z["hist_m"]
         st._meta[K.META_USED] = int(caps.sum())
+        enc = st._enc
+        K.restore_promoted(
+            z["promoted"], z["sums"], enc.uwin, enc.wlay, enc.glay, K.tuning_array(),
+            st._seg, st._arena_t, st._arena_a, st._arena_m, *st._side, st._dmap, st._meta,
+        )  # fmt: skip
         return st

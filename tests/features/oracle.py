@@ -2,12 +2,16 @@
 
 * :func:`pandas_oracle`: pandas groupby + time-based ``rolling``/``ewm`` for in-order streams.
 * :func:`bruteforce_oracle`: O(n * events-per-user) direct transcription of the arrival-order
-  semantics in ``features.kernels`` (per-entity lateness, out-of-order exclusion).
-* :func:`make_stream`: synthetic streams with ties, bursts and >24h silences.
+  semantics in ``features.kernels`` (per-entity lateness, out-of-order exclusion);
+  :func:`bruteforce_oracle_np` is the same transcription on numpy arrays, fast enough for
+  users with thousands of events.
+* :func:`make_stream`: synthetic streams with ties, bursts and >24h silences;
+  :func:`make_hot_stream`: a few users with tens of thousands of events in one day.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -86,6 +90,86 @@ def make_stream(
     )
 
 
+def make_hot_stream(
+    seed: int,
+    *,
+    hot_users: int = 1,
+    hot_events: int = 20_000,
+    span_ms: int = 20 * HOUR_MS,
+    small_users: int = 20,
+    small_events: int = 1_000,
+    disorder: float = 0.0,
+    max_delay_ms: int = 10 * MINUTE_MS,
+    t0: int = 1_700_000_000_000,
+) -> Stream:
+    """Hot users (``hot_events`` each within ``span_ms``) among small ones.
+
+    A hot user's history is cut in segments of 200-2000 events, each with its own amounts:
+    heavy-tailed, long constant runs, nearly constant (10.0 with rare 10.01), small values
+    with 1e6-1e9 spikes, strictly decreasing or increasing ramps (adversarial for max/min);
+    and merchants from 5 ids or from 1e9 ids. Times have ties (10%) and a few gaps > 1h.
+    """
+    rng = np.random.default_rng(seed)
+    users, times, amounts, merchants = [], [], [], []
+    for h in range(hot_users):
+        n = hot_events
+        inc = rng.exponential(span_ms / n, n)
+        inc[rng.random(n) < 0.1] = 0.0
+        inc[rng.choice(n, size=3, replace=False)] = rng.uniform(2 * HOUR_MS, 3 * HOUR_MS, 3)
+        inc *= span_ms / inc.sum()
+        times.append(t0 + rng.integers(0, MINUTE_MS) + np.cumsum(inc).astype(np.int64))
+        amt = np.empty(n)
+        mer = np.empty(n, dtype=np.int64)
+        lo = 0
+        while lo < n:
+            hi = min(n, lo + int(rng.integers(200, 2000)))
+            k = hi - lo
+            kind = rng.integers(0, 6)
+            if kind == 0:
+                seg = np.round(rng.lognormal(3.0, 2.0, k), 2)
+            elif kind == 1:
+                seg = np.full(k, rng.choice([10.0, 0.01, 123_456.78]))
+            elif kind == 2:
+                seg = np.where(rng.random(k) < 0.01, 10.01, 10.0)
+            elif kind == 3:
+                seg = np.round(rng.lognormal(1.0, 0.5, k), 2)
+                spikes = rng.random(k) < 0.005
+                seg[spikes] = 10.0 ** rng.uniform(6, 9, int(spikes.sum()))
+            elif kind == 4:
+                seg = np.linspace(10_000.0, 1.0, k)
+            else:
+                seg = np.linspace(1.0, 10_000.0, k)
+            amt[lo:hi] = seg
+            big = rng.random() < 0.5
+            mer[lo:hi] = rng.integers(0, 10**9 if big else 5, k)
+            lo = hi
+        amounts.append(amt)
+        merchants.append(mer)
+        users.append(np.full(n, h, dtype=np.int64))
+    m = small_events
+    users.append(rng.integers(hot_users, hot_users + small_users, m))
+    times.append(t0 + rng.integers(0, span_ms, m))
+    amounts.append(np.round(rng.lognormal(3.0, 1.2, m), 2))
+    merchants.append(rng.integers(0, 8, m))
+    u = np.concatenate(users)
+    t = np.concatenate(times)
+    order = np.lexsort((rng.random(u.shape[0]), t))  # per-user time order, random ties
+    u, t = u[order], t[order]
+    a, mm = np.concatenate(amounts)[order], np.concatenate(merchants)[order]
+    arrival = t.astype(np.float64)
+    if disorder > 0:
+        delayed = rng.random(u.shape[0]) < disorder
+        arrival[delayed] += rng.uniform(0, max_delay_ms, int(delayed.sum()))
+    order = np.argsort(arrival, kind="stable")  # equal arrival: keep per-user order
+    raw_ids = (np.arange(hot_users + small_users, dtype=np.int64) + 1) * 7_919
+    return Stream(
+        users=raw_ids[u[order]],
+        times=t[order].astype(np.int64),
+        amounts=a[order].astype(np.float64),
+        merchants=mm[order].astype(np.int64),
+    )
+
+
 def pandas_oracle(stream: Stream, specs: Sequence[FeatureSpec]) -> np.ndarray:
     """Features via pandas rolling/ewm; requires per-user non-decreasing times (in order)."""
     df = pd.DataFrame(
@@ -130,10 +214,29 @@ def pandas_oracle(stream: Stream, specs: Sequence[FeatureSpec]) -> np.ndarray:
 
 def _distinct_rolling(times: np.ndarray, values: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """Brute-force rolling nunique over rows j <= i with time in (t_i - w, t_i]."""
+    if times.shape[0] > 2_000:  # O(n^2) Python is too slow for hot users
+        return distinct_rolling_counter(times, values, spec.window_ms)
     res = np.empty(times.shape[0])
     for i in range(times.shape[0]):
         lo = times[i] - spec.window_ms
         res[i] = len({values[j] for j in range(i + 1) if times[j] > lo})
+    return res
+
+
+def distinct_rolling_counter(times: np.ndarray, values: np.ndarray, window_ms: int) -> np.ndarray:
+    """Rolling nunique over time-sorted rows with a Counter and two pointers (O(n))."""
+    res = np.empty(times.shape[0])
+    counts: Counter[int] = Counter()
+    lo = 0
+    for i in range(times.shape[0]):
+        counts[int(values[i])] += 1
+        while times[lo] <= times[i] - window_ms:
+            v = int(values[lo])
+            counts[v] -= 1
+            if not counts[v]:
+                del counts[v]
+            lo += 1
+        res[i] = len(counts)
     return res
 
 
@@ -174,4 +277,49 @@ def bruteforce_oracle(
                     out[i, f] = float(np.std(amts, ddof=0))
                 else:
                     out[i, f] = float(getattr(np, s.agg)(amts))
+    return out, late
+
+
+def bruteforce_oracle_np(
+    stream: Stream, specs: Sequence[FeatureSpec], lateness_ms: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`bruteforce_oracle` with each user's accepted history in numpy arrays."""
+    n = len(stream)
+    out = np.full((n, len(specs)), np.nan)
+    late = np.zeros(n, dtype=bool)
+    cap = max(np.unique(stream.users, return_counts=True)[1], default=0)
+    hist: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    size: dict[int, int] = {}
+    tmax: dict[int, int] = {}
+    for i in range(n):
+        u = int(stream.users[i])
+        t = int(stream.times[i])
+        if u in tmax and t < tmax[u] - lateness_ms:
+            late[i] = True
+            continue
+        if u not in hist:
+            hist[u] = (np.empty(cap, np.int64), np.empty(cap), np.empty(cap, np.int64))
+            size[u] = 0
+        k = size[u]
+        hist[u][0][k], hist[u][1][k], hist[u][2][k] = t, stream.amounts[i], stream.merchants[i]
+        size[u] = k = k + 1
+        tmax[u] = max(tmax.get(u, t), t)
+        ht, ha, hm = (h[:k] for h in hist[u])
+        for f, s in enumerate(specs):
+            if s.agg == "since_last":
+                prev = ht[:-1][ht[:-1] <= t]
+                out[i, f] = (t - prev.max()) / 1000.0 if prev.size else -1.0
+            elif s.agg == "ewm_mean":
+                w = 0.5 ** ((tmax[u] - ht) / s.window_ms)
+                out[i, f] = float((w * ha).sum() / w.sum())
+            else:
+                rows = (ht > t - s.window_ms) & (ht <= t)
+                if s.agg == "count":
+                    out[i, f] = rows.sum()
+                elif s.agg == "distinct":
+                    out[i, f] = np.unique(hm[rows]).shape[0]
+                elif s.agg == "std":
+                    out[i, f] = float(np.std(ha[rows], ddof=0))
+                else:
+                    out[i, f] = float(getattr(np, s.agg)(ha[rows]))
     return out, late

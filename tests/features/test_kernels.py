@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,7 +20,16 @@ from features.spec import (
     validate_specs,
 )
 from features.state import WindowState
-from tests.features.oracle import Stream, bruteforce_oracle, make_stream, pandas_oracle
+from tests.features.conftest import TUNINGS, use_tuning
+from tests.features.oracle import (
+    Stream,
+    bruteforce_oracle,
+    bruteforce_oracle_np,
+    distinct_rolling_counter,
+    make_hot_stream,
+    make_stream,
+    pandas_oracle,
+)
 
 RTOL = 1e-9
 ATOL = 1e-9  # only matters for values ~0 (std of equal amounts, since_last 0)
@@ -53,9 +63,7 @@ def run_kernel(
     ent = ent.astype(np.int64)
     n = len(stream)
     n_ent = int(ent.max()) + 1 if n else 1
-    seg = np.zeros((n_ent, K.SEG_COLS), dtype=np.int64)
-    seg[:, K.TMAX] = K.NO_TIME
-    seg[:, K.EVICTED] = K.NO_TIME
+    seg = K.new_seg(n_ent)
     ewm = np.zeros((n_ent, 2 * len(enc.halflife)))
     size = 8 * n + 1024
     arena_t = np.empty(size, dtype=np.int64)
@@ -66,9 +74,9 @@ def run_kernel(
     late = np.zeros(n, dtype=bool)
     done = K.process_events(
         ent, stream.times, stream.amounts, stream.merchants, 0,
-        enc.agg, enc.col, enc.win_id, enc.uwin, enc.slot, enc.halflife,
-        lateness_ms, enc.retention_ms, 4,
-        seg, ewm, arena_t, arena_a, arena_m, meta, out, late,
+        enc.agg, enc.win_id, enc.uwin, enc.wlay, enc.glay, enc.slot, enc.halflife,
+        K.tuning_array(), lateness_ms, enc.retention_ms, 4,
+        seg, ewm, arena_t, arena_a, arena_m, *K.new_side(), K.new_dist_map(), meta, out, late,
     )  # fmt: skip
     assert done == n
     return out, late
@@ -95,14 +103,20 @@ def single(t: Sequence[int], a: Sequence[float] | None = None, m: Sequence[int] 
 # ------------------------------------------------------------------------ vs pandas
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-@pytest.mark.parametrize("extra", [False, True], ids=["default", "extra_specs"])
-def test_in_order_matches_pandas(seed: int, extra: bool) -> None:
+@functools.cache
+def _in_order_case(seed: int, extra: bool) -> tuple[Stream, tuple[FeatureSpec, ...], np.ndarray]:
     specs = DEFAULT_FEATURES + (EXTRA_SPECS if extra else ())
     stream = make_stream(seed, n_users=25, n_events=1200)
+    return stream, specs, pandas_oracle(stream, specs)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("extra", [False, True], ids=["default", "extra_specs"])
+def test_in_order_matches_pandas(seed: int, extra: bool, tuning: str) -> None:
+    stream, specs, expected = _in_order_case(seed, extra)
     got, late = run_kernel(stream, specs, lateness_ms=0)
     assert not late.any()
-    assert_features_close(got, pandas_oracle(stream, specs), feature_names(specs))
+    assert_features_close(got, expected, feature_names(specs))
 
 
 def test_stream_has_ties_bursts_and_long_gaps() -> None:
@@ -118,13 +132,18 @@ def test_stream_has_ties_bursts_and_long_gaps() -> None:
 # ------------------------------------------------------------------------ out of order
 
 
+@functools.cache
+def _out_of_order_case(seed: int, lateness_ms: int) -> tuple[Stream, np.ndarray, np.ndarray]:
+    stream = make_stream(seed, n_users=12, n_events=700, disorder=0.3, max_delay_ms=15 * MINUTE_MS)
+    return stream, *bruteforce_oracle(stream, DEFAULT_FEATURES + EXTRA_SPECS, lateness_ms)
+
+
 @pytest.mark.parametrize("seed", [10, 11, 12])
 @pytest.mark.parametrize("lateness_ms", [0, 5 * MINUTE_MS])
-def test_out_of_order_vs_bruteforce(seed: int, lateness_ms: int) -> None:
+def test_out_of_order_vs_bruteforce(seed: int, lateness_ms: int, tuning: str) -> None:
     specs = DEFAULT_FEATURES + EXTRA_SPECS
-    stream = make_stream(seed, n_users=12, n_events=700, disorder=0.3, max_delay_ms=15 * MINUTE_MS)
+    stream, exp, exp_late = _out_of_order_case(seed, lateness_ms)
     got, late = run_kernel(stream, specs, lateness_ms=lateness_ms)
-    exp, exp_late = bruteforce_oracle(stream, specs, lateness_ms)
     np.testing.assert_array_equal(late, exp_late)
     assert 0 < late.sum() < len(stream) // 2
     assert np.isnan(got[late]).all()
@@ -138,7 +157,7 @@ def test_lateness_is_per_entity() -> None:
     assert late.tolist() == [False, False, False, True, False]
 
 
-def test_out_of_order_excludes_future_rows() -> None:
+def test_out_of_order_excludes_future_rows(tuning: str) -> None:
     s = single(t=[5_000, 1_000, 3_000], a=[100.0, 1.0, 2.0], m=[1, 2, 3])
     got, late = run_kernel(s, DEFAULT_FEATURES, lateness_ms=10_000)
     assert not late.any()
@@ -154,7 +173,7 @@ def test_out_of_order_excludes_future_rows() -> None:
 
 
 @pytest.mark.parametrize("batch", [1, 7, 1000])
-def test_batch_size_does_not_change_results(batch: int) -> None:
+def test_batch_size_does_not_change_results(batch: int, tuning: str) -> None:
     stream = make_stream(5, n_users=20, n_events=1500, disorder=0.2)
     whole = WindowState(lateness_ms=5 * MINUTE_MS).update(
         stream.users, stream.times, stream.amounts, stream.merchants
@@ -173,7 +192,7 @@ def test_batch_size_does_not_change_results(batch: int) -> None:
 # ------------------------------------------------------------------------ edge cases
 
 
-def test_single_event() -> None:
+def test_single_event(tuning: str) -> None:
     got, _ = run_kernel(single(t=[123], a=[42.5], m=[9]), DEFAULT_FEATURES)
     expected = {
         "txn_count_5m": 1.0,
@@ -191,7 +210,7 @@ def test_single_event() -> None:
     assert dict(zip(feature_names(DEFAULT_FEATURES), got[0].tolist(), strict=True)) == expected
 
 
-def test_all_events_same_time() -> None:
+def test_all_events_same_time(tuning: str) -> None:
     a = [3.0, 5.0, 5.0, 11.0]
     s = single(t=[1000] * 4, a=a, m=[1, 2, 1, 3])
     got, _ = run_kernel(s, DEFAULT_FEATURES)
@@ -207,19 +226,158 @@ def test_all_events_same_time() -> None:
 
 
 @pytest.mark.parametrize("w", [5 * MINUTE_MS, HOUR_MS, DAY_MS])
-def test_window_boundary(w: int) -> None:
+def test_window_boundary(w: int, tuning: str) -> None:
     """Window is (t - w, t]: an event at exactly t - w is out, at t - w + 1 is in."""
     specs = [s for s in DEFAULT_FEATURES if s.agg == "count" and s.window_ms == w]
     got, _ = run_kernel(single(t=[0, w, 10 * w, 11 * w - 1]), specs)
     assert got[:, 0].tolist() == [1, 1, 1, 2]
 
 
-def test_state_retention_keeps_since_last_exact_after_eviction() -> None:
+def test_state_retention_keeps_since_last_exact_after_eviction(tuning: str) -> None:
     # second event is 3 days later: history evicted, since_last must still see the first
     s = single(t=[0, 3 * DAY_MS, 3 * DAY_MS + 1_000])
     got, _ = run_kernel(s, DEFAULT_FEATURES)
     col = feature_names(DEFAULT_FEATURES).index("seconds_since_last_txn")
     assert got[:, col].tolist() == [-1.0, 3 * DAY_MS / 1000.0, 1.0]
+
+
+def test_late_row_breaks_constant_run(tuning: str) -> None:
+    """A late row inside a constant run ends the run right after itself: the window that
+    starts exactly at the late row is not constant (std != 0)."""
+    specs = [s for s in EXTRA_SPECS if s.name in ("amount_std_2s", "txn_count_2s")]
+    s = single(t=[1000, 2000, 3000, 1500, 3400, 3600], a=[10.0, 10.0, 10.0, 20.0, 10.0, 10.0])
+    got, late = run_kernel(s, specs, lateness_ms=10_000)
+    exp, _ = bruteforce_oracle(s, specs, 10_000)
+    assert not late.any()
+    assert got[4, 0] == 4  # (1400, 3400] holds the late row first
+    assert_features_close(got, exp, feature_names(specs))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the oracle's np.std
+def test_huge_amount_does_not_poison_sums(tuning: str) -> None:
+    """x*x overflows for |x| > ~1.3e154: the running sums become inf while such a row is in
+    the window and must be finite again once it leaves (no inf - inf = NaN residue)."""
+    specs = [
+        FeatureSpec(name=f"{agg}_2s", agg=agg, column="amount", window_ms=2_000, description="x")
+        for agg in ("sum", "mean", "std", "max", "min")
+    ]
+    amounts = [1.0, 2.0, 1e200, 3.0, 4.0, 5.0, 6.0, 1.5e308, 7.0, 8.0, 9.0, 9.0, 9.5, 9.0]
+    s = single(t=[500 * k for k in range(len(amounts))], a=amounts)
+    got, _ = run_kernel(s, specs)
+    exp, _ = bruteforce_oracle(s, specs, 0)
+    assert np.isinf(got[3, 2]) and np.isfinite(got[-1]).all()
+    assert_features_close(got, exp, feature_names(specs))
+
+
+# ------------------------------------------------------------------------ hot users
+
+HOT_SPECS: tuple[FeatureSpec, ...] = (
+    *DEFAULT_FEATURES,
+    *EXTRA_SPECS,
+    FeatureSpec(
+        name="amount_std_5m", agg="std", column="amount", window_ms=5 * MINUTE_MS, description="d"
+    ),
+    FeatureSpec(
+        name="amount_mean_1h", agg="mean", column="amount", window_ms=HOUR_MS, description="m"
+    ),
+)
+
+
+def two_pass_rolling_std(stream: Stream, spec: FeatureSpec) -> np.ndarray:
+    """Exact-as-float64-allows rolling std (numpy two-pass per row), in-order streams."""
+    out = np.empty(len(stream))
+    for u in np.unique(stream.users):
+        idx = np.flatnonzero(stream.users == u)
+        t, a = stream.times[idx], stream.amounts[idx]
+        lo = np.searchsorted(t, t - spec.window_ms, side="right")
+        out[idx] = [np.std(a[lo[i] : i + 1]) for i in range(idx.shape[0])]
+    return out
+
+
+@functools.cache
+def _hot_in_order_case() -> tuple[Stream, np.ndarray]:
+    stream = make_hot_stream(0, hot_events=20_000)
+    expected = pandas_oracle(stream, HOT_SPECS)
+    for f, spec in enumerate(HOT_SPECS):
+        if spec.agg == "std":
+            # pandas' online (add/remove) variance is off by up to ~7 after a 1e9 spike has
+            # left a 2 s window; the two-pass values are the reference for std
+            expected[:, f] = two_pass_rolling_std(stream, spec)
+    return stream, expected
+
+
+def test_hot_stream_has_what_the_hot_tests_need() -> None:
+    stream, expected = _hot_in_order_case()
+    col = {n: i for i, n in enumerate(feature_names(HOT_SPECS))}
+    assert expected[:, col["txn_count_24h"]].max() > 15_000
+    hot = expected[:, col["txn_count_24h"]] > 1_000
+    std0 = (expected[:, col["amount_std_5m"]] == 0) & (expected[:, col["txn_count_5m"]] > 20)
+    assert std0.sum() > 500  # long constant runs fill whole windows
+    assert (expected[hot, col["amount_max_1h"]] >= 1e6).any()  # spikes
+    assert expected[:, col["merchant_distinct_24h"]].max() > 5_000  # large merchant set
+    repeats = expected[:, col["merchant_distinct_2s"]] < expected[:, col["txn_count_2s"]]
+    assert (repeats & hot).sum() > 100  # small merchant set: repeats within a window
+    assert (expected[:, col["txn_count_1h"]] == 1).sum() > 3  # gaps empty the hour window
+    assert len(stream) == 21_000
+
+
+@pytest.mark.parametrize("name", ["default", "incremental"])
+def test_hot_user_matches_pandas(name: str) -> None:
+    """20k events of one user in a day (heavy tails, 1e9 spikes, long constant and
+    nearly-constant runs, monotone ramps, 5 or 1e9 merchants) among small users."""
+    stream, expected = _hot_in_order_case()
+    with use_tuning(name):
+        got, late = run_kernel(stream, HOT_SPECS)
+        state = WindowState(HOT_SPECS, lateness_ms=0, initial_entities=1, initial_arena=64)
+        parts = []
+        for lo in range(0, len(stream), 4_999):
+            p = stream.slice(lo, lo + 4_999)
+            parts.append(state.update(p.users, p.times, p.amounts, p.merchants).features)
+            state.compact()
+    assert not late.any()
+    assert state.n_promoted >= 1
+    assert_features_close(got, expected, feature_names(HOT_SPECS))
+    np.testing.assert_array_equal(np.concatenate(parts), got)  # batching/compaction: exact
+
+
+@functools.cache
+def _hot_out_of_order_case() -> tuple[Stream, np.ndarray, np.ndarray]:
+    stream = make_hot_stream(
+        1,
+        hot_users=3,
+        hot_events=2_500,
+        span_ms=3 * HOUR_MS,
+        small_users=10,
+        small_events=400,
+        disorder=0.2,
+        max_delay_ms=8 * MINUTE_MS,
+    )
+    return stream, *bruteforce_oracle_np(stream, HOT_SPECS, 5 * MINUTE_MS)
+
+
+@pytest.mark.parametrize("name", list(TUNINGS))
+def test_hot_users_out_of_order_vs_bruteforce(name: str) -> None:
+    stream, exp, exp_late = _hot_out_of_order_case()
+    with use_tuning(name):
+        got, late = run_kernel(stream, HOT_SPECS, lateness_ms=5 * MINUTE_MS)
+    np.testing.assert_array_equal(late, exp_late)
+    assert 0 < late.sum() < len(stream) // 10
+    assert_features_close(got, exp, feature_names(HOT_SPECS))
+
+
+def test_numpy_oracles_match_reference_oracles() -> None:
+    stream = make_stream(10, n_users=12, n_events=700, disorder=0.3, max_delay_ms=15 * MINUTE_MS)
+    ref, ref_late = bruteforce_oracle(stream, HOT_SPECS, 5 * MINUTE_MS)
+    got, late = bruteforce_oracle_np(stream, HOT_SPECS, 5 * MINUTE_MS)
+    np.testing.assert_array_equal(late, ref_late)
+    np.testing.assert_allclose(got, ref, rtol=1e-13, atol=0, equal_nan=True)
+    s = make_stream(3, n_users=3, n_events=900)
+    for u in np.unique(s.users):
+        idx = np.flatnonzero(s.users == u)
+        t, m = s.times[idx], s.merchants[idx]
+        for w in (2_000, HOUR_MS):
+            brute = [len(set(m[: i + 1][t[: i + 1] > t[i] - w])) for i in range(idx.shape[0])]
+            np.testing.assert_array_equal(distinct_rolling_counter(t, m, w), brute)
 
 
 # ------------------------------------------------------------------------ spec validation

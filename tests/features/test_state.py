@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from features import state as state_mod
 from features.spec import DEFAULT_FEATURES, MINUTE_MS, FeatureSpec
 from features.state import BatchResult, WindowState
-from tests.features.oracle import Stream, bruteforce_oracle, make_stream
+from tests.features.conftest import TUNINGS, use_tuning
+from tests.features.oracle import Stream, bruteforce_oracle, make_hot_stream, make_stream
 
 LATENESS = 5 * MINUTE_MS
 
@@ -27,7 +28,7 @@ def cat(results: list[BatchResult], field: str) -> np.ndarray:
     return np.concatenate([getattr(r, field) for r in results])
 
 
-def test_snapshot_restore_mid_stream_is_exact() -> None:
+def test_snapshot_restore_mid_stream_is_exact(tuning: str) -> None:
     stream = make_stream(21, n_users=30, n_events=2000, disorder=0.25)
     ref = cat(feed(WindowState(lateness_ms=LATENESS), stream, 250), "features")
 
@@ -69,12 +70,13 @@ def test_restore_with_different_specs_raises() -> None:
 
 def test_restore_rejects_other_format_version(monkeypatch: pytest.MonkeyPatch) -> None:
     blob = WindowState().snapshot()
-    monkeypatch.setattr(state_mod, "SNAPSHOT_VERSION", 2)
-    with pytest.raises(ValueError, match="format version 1 != 2"):
+    version = state_mod.SNAPSHOT_VERSION
+    monkeypatch.setattr(state_mod, "SNAPSHOT_VERSION", 99)
+    with pytest.raises(ValueError, match=f"format version {version} != 99"):
         WindowState.restore(blob)
 
 
-def test_tiny_capacities_grow_and_compact_exactly() -> None:
+def test_tiny_capacities_grow_and_compact_exactly(tuning: str) -> None:
     stream = make_stream(22, n_users=40, n_events=3000, disorder=0.2)
     ref = WindowState(lateness_ms=LATENESS).update(
         stream.users, stream.times, stream.amounts, stream.merchants
@@ -90,6 +92,36 @@ def test_tiny_capacities_grow_and_compact_exactly() -> None:
     assert tiny.nbytes > WindowState(initial_entities=1, initial_arena=1).nbytes
     np.testing.assert_array_equal(cat(res, "features"), ref.features)
     np.testing.assert_array_equal(cat(res, "late"), ref.late)
+
+
+@pytest.mark.parametrize("name", ["default", "flapping"])
+def test_hot_users_exact_across_batches_compaction_and_restore(name: str) -> None:
+    """Promoted entities' incremental state (running sums, stacks, distinct map) survives
+    any batching, arena compaction/relocation and snapshot/restore bit for bit."""
+    stream = make_hot_stream(
+        3, hot_users=2, hot_events=3_000, span_ms=2 * 3_600_000, small_users=30,
+        small_events=1_500, disorder=0.1, max_delay_ms=8 * MINUTE_MS,
+    )  # fmt: skip
+    with use_tuning(name):
+        whole = WindowState(lateness_ms=LATENESS)
+        ref = whole.update(stream.users, stream.times, stream.amounts, stream.merchants)
+        assert whole.n_promoted >= 2
+        state = WindowState(lateness_ms=LATENESS, initial_entities=1, initial_arena=8)
+        feats, lates = [], []
+        for k, lo in enumerate(range(0, len(stream), 313)):
+            p = stream.slice(lo, lo + 313)
+            r = state.update(p.users, p.times, p.amounts, p.merchants)
+            feats.append(r.features)
+            lates.append(r.late)
+            if k % 3 == 1:
+                state.compact()
+            if k % 4 == 2:
+                state = WindowState.restore(state.snapshot())
+    assert ref.late.any()
+    np.testing.assert_array_equal(np.concatenate(lates), ref.late)
+    np.testing.assert_array_equal(np.concatenate(feats), ref.features)
+    assert state.n_promoted == whole.n_promoted
+    assert whole.nbytes > WindowState(initial_entities=1, initial_arena=1).nbytes
 
 
 def test_latest_mask_never_regresses_online_row() -> None:
@@ -179,10 +211,18 @@ def test_property_matches_bruteforce(
         amounts=np.array(cols[2], dtype=np.float64),
         merchants=np.array(cols[3], dtype=np.int64),
     )
-    state = WindowState(
-        SMALL_SPECS, lateness_ms=lateness, initial_entities=1, initial_arena=2, min_segment=1
-    )
-    res = feed(state, stream, batch)
     exp, exp_late = bruteforce_oracle(stream, SMALL_SPECS, lateness)
-    np.testing.assert_array_equal(cat(res, "late"), exp_late)
-    np.testing.assert_allclose(cat(res, "features"), exp, rtol=1e-9, atol=1e-9, equal_nan=True)
+    for name in TUNINGS:
+        with use_tuning(name):
+            state = WindowState(
+                SMALL_SPECS,
+                lateness_ms=lateness,
+                initial_entities=1,
+                initial_arena=2,
+                min_segment=1,
+            )
+            res = feed(state, stream, batch)
+        np.testing.assert_array_equal(cat(res, "late"), exp_late, err_msg=name)
+        np.testing.assert_allclose(
+            cat(res, "features"), exp, rtol=1e-9, atol=1e-9, equal_nan=True, err_msg=name
+        )
