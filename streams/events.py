@@ -19,7 +19,6 @@ Decoding never raises on bad input: each record either becomes a row of an
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ _ONE_MS = timedelta(milliseconds=1)
 Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 
 
-class Event(msgspec.Struct, frozen=True):
+class Event(msgspec.Struct, frozen=True, gc=False):
     """One transaction event, as producers publish it."""
 
     event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -67,6 +66,19 @@ class EventBatch:
 
     def __len__(self) -> int:
         return len(self.event_id)
+
+    @staticmethod
+    def concat(batches: Sequence[EventBatch]) -> EventBatch:
+        """The batches one after the other (the worker merges a fetch's partitions)."""
+        return EventBatch(
+            [i for b in batches for i in b.event_id],
+            np.concatenate([b.user_id for b in batches]),
+            np.concatenate([b.merchant_id for b in batches]),
+            np.concatenate([b.amount for b in batches]),
+            np.concatenate([b.event_time_ms for b in batches]),
+            np.concatenate([b.partition for b in batches]),
+            np.concatenate([b.offset for b in batches]),
+        )
 
     def take(self, mask: np.ndarray) -> EventBatch:
         """The rows where ``mask`` is true (a boolean or index array)."""
@@ -117,64 +129,67 @@ def decode_events(
     ``user_id``: a partition owns its users' window state, so a record keyed
     otherwise would be counted in another partition's state.
     """
-    n = len(values)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    latest_ok = now_ms + max_future_skew_ms
     part_of = (lambda i: partitions[i]) if partitions is not None else (lambda i: -1)
     off_of = (lambda i: offsets[i]) if offsets is not None else (lambda i: -1)
-
-    ids: list[str] = []
-    users: list[int] = []
-    merchants: list[int] = []
-    amounts: list[float] = []
-    times: list[int] = []
-    kept: list[int] = []
-    dead: list[DeadLetter] = []
+    rejected: list[tuple[int, DeadLetter]] = []
 
     def reject(i: int, reason: Reason, detail: str) -> None:
         key = keys[i] if keys is not None else None
-        dead.append(DeadLetter(reason, detail, values[i], key, topic, part_of(i), off_of(i)))
+        letter = DeadLetter(reason, detail, values[i], key, topic, part_of(i), off_of(i))
+        rejected.append((i, letter))
 
-    for i in range(n):
-        raw = values[i]
+    # Structure record by record (msgspec), then the value rules column-wise (numpy).
+    events: list[Event] = []
+    kept: list[int] = []
+    for i, raw in enumerate(values):
         if raw is None:
             reject(i, Reason.MALFORMED_JSON, "record has no value (tombstone)")
-            continue
-        if len(raw) > max_record_bytes:
+        elif len(raw) > max_record_bytes:
             reject(i, Reason.OVERSIZED, f"{len(raw)} bytes > limit {max_record_bytes}")
-            continue
-        try:
-            event = _decoder.decode(raw)
-        except msgspec.MsgspecError as exc:
-            reject(i, classify_error(exc), str(exc))
-            continue
-        if not math.isfinite(event.amount) or event.amount < 0:
-            reject(i, Reason.OUT_OF_RANGE, f"amount must be finite and >= 0, got {event.amount}")
-            continue
-        t_ms = epoch_ms(event.event_time)
-        if t_ms < MIN_EVENT_TIME_MS:
-            reject(i, Reason.TOO_OLD, f"event_time {t_ms} ms is before 2000-01-01")
-            continue
-        if t_ms > latest_ok:
-            reject(i, Reason.IN_FUTURE, f"event_time {t_ms} ms is {t_ms - now_ms} ms ahead")
-            continue
-        if keys is not None and keys[i] != str(event.user_id).encode():
-            reject(i, Reason.BAD_KEY, f"key {keys[i]!r} is not user_id {event.user_id}")
-            continue
-        ids.append(event.event_id)
-        users.append(event.user_id)
-        merchants.append(event.merchant_id)
-        amounts.append(event.amount)
-        times.append(t_ms)
-        kept.append(i)
+        else:
+            try:
+                events.append(_decoder.decode(raw))
+                kept.append(i)
+            except msgspec.MsgspecError as exc:
+                reject(i, classify_error(exc), str(exc))
 
+    user = np.array([e.user_id for e in events], dtype=np.int64)
+    amount = np.array([e.amount for e in events], dtype=np.float64)
+    stamps = [e.event_time for e in events]
+    try:
+        times = np.array(stamps, dtype=np.int64)
+    except TypeError:  # RFC 3339 strings among the epoch-ms ints
+        times = np.array([epoch_ms(v) for v in stamps], dtype=np.int64)
+    bad_amount = ~(np.isfinite(amount) & (amount >= 0))
+    too_old = times < MIN_EVENT_TIME_MS
+    in_future = times > now_ms + max_future_skew_ms
+    bad_key = np.zeros(len(events), dtype=bool)
+    if keys is not None:
+        bad_key[:] = [keys[i] != str(e.user_id).encode() for i, e in zip(kept, events, strict=True)]
+    bad = bad_amount | too_old | in_future | bad_key
+    for j in np.flatnonzero(bad).tolist():  # the first rule broken names the reason
+        i, t_ms = kept[j], int(times[j])
+        if bad_amount[j]:
+            reject(i, Reason.OUT_OF_RANGE, f"amount must be finite and >= 0, got {amount[j]}")
+        elif too_old[j]:
+            reject(i, Reason.TOO_OLD, f"event_time {t_ms} ms is before 2000-01-01")
+        elif in_future[j]:
+            reject(i, Reason.IN_FUTURE, f"event_time {t_ms} ms is {t_ms - now_ms} ms ahead")
+        else:
+            reject(i, Reason.BAD_KEY, f"key {keys[i]!r} is not user_id {user[j]}")  # type: ignore[index]
+
+    ok = ~bad
+    rows = np.flatnonzero(ok).tolist()
     batch = EventBatch(
-        ids,
-        np.array(users, dtype=np.int64),
-        np.array(merchants, dtype=np.int64),
-        np.array(amounts, dtype=np.float64),
-        np.array(times, dtype=np.int64),
-        np.array([part_of(i) for i in kept], dtype=np.int32),
-        np.array([off_of(i) for i in kept], dtype=np.int64),
+        [events[j].event_id for j in rows],
+        user[ok],
+        np.array([e.merchant_id for e in events], dtype=np.int64)[ok],
+        amount[ok],
+        times[ok],
+        np.array([part_of(kept[j]) for j in rows], dtype=np.int32),
+        np.array([off_of(kept[j]) for j in rows], dtype=np.int64),
     )
+    rejected.sort(key=lambda pair: pair[0])
+    dead = [letter for _, letter in rejected]
     return batch, dead

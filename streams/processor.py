@@ -63,6 +63,30 @@ class Effects:
     accepted_features: np.ndarray | None = None  # their feature rows [n, F]
 
 
+def merge_effects(parts: Sequence[Effects]) -> Effects:
+    """One fetch's per-partition effects as one: a single part file and a single online
+    write per fetch instead of one per partition (partitions own disjoint users, so the
+    online rows stay one per user)."""
+    if len(parts) == 1:
+        return parts[0]
+    counts = Counters()
+    for part in parts:
+        counts.add(part.counts)
+    tables = [p.offline for p in parts if p.offline is not None and p.offline.num_rows]
+    accepted = [p.accepted for p in parts if p.accepted is not None]
+    features = [p.accepted_features for p in parts if p.accepted_features is not None]
+    return Effects(
+        pa.concat_tables(tables) if tables else None,
+        np.concatenate([p.online_user_id for p in parts]),
+        np.concatenate([p.online_event_time_ms for p in parts]),
+        np.concatenate([p.online_features for p in parts]),
+        [d for p in parts for d in p.dead_letters],
+        counts,
+        EventBatch.concat(accepted) if accepted else None,
+        np.concatenate(features) if features else None,
+    )
+
+
 class PartitionProcessor:
     def __init__(
         self,
