@@ -1,0 +1,1 @@
+"""featflow benchmarks: stream throughput, freshness, backfill speed, state memory."""
