@@ -91,15 +91,20 @@ class RedisOnlineWriter:
     def write(self, *, user_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray) -> int:
         if len(user_id) == 0:
             return 0
-        keys = codec.entity_keys(user_id)
-        stamps = codec.timestamps(event_time_ms)
-        columns = [codec.encode_column(s, features[:, j])[0] for j, s in enumerate(self.specs)]
-        fields = self._fields
-        with self._client.pipeline(transaction=False) as pipe:
-            for i, key in enumerate(keys):
-                mapping = {self._ts_field: stamps[i]}
-                for field, column in zip(fields, columns, strict=True):
-                    mapping[field] = column[i]
-                pipe.hset(key + self._suffix, mapping=mapping)
-            pipe.execute()
+        keys = [k + self._suffix for k in codec.entity_keys(user_id)]
+        columns = [codec.timestamps(event_time_ms)]
+        columns += [codec.encode_values(s, features[:, j]) for j, s in enumerate(self.specs)]
+        payload = codec.redis_hset_commands(keys, [self._ts_field, *self._fields], columns)
+        pool = self._client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([payload])
+            replies = [conn.read_response() for _ in keys]  # raises on an error reply
+        except BaseException:
+            conn.disconnect()  # unread replies would poison the next command
+            raise
+        finally:
+            pool.release(conn)
+        if len(replies) != len(keys):
+            raise RuntimeError(f"Redis answered {len(replies)} of {len(keys)} HSETs")
         return len(keys)

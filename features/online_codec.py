@@ -12,6 +12,7 @@ and compare stored bytes with Feast's own writer
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Sequence
 
@@ -60,13 +61,36 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def encode_column(spec: FeatureSpec, values: np.ndarray) -> tuple[list[bytes], list[str]]:
-    """(serialized ValueProto, value_text) for each value of one feature column."""
+def encode_values(spec: FeatureSpec, values: np.ndarray) -> list[bytes]:
+    """Serialized ValueProto of each value of one feature column."""
     if feast_type_name(spec) == "Int64":
-        ints = values.astype(np.int64).tolist()
-        return [_INT64_TAG + _varint(v) for v in ints], [str(v) for v in ints]
-    floats = values.astype(np.float64).tolist()
-    return [_DOUBLE_TAG + _DOUBLE.pack(v) for v in floats], [str(v) for v in floats]
+        return [_INT64_TAG + _varint(v) for v in values.astype(np.int64).tolist()]
+    return [_DOUBLE_TAG + _DOUBLE.pack(v) for v in values.astype(np.float64).tolist()]
+
+
+def encode_column(spec: FeatureSpec, values: np.ndarray) -> tuple[list[bytes], list[str]]:
+    """(serialized ValueProto, value_text) for each value of one feature column (SQLite)."""
+    if feast_type_name(spec) == "Int64":
+        texts = [str(v) for v in values.astype(np.int64).tolist()]
+    else:
+        texts = [str(v) for v in values.astype(np.float64).tolist()]
+    return encode_values(spec, values), texts
+
+
+def redis_hset_commands(
+    keys: Sequence[bytes], fields: Sequence[bytes], columns: Sequence[Sequence[bytes]]
+) -> bytes:
+    """``HSET key field value ...`` for every key, as one RESP payload for a pipeline.
+
+    Packing by hand, one list comprehension per column and a C-level interleave: redis-py
+    builds each command from a mapping in Python, ~20 us per user here, most of the write.
+    """
+    head = b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * len(fields))
+    chunks = [[b"%s$%d\r\n%s\r\n" % (head, len(k), k) for k in keys]]
+    for field, column in zip(fields, columns, strict=True):
+        name = b"$%d\r\n%s\r\n" % (len(field), field)
+        chunks.append([b"%s$%d\r\n%s\r\n" % (name, len(v), v) for v in column])
+    return b"".join(itertools.chain.from_iterable(zip(*chunks, strict=True)))
 
 
 def timestamps(event_time_ms: np.ndarray) -> list[bytes]:
