@@ -61,20 +61,27 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def encode_values(spec: FeatureSpec, values: np.ndarray) -> list[bytes]:
-    """Serialized ValueProto of each value of one feature column."""
+def _plain(spec: FeatureSpec, values: np.ndarray) -> list[int] | list[float]:
+    """A feature column as Python numbers of its Feast type."""
+    dtype = np.int64 if feast_type_name(spec) == "Int64" else np.float64
+    return values.astype(dtype).tolist()
+
+
+def _serialize(spec: FeatureSpec, plain: list[int] | list[float]) -> list[bytes]:
     if feast_type_name(spec) == "Int64":
-        return [_INT64_TAG + _varint(v) for v in values.astype(np.int64).tolist()]
-    return [_DOUBLE_TAG + _DOUBLE.pack(v) for v in values.astype(np.float64).tolist()]
+        return [_INT64_TAG + _varint(v) for v in plain]
+    return [_DOUBLE_TAG + _DOUBLE.pack(v) for v in plain]
+
+
+def encode_values(spec: FeatureSpec, values: np.ndarray) -> list[bytes]:
+    """Serialized ValueProto of each value of one feature column (Redis)."""
+    return _serialize(spec, _plain(spec, values))
 
 
 def encode_column(spec: FeatureSpec, values: np.ndarray) -> tuple[list[bytes], list[str]]:
     """(serialized ValueProto, value_text) for each value of one feature column (SQLite)."""
-    if feast_type_name(spec) == "Int64":
-        texts = [str(v) for v in values.astype(np.int64).tolist()]
-    else:
-        texts = [str(v) for v in values.astype(np.float64).tolist()]
-    return encode_values(spec, values), texts
+    plain = _plain(spec, values)
+    return _serialize(spec, plain), [str(v) for v in plain]
 
 
 def redis_hset_commands(
