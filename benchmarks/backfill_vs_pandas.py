@@ -23,11 +23,16 @@ sides' figures; report the flags with the figures.
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from benchmarks._common import (
     ACTIVITIES,
@@ -39,7 +44,8 @@ from benchmarks._common import (
     verdict,
     warm_up_kernels,
 )
-from features.backfill import backfill
+from features.backfill import BackfillResult, backfill, write_output
+from features.event_files import from_records, read_events
 from features.spec import DAY_MS, DEFAULT_FEATURES, DEFAULT_LATENESS_MS, FeatureSpec
 from features.state import WindowState
 from streams.generator import generate_events
@@ -176,6 +182,13 @@ def _featflow_update(stream: Stream, specs: Sequence[FeatureSpec], batch: int) -
     return np.concatenate(parts) if parts else np.empty((0, len(specs)))
 
 
+def _backfill_file(source: Path, output: Path, now_ms: int) -> BackfillResult:
+    """`featflow backfill --input source --output output --no-store`, minus the CLI."""
+    result = backfill(read_events(source, now_ms=now_ms), lateness_ms=DEFAULT_LATENESS_MS)
+    write_output(result, output)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -203,8 +216,10 @@ data: generate_events({n:,} events, {args.users:,} users, {args.days:g} days, in
   user activity: {args.activity}
 featflow update: WindowState.update over numpy columns, all {len(specs)} features, one call
   (with --batched also in 10k-event calls, as the stream worker does); JIT warmed up first.
-featflow backfill(): the same plus msgspec decode/validation of the JSON records and the
-  offline Arrow table (what `featflow backfill` does minus file I/O).
+featflow backfill, parquet: what `featflow backfill --input events.parquet --no-store` does:
+  read the file, validate it column-wise, the kernels, the offline Arrow table, write the
+  output parquet. JSON lines: the same from in-memory JSON records through the stream's
+  per-record decoder (no file I/O).
 pandas: groupby('user').rolling('<w>ms', on='ts').<agg>() per windowed feature, groupby
   .ewm(times=...) and groupby diff; from numpy columns to an [n, F] matrix in input order.
 pandas distinct: groupby.rolling.apply(len(np.unique)), timed on a random
@@ -225,13 +240,32 @@ agreement: rtol {RTOL:g}, atol {ATOL:g}, checked before timing figures are print
     stream = Stream(ev.user_id, ev.event_time_ms, ev.amount, ev.merchant_id)
     print(describe_activity(ev, span_ms))
     raw = [value for _, value in ev.records()]
+    scratch = Path(tempfile.mkdtemp(prefix="featflow-backfill-bench-"))
+    source = scratch / "events.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "event_id": ev.event_id,
+                "user_id": ev.user_id,
+                "merchant_id": ev.merchant_id,
+                "amount": ev.amount,
+                "event_time": ev.event_time_ms,
+            }
+        ),
+        source,
+    )
     now_ms = int(ev.event_time_ms.max()) + 1
 
     warm_up_kernels()
 
     t_update, ff = _timed(_featflow_update, stream, specs, 0)
-    t_backfill, result = _timed(backfill, raw, lateness_ms=DEFAULT_LATENESS_MS, now_ms=now_ms)
+    t_backfill, result = _timed(_backfill_file, source, scratch / "features.parquet", now_ms)
     assert result.table.num_rows == n and not result.rejected, "backfill rejected rows"
+    t_backfill_json, result_json = _timed(
+        lambda: backfill(from_records(raw, now_ms=now_ms), lateness_ms=DEFAULT_LATENESS_MS)
+    )
+    assert result_json.table.equals(result.table), "JSON and parquet input disagree"
+    shutil.rmtree(scratch)
     t_update_10k = 0.0
     if args.batched:
         t_update_10k, ff_10k = _timed(_featflow_update, stream, specs, 10_000)
@@ -267,7 +301,12 @@ agreement: rtol {RTOL:g}, atol {ATOL:g}, checked before timing figures are print
     table(
         [
             *rows_out,
-            ("featflow backfill() incl. JSON decode", t_backfill, n / t_backfill),
+            ("featflow backfill, parquet file to parquet file", t_backfill, n / t_backfill),
+            (
+                "featflow backfill, JSON records (per-record decode)",
+                t_backfill_json,
+                n / t_backfill_json,
+            ),
             ("pandas, 10 features (no distinct), measured", t_pandas10, n / t_pandas10),
             (
                 f"pandas distinct, measured on {len(rows):,} rows ({k:,} users)",
@@ -282,21 +321,23 @@ agreement: rtol {RTOL:g}, atol {ATOL:g}, checked before timing figures are print
     ratios = {
         f"pandas_all ({how}) / featflow_update": t_pandas_est / t_update,
         "pandas_10_measured / featflow_update (lower bound)": t_pandas10 / t_update,
-        f"pandas_all ({how}) / featflow_backfill_incl_decode": t_pandas_est / t_backfill,
-        "pandas_10_measured / featflow_backfill_incl_decode (lower bound)": t_pandas10 / t_backfill,
+        f"pandas_all ({how}) / featflow_backfill_parquet": t_pandas_est / t_backfill,
+        "pandas_10_measured / featflow_backfill_parquet (lower bound)": t_pandas10 / t_backfill,
+        f"pandas_all ({how}) / featflow_backfill_json": t_pandas_est / t_backfill_json,
     }
     print()
     table([(k, v) for k, v in ratios.items()], ["ratio (speed-up of featflow)", "x"])
     print()
     verdict(f"speed-up vs pandas, all features {how} (kernels)", t_pandas_est / t_update, TARGET)
     verdict(
-        f"speed-up vs pandas, all features {how} (backfill incl. JSON decode)",
+        f"speed-up vs pandas, all features {how} (backfill, parquet file to file)",
         t_pandas_est / t_backfill,
         TARGET,
     )
     return {
         "featflow_update_s": t_update,
         "featflow_backfill_s": t_backfill,
+        "featflow_backfill_json_s": t_backfill_json,
         "pandas10_s": t_pandas10,
         "pandas_all_est_s": t_pandas_est,
         **ratios,

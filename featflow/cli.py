@@ -148,11 +148,17 @@ def produce(
 def backfill(config: str | None, input_path: str, output_path: str, no_store: bool) -> None:
     """Compute features over a historical events file (.parquet, .csv, .jsonl)."""
     from features.backfill import backfill as run_backfill
-    from features.backfill import read_raw_events, write_output
+    from features.backfill import write_output
+    from features.event_files import read_events
 
     settings = _settings(config)
-    raw = read_raw_events(Path(input_path))
-    result = run_backfill(raw, lateness_ms=int(settings.allowed_lateness_s * 1000))
+    try:
+        rows = read_events(
+            Path(input_path), max_future_skew_ms=int(settings.max_future_skew_s * 1000)
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    result = run_backfill(rows, lateness_ms=int(settings.allowed_lateness_s * 1000))
     rejects = write_output(result, Path(output_path))
     click.echo(f"{result.table.num_rows} rows -> {output_path}")
     if rejects:

@@ -63,7 +63,8 @@ def train_and_register(
     ``events`` backfilled with the stream's kernels."""
     if labels is None:
         labels = stored_labels(settings)
-    from features.backfill import backfill, read_raw_events
+    from features.backfill import backfill
+    from features.event_files import read_events
     from features.offline import OfflineWriter
     from inference.predictor import load_model
     from inference.registry import ModelRegistry
@@ -74,7 +75,8 @@ def train_and_register(
         source = settings
         if events is not None:  # analysts' path: the same kernels, in a scratch store
             source = settings.model_copy(update={"home": Path(scratch), "online_store": "sqlite"})
-            result = backfill(read_raw_events(events), lateness_ms=lateness_ms)
+            rows = read_events(events, max_future_skew_ms=int(settings.max_future_skew_s * 1000))
+            result = backfill(rows, lateness_ms=lateness_ms)
             apply_repo(source)
             OfflineWriter(source.offline_dir).write(result.table, tag="backfill")
         store = apply_repo(source)

@@ -32,6 +32,7 @@ from streams.dead_letter import DeadLetter, Reason
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: older stamps are unit mistakes
+EVENT_ID_MAX_CHARS = 256
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -42,7 +43,7 @@ Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 class Event(msgspec.Struct, frozen=True, gc=False):
     """One transaction event, as producers publish it."""
 
-    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=EVENT_ID_MAX_CHARS)]
     user_id: Int64
     merchant_id: Int64
     amount: float
@@ -112,6 +113,18 @@ def classify_error(exc: msgspec.MsgspecError) -> Reason:
     return Reason.SCHEMA
 
 
+def value_faults(
+    amount: np.ndarray, times_ms: np.ndarray, *, now_ms: int, max_future_skew_ms: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The value rules, column-wise: masks of (bad amount, time before 2000, time too far
+    ahead). One definition for the stream's decoder and the columnar file reader
+    (``features/event_files.py``), so a row is accepted by both or by neither."""
+    bad_amount = ~(np.isfinite(amount) & (amount >= 0))
+    too_old = times_ms < MIN_EVENT_TIME_MS
+    in_future = times_ms > now_ms + max_future_skew_ms
+    return bad_amount, too_old, in_future
+
+
 def decode_events(
     values: Sequence[bytes | None],
     *,
@@ -161,9 +174,9 @@ def decode_events(
         times = np.array(stamps, dtype=np.int64)
     except TypeError:  # RFC 3339 strings among the epoch-ms ints
         times = np.array([epoch_ms(v) for v in stamps], dtype=np.int64)
-    bad_amount = ~(np.isfinite(amount) & (amount >= 0))
-    too_old = times < MIN_EVENT_TIME_MS
-    in_future = times > now_ms + max_future_skew_ms
+    bad_amount, too_old, in_future = value_faults(
+        amount, times, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms
+    )
     bad_key = np.zeros(len(events), dtype=bool)
     if keys is not None:
         bad_key[:] = [keys[i] != str(e.user_id).encode() for i, e in zip(kept, events, strict=True)]

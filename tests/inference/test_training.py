@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from featflow.settings import Settings
 from features.backfill import backfill
+from features.event_files import from_records
 from features.feast_repo import apply_repo
 from features.offline import OfflineWriter
 from features.rows import offline_table
@@ -77,7 +78,7 @@ def test_train_learns_the_hidden_rule_and_onnx_agrees(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     events = generate_events(12_000, users=300, start_ms=1_767_225_600_000, mean_gap_ms=2_000)
     outcomes = generate_outcomes(events, seed=2)
-    result = backfill([v for _, v in events.records()], lateness_ms=60_000)
+    result = backfill(from_records([v for _, v in events.records()]), lateness_ms=60_000)
     store = apply_repo(settings)
     OfflineWriter(settings.offline_dir).write(result.table, tag="backfill")
     labels = labelled_events(

@@ -18,6 +18,7 @@ import pytest
 from featflow.processes import start_worker, stop_process, wait_caught_up
 from featflow.settings import Settings
 from features.backfill import backfill
+from features.event_files import from_records
 from features.feast_repo import FEATURE_VIEW, open_store
 from features.reader import read_online
 from infra.process import free_port
@@ -162,7 +163,7 @@ def test_stream_to_feast_matches_oracle(
     )
 
     # Backfill over the same events gives exactly the stream's rows.
-    result = backfill([v for _, v in records], lateness_ms=60_000)
+    result = backfill(from_records([v for _, v in records]), lateness_ms=60_000)
     back = result.table.to_pandas().set_index("event_id").loc[events.event_id]
     assert result.rejected == []
     assert (back[FEATURE_NAMES].to_numpy() == offline[FEATURE_NAMES].to_numpy()).all()
