@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.event_files import SOURCE_TOPIC, EventRows
+from features.offline import PARQUET_OPTIONS
 from features.rows import offline_table
 from features.spec import DEFAULT_FEATURES, FeatureSpec
 from features.state import WindowState
@@ -79,7 +80,7 @@ def backfill(
 def write_output(result: BackfillResult, output: Path) -> Path | None:
     """Write the feature rows; rejects (if any) go beside them as JSON lines."""
     columns = [c for c in result.table.column_names if not c.startswith("kafka_")]
-    pq.write_table(result.table.select(columns), output)
+    pq.write_table(result.table.select(columns), output, **PARQUET_OPTIONS)
     if not result.rejected:
         return None
     rejects = output.with_suffix(".rejects.jsonl")

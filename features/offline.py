@@ -16,6 +16,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# Feature rows are mostly unique values (event ids, float features): dictionary encoding
+# only costs time there, and its pages come out larger. Without it, snappy writes a stream
+# part file in about half the time of zstd with dictionaries (0.44 vs 0.79 us per row at
+# 8k rows) for 13% more bytes; measured with pyarrow on the stream benchmark's rows.
+PARQUET_OPTIONS: dict[str, object] = {"compression": "snappy", "use_dictionary": False}
+
 
 class OfflineWriter:
     def __init__(self, directory: Path):
@@ -28,7 +34,7 @@ class OfflineWriter:
             return None
         name = f"part-{tag}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = self.directory / f".{name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, **PARQUET_OPTIONS)
         final = self.directory / name
         os.replace(tmp, final)
         return final

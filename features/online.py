@@ -73,7 +73,7 @@ class SqliteOnlineWriter:
             rows.extend(zip(keys, [name] * len(keys), values, texts, stamps, strict=True))
         with self._conn:
             self._conn.executemany(self._sql, rows)
-        return len(keys)
+        return len(user_id)
 
 
 class RedisOnlineWriter:
@@ -84,26 +84,28 @@ class RedisOnlineWriter:
 
         self.specs = tuple(specs)
         self._client = RedisOnlineStore()._get_client(store.config.online_store)
-        self._fields = codec.redis_field_keys(FEATURE_VIEW, self.specs)
-        self._ts_field = f"_ts:{FEATURE_VIEW}".encode()
-        self._suffix = PROJECT.encode()
+        self._packer = codec.RedisHsetPacker(
+            self.specs,
+            codec.redis_field_keys(FEATURE_VIEW, self.specs),
+            f"_ts:{FEATURE_VIEW}".encode(),
+            PROJECT.encode(),
+        )
+        one = np.zeros(1, dtype=np.int64)
+        self._packer.pack(one, one, np.zeros((1, len(self.specs))))  # compile or load now
 
     def write(self, *, user_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray) -> int:
         if len(user_id) == 0:
             return 0
-        keys = [k + self._suffix for k in codec.entity_keys(user_id)]
-        columns = [codec.timestamps(event_time_ms)]
-        columns += [codec.encode_values(s, features[:, j]) for j, s in enumerate(self.specs)]
-        payload = codec.redis_hset_commands(keys, [self._ts_field, *self._fields], columns)
+        payload = self._packer.pack(user_id, event_time_ms, features)
         pool = self._client.connection_pool
         conn = pool.get_connection()
         try:
             conn.send_packed_command([payload])
-            for _ in keys:
+            for _ in range(len(user_id)):
                 conn.read_response()  # raises on an error reply
         except BaseException:
             conn.disconnect()  # unread replies would poison the next command
             raise
         finally:
             pool.release(conn)
-        return len(keys)
+        return len(user_id)

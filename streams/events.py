@@ -20,7 +20,7 @@ Decoding never raises on bad input: each record either becomes a row of an
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
@@ -125,6 +125,38 @@ def value_faults(
     return bad_amount, too_old, in_future
 
 
+def _decode_structure(
+    values: Sequence[bytes | None],
+    max_record_bytes: int,
+    reject: Callable[[int, Reason, str], None],
+) -> tuple[list[Event], Sequence[int]]:
+    """Decode each record's structure; return the events and their record indices.
+
+    The common case (every record present, in size, and well-formed) is one ``map`` over
+    the C decoder, about 100 ns a record cheaper than the loop; any failure redoes the batch
+    record by record so that each bad record gets its own reason.
+    """
+    if None not in values and max(map(len, values), default=0) <= max_record_bytes:
+        try:
+            return list(map(_decoder.decode, values)), range(len(values))  # type: ignore[arg-type]
+        except msgspec.MsgspecError:
+            pass
+    events: list[Event] = []
+    kept: list[int] = []
+    for i, raw in enumerate(values):
+        if raw is None:
+            reject(i, Reason.MALFORMED_JSON, "record has no value (tombstone)")
+        elif len(raw) > max_record_bytes:
+            reject(i, Reason.OVERSIZED, f"{len(raw)} bytes > limit {max_record_bytes}")
+        else:
+            try:
+                events.append(_decoder.decode(raw))
+                kept.append(i)
+            except msgspec.MsgspecError as exc:
+                reject(i, classify_error(exc), str(exc))
+    return events, kept
+
+
 def decode_events(
     values: Sequence[bytes | None],
     *,
@@ -143,30 +175,18 @@ def decode_events(
     otherwise would be counted in another partition's state.
     """
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    part_of = (lambda i: partitions[i]) if partitions is not None else (lambda i: -1)
-    off_of = (lambda i: offsets[i]) if offsets is not None else (lambda i: -1)
+    n = len(values)
+    part = np.full(n, -1, np.int32) if partitions is None else np.asarray(partitions, np.int32)
+    off = np.full(n, -1, np.int64) if offsets is None else np.asarray(offsets, np.int64)
     rejected: list[tuple[int, DeadLetter]] = []
 
     def reject(i: int, reason: Reason, detail: str) -> None:
         key = keys[i] if keys is not None else None
-        letter = DeadLetter(reason, detail, values[i], key, topic, part_of(i), off_of(i))
+        letter = DeadLetter(reason, detail, values[i], key, topic, int(part[i]), int(off[i]))
         rejected.append((i, letter))
 
     # Structure record by record (msgspec), then the value rules column-wise (numpy).
-    events: list[Event] = []
-    kept: list[int] = []
-    for i, raw in enumerate(values):
-        if raw is None:
-            reject(i, Reason.MALFORMED_JSON, "record has no value (tombstone)")
-        elif len(raw) > max_record_bytes:
-            reject(i, Reason.OVERSIZED, f"{len(raw)} bytes > limit {max_record_bytes}")
-        else:
-            try:
-                events.append(_decoder.decode(raw))
-                kept.append(i)
-            except msgspec.MsgspecError as exc:
-                reject(i, classify_error(exc), str(exc))
-
+    events, kept = _decode_structure(values, max_record_bytes, reject)
     user = np.array([e.user_id for e in events], dtype=np.int64)
     amount = np.array([e.amount for e in events], dtype=np.float64)
     stamps = [e.event_time for e in events]
@@ -177,10 +197,12 @@ def decode_events(
     bad_amount, too_old, in_future = value_faults(
         amount, times, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms
     )
-    bad_key = np.zeros(len(events), dtype=bool)
+    bad = bad_amount | too_old | in_future
     if keys is not None:
-        bad_key[:] = [keys[i] != str(e.user_id).encode() for i, e in zip(kept, events, strict=True)]
-    bad = bad_amount | too_old | in_future | bad_key
+        kept_keys = keys if len(kept) == n else [keys[i] for i in kept]
+        bad |= np.array(
+            [k != b"%d" % e.user_id for k, e in zip(kept_keys, events, strict=True)], dtype=bool
+        )
     for j in np.flatnonzero(bad).tolist():  # the first rule broken names the reason
         i, t_ms = kept[j], int(times[j])
         if bad_amount[j]:
@@ -193,15 +215,16 @@ def decode_events(
             reject(i, Reason.BAD_KEY, f"key {keys[i]!r} is not user_id {user[j]}")  # type: ignore[index]
 
     ok = ~bad
-    rows = np.flatnonzero(ok).tolist()
+    rows = np.asarray(kept, dtype=np.int64)[ok]
+    events_ok = events if len(rows) == len(events) else [events[j] for j in np.flatnonzero(ok)]
     batch = EventBatch(
-        [events[j].event_id for j in rows],
+        [e.event_id for e in events_ok],
         user[ok],
-        np.array([e.merchant_id for e in events], dtype=np.int64)[ok],
+        np.array([e.merchant_id for e in events_ok], dtype=np.int64),
         amount[ok],
         times[ok],
-        np.array([part_of(kept[j]) for j in rows], dtype=np.int32),
-        np.array([off_of(kept[j]) for j in rows], dtype=np.int64),
+        part[rows],
+        off[rows],
     )
     rejected.sort(key=lambda pair: pair[0])
     dead = [letter for _, letter in rejected]

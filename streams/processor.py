@@ -109,7 +109,9 @@ class PartitionProcessor:
 
     def process(self, records: Sequence[Record], *, now_ms: int | None = None) -> Effects:
         """Apply records (in offset order) to the state; return the effects to perform."""
-        fresh = [r for r in records if r.offset > self.offset]
+        fresh = records
+        if records and records[0].offset <= self.offset:  # a replay: skip what state holds
+            fresh = [r for r in records if r.offset > self.offset]
         counts = Counters(skipped_replays=len(records) - len(fresh))
         empty = np.empty(0, dtype=np.int64)
         if not fresh:

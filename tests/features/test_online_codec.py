@@ -35,6 +35,7 @@ def _rows(seed: int, n: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     for j, spec in enumerate(DEFAULT_FEATURES):
         if spec.agg in ("count", "distinct"):
             features[:, j] = rng.integers(0, 10**6, size=n)
+    times[2] = 1_700_000_000_000  # whole seconds: Timestamp.nanos is omitted
     features[0, :] = 0.0
     features[1, 3] = -0.0
     return users, times, features
