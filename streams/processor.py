@@ -131,7 +131,9 @@ class PartitionProcessor:
             batch.user_id, batch.event_time_ms, batch.amount, batch.merchant_id
         )
         late = result.late
-        if late.any():
+        n_late = int(late.sum())
+        good, features, newest = batch, result.features, result.latest_mask
+        if n_late:
             lateness = self.settings.allowed_lateness_s
             for i in np.flatnonzero(late):
                 record = fresh[_index_of(fresh, int(batch.offset[i]))]
@@ -147,9 +149,8 @@ class PartitionProcessor:
                         record.offset,
                     )
                 )
-        ok = ~late
-        good = batch.take(ok)
-        features = result.features[ok]
+            ok = ~late
+            good, features, newest = batch.take(ok), features[ok], newest[ok]
         table = offline_table(
             self.specs,
             event_id=good.event_id,
@@ -159,11 +160,10 @@ class PartitionProcessor:
             partition=good.partition,
             offset=good.offset,
         )
-        newest = result.latest_mask[ok]
 
         self.offset = fresh[-1].offset
         counts.accepted = len(good)
-        counts.late = int(late.sum())
+        counts.late = n_late
         counts.dead_lettered = len(dead)
         dead.sort(key=lambda d: d.offset)
         return Effects(
