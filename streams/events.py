@@ -69,6 +69,11 @@ class EventBatch:
         return len(self.event_id)
 
     @staticmethod
+    def empty() -> EventBatch:
+        none = np.empty(0, dtype=np.int64)
+        return EventBatch([], none, none, np.empty(0), none, np.empty(0, np.int32), none)
+
+    @staticmethod
     def concat(batches: Sequence[EventBatch]) -> EventBatch:
         """The batches one after the other (the worker merges a fetch's partitions)."""
         return EventBatch(

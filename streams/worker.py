@@ -224,25 +224,10 @@ class FeatureWorker:
     async def _apply(self, effects: Effects) -> None:
         """Store writes of one fetch; runs while the next fetch is decoded and processed."""
         assert self.online is not None and self._producer is not None
-        writes = []
-        if effects.offline is not None and effects.offline.num_rows:
-            first = effects.offline.column("kafka_offset")[0].as_py()
-            partition = effects.offline.column("kafka_partition")[0].as_py()
-            tag = f"{partition:04d}-{first:012d}"
-            writes.append(asyncio.to_thread(self.offline.write, effects.offline, tag=tag))
-        if len(effects.online_user_id):
-            writes.append(
-                asyncio.to_thread(
-                    self.online.write,
-                    user_id=effects.online_user_id,
-                    event_time_ms=effects.online_event_time_ms,
-                    features=effects.online_features,
-                )
-            )
-        await asyncio.gather(*writes)
-        if self.scorer is not None and effects.accepted is not None:
-            assert effects.accepted_features is not None
-            records = self.scorer.records(effects.accepted, effects.accepted_features)
+        if len(effects.accepted):
+            await asyncio.to_thread(self._store, effects)
+        if self.scorer is not None and len(effects.accepted):
+            records = self.scorer.records(effects.accepted, effects.features)
             topic = self.settings.predictions_topic
             pending = [await self._producer.send(topic, value=v, key=k) for k, v in records]
             await asyncio.gather(*pending)  # delivered before the checkpoint moves past them
@@ -254,6 +239,19 @@ class FeatureWorker:
                 for d in effects.dead_letters
             ]
             await asyncio.gather(*sends)
+
+    def _store(self, effects: Effects) -> None:
+        """Online first (what freshness waits for), then the offline part file; one thread
+        hop per fetch."""
+        assert self.online is not None
+        self.online.write(
+            user_id=effects.online_user_id,
+            event_time_ms=effects.online_event_time_ms,
+            features=effects.online_features,
+        )
+        table = effects.offline(self.specs)
+        first = effects.accepted
+        self.offline.write(table, tag=f"{int(first.partition[0]):04d}-{int(first.offset[0]):012d}")
 
     async def send_dead_letter(self, topic: str, letter: DeadLetter) -> None:
         assert self._producer is not None
