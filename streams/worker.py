@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
 from featflow.settings import Settings
 from features.feast_repo import apply_repo
@@ -77,6 +78,7 @@ class FeatureWorker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._inflight: asyncio.Task[None] | None = None  # the last fetch's store writes
+        self._checkpointing: asyncio.Task[None] | None = None  # checkpoint files being written
         self._stopping = asyncio.Event()
         self.started = asyncio.Event()  # set once the producer and stores are ready
         self.fatal: BaseException | None = None  # raised by run(): the worker must stop
@@ -133,6 +135,7 @@ class FeatureWorker:
 
     async def release(self, partitions: list[TopicPartition]) -> None:
         await self.drain()  # a checkpoint must not get ahead of the stores
+        await self._settle_checkpoints()  # nor be overtaken by an older one
         for tp in partitions:
             processor = self.processors.pop(tp.partition, None)
             if processor is not None:
@@ -259,25 +262,59 @@ class FeatureWorker:
             topic, value=letter.value, key=letter.key, headers=letter.headers()
         )
 
-    async def _maybe_checkpoint(self, force: bool = False) -> None:
+    async def _maybe_checkpoint(self) -> None:
+        """Checkpoint the partitions that are due.
+
+        The snapshots are taken here, between fetches, after the effects they reflect are
+        stored; the files (write, fsync, rename, fsync of the directory: ~10 ms each here)
+        are written in a thread while fetches go on. Written in the loop they stalled it
+        for 100-200 ms every interval with 8 partitions, the p99 of freshness.
+        """
         assert self._consumer is not None
+        if self._checkpointing is not None:
+            if not self._checkpointing.done():
+                return  # one set of files at a time
+            await self._settle_checkpoints()  # raises the write's error, if any
         now = time.monotonic()
+        interval = self.settings.checkpoint_interval_s
         due = [
             p
             for p in self.processors.values()
-            if force
-            or now - self._last_checkpoint[p.partition] >= self.settings.checkpoint_interval_s
+            if now - self._last_checkpoint[p.partition] >= interval
         ]
         if not due:
             return
         await self.drain()  # the snapshots below reflect effects that must be stored first
+        pending = []
         offsets = {}
         for processor in due:
-            self._save(processor)
+            checkpoint = Checkpoint(offset=processor.offset, state=processor.state.snapshot())
+            pending.append((processor.topic, processor.partition, checkpoint))
+            self._last_checkpoint[processor.partition] = now
             if processor.offset >= 0:
                 offsets[TopicPartition(processor.topic, processor.partition)] = processor.offset + 1
-        if offsets:
+        self._checkpointing = asyncio.create_task(self._write_checkpoints(pending, offsets))
+
+    async def _write_checkpoints(
+        self, pending: list[tuple[str, int, Checkpoint]], offsets: dict[TopicPartition, int]
+    ) -> None:
+        await asyncio.to_thread(lambda: [self.checkpoints.save(*item) for item in pending])
+        assert self._consumer is not None
+        try:
             await self._consumer.commit(offsets)
+        except KafkaError as exc:  # informational only (lag); the checkpoint is the truth
+            log.warning("offset commit failed (checkpoints are written): %s", exc)
+
+    async def _settle_checkpoints(self) -> None:
+        """Wait for the checkpoint files being written (and raise their error, if any)."""
+        task = self._checkpointing
+        if task is None:
+            return
+        try:
+            await task
+        finally:
+            if self._checkpointing is task:
+                self._checkpointing = None
 
 
 def build_app(settings: Settings, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES):
