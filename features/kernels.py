@@ -36,9 +36,9 @@ only moves the last bits of sums), but how a row is computed depends on the enti
 history size:
 
 * **Scan path** (entities holding at most ``TUNING["promote_above"]`` rows, i.e. almost all
-  of them, and every out-of-order event): the window's rows are scanned (two-pass std,
-  plain sums). For a handful of rows this beats any incremental bookkeeping, and it touches
-  no state beyond the rows themselves.
+  of them): the window's rows are scanned (two-pass std, plain sums). For a handful of rows
+  this beats any incremental bookkeeping, and it touches no state beyond the rows
+  themselves.
 * **Incremental path** (*promoted* entities, in-order events ``t >= tmax_e``): O(1)
   amortized per event however many rows the window holds. Promotion rebuilds the state
   from the retained rows; an entity is demoted (state dropped) once it holds fewer than
@@ -48,22 +48,37 @@ history size:
   - sum/mean/std: double-double (~106-bit) running sums of ``x`` and of ``x*x`` (the
     square split exactly with Dekker's product), added on append and subtracted when a row
     leaves; ``var = (n*Sxx - Sx**2) / n**2`` evaluated in double-double. A window whose
-    rows all hold the same amount (tracked by the start of the trailing run of equal
-    amounts) yields exactly 0.0, as pandas does. Sums restart from exact zeros when a
-    window empties and are recomputed from the window's rows if they stop being finite.
+    rows all hold the same amount (per row: how many rows right before it hold its amount)
+    yields exactly 0.0, as pandas does. Sums restart from exact zeros when a window empties
+    and are recomputed from the window's rows if they stop being finite.
   - max/min: a monotonic stack over the entity's rows kept as per-row int32 links (row
     below, row above) plus, per window, its first stack row (the window's max/min);
     appends pop dominated rows, windows advance along the links (amortized O(1), also for
     adversarial monotone sequences).
-  - distinct: a per-row flag "a later row has the same merchant"; a window's count is the
-    number of its unflagged rows, kept up to date on append (is the merchant's previous
-    occurrence inside the window?) and when a row leaves (unflagged => -1). The previous
-    occurrence is found by scanning the longest distinct window while it is short, else
-    in a hash map (entity, merchant) -> last row that holds only such entities' merchants.
+  - distinct: per live row a flag "a later row has the same merchant" and a link to the
+    previous row with the same merchant; a window's count is the number of its unflagged
+    rows, kept up to date on append (is the merchant's previous occurrence inside the
+    window?) and when a row leaves (unflagged => -1). The previous occurrence is found by
+    scanning the live rows while they are few, else in a hash map (entity, merchant) ->
+    last live row that holds only such entities' merchants (entries leave with their rows).
 
-  An out-of-order event of a promoted entity is inserted in time order and its own row is
-  computed on the scan path (O(k), rare); folding it into the incremental state costs
-  O(rows after it), the rows the arena insert shifts anyway.
+* **Out-of-order events of promoted entities** (``t < tmax_e``, a few per second in a real
+  stream: producers interleave): the row is inserted in time order at logical row ``p``
+  and folded into the state anchored at ``tmax_e`` (O(rows after it): they move up one,
+  as in the arena insert). Its own window ``O = [lt, p]`` is then derived from the state:
+  with ``T = [lo, end)`` the ``tmax_e`` window, ``R = (p, end)`` the rows in
+  ``(t, tmax_e]`` and ``L = [lt, lo)`` those in ``(t - w, tmax_e - w]``, ``O + R = L + T``,
+  so a window costs O(|R| + |L|), typically a few rows, instead of O(|O|):
+
+  - count from the pointers; sums(O) = sums(T) - sums(R) + sums(L) in double-double, the
+    0.0 rule from the row's run length;
+  - max/min: T's max when it lies in O (at or before p), else the window is scanned (rare
+    for random amounts: T's max must be one of the few rows of R);
+  - distinct(O) = unflagged(T) + unflagged(L) - unflagged(R) + the rows of R whose
+    previous occurrence is in O (the first occurrence after p of a merchant O holds).
+
+  A window is scanned instead when ``TUNING["late_scan_factor"] * (|R| + |L|) > |O|`` (a
+  row far behind ``tmax_e``) or its sums are not finite.
 
 State layout
 ------------
@@ -80,9 +95,11 @@ and resumes: no event is ever lost or applied twice.
 
 A promoted entity (``XSLOT >= 0``) also owns slot ``XSLOT`` of the side storage (typed lists
 made by :func:`new_side`): ``xi[s]`` int64 (X_SEQ: logical number of the first live row,
-X_RUN, X_DIDX, X_MASK, then window pointers, fronts and distinct counts), ``xf[s]`` float64
-(double-double sums) and ``xr[s]`` int32 ``[C, n_links + 1]``, a ring indexed by
-``logical row & X_MASK`` holding the row links and distinct flags. Logical row ``L`` is at
+X_DIDX, X_MASK, then window pointers, fronts and distinct counts), ``xf[s]`` float64
+(double-double sums) and ``xr[s]`` int32 ``[C, GL_NRC]``, a ring indexed by
+``logical row & X_MASK`` holding per row the stack links, the previous-occurrence link
+(0: none; a link to an evicted row, below X_SEQ, reads as none), the run length and the
+distinct flag. Logical row ``L`` is at
 arena index ``BASE + HEAD + L - X_SEQ``. Links are relative distances and pointers are
 logical, so relocation/compaction of the arena never touches the side storage. Only the
 running sums depend on more than the rows; snapshots keep them (and which entities are
@@ -111,14 +128,14 @@ SEG_COLS = 7
 META_USED, META_GARBAGE, META_REQUEST, META_XBYTES = range(4)
 META_SIZE = 4
 # side int state (xi[s]); per-window columns follow at the indices in EncodedSpecs.wlay
-X_SEQ, X_RUN, X_DIDX, X_MASK = range(4)
-X_COLS = 4
+X_SEQ, X_DIDX, X_MASK = range(3)
+X_COLS = 3
 # per-window layout columns (EncodedSpecs.wlay[u, :]); -1 = absent
 WL_LO, WL_SUM, WL_SQ, WL_FMAX, WL_FMIN, WL_DIST = range(6)
 WL_COLS = 6
 # global layout slots (EncodedSpecs.glay)
-GL_PMAX, GL_PMIN, GL_DMAX, GL_RUN, GL_NXI, GL_NXF, GL_NRC = range(7)
-GL_SIZE = 7
+GL_PMAX, GL_PMIN, GL_DMAX, GL_PREV, GL_RUN, GL_NXI, GL_NXF, GL_NRC = range(8)
+GL_SIZE = 8
 
 # Thresholds (rows); performance only, every setting gives the same features up to float
 # rounding (tests run the oracles with the extremes, see tests/features/conftest.py).
@@ -127,12 +144,16 @@ TUNING: dict[str, int] = {
     "promote_above": 32,
     # back to the scan path below this many rows (hysteresis: no flapping)
     "demote_below": 8,
-    # distinct: hash-map lookups once the longest distinct window holds more rows ...
+    # distinct: hash-map lookups once the entity holds more live rows ...
     "dist_index_above": 64,
     # ... and scanning again below this many
     "dist_unindex_below": 16,
+    # an out-of-order row of a promoted entity: a window's features are derived from the
+    # state while this factor times the rows to correct is at most the rows in the window,
+    # else the window is scanned (0: always derive)
+    "late_scan_factor": 2,
 }
-T_PROMOTE, T_DEMOTE, T_DIST_ON, T_DIST_OFF = range(4)
+T_PROMOTE, T_DEMOTE, T_DIST_ON, T_DIST_OFF, T_LATE = range(5)
 
 # agg codes (kernel dispatch); order is internal, names are the public contract
 AGG_CODES: dict[str, int] = {
@@ -184,7 +205,8 @@ class EncodedSpecs(NamedTuple):
     # of the sums (WL_SUM), 1 if x*x sums are kept (WL_SQ), xi column of the max/min front
     # (WL_FMAX/WL_FMIN) and of the distinct count (WL_DIST); -1 where absent
     glay: np.ndarray  # int64[GL_SIZE]: ring column of the max/min stack links, window index
-    # of the longest distinct window, 1 if a std needs run tracking, sizes of xi/xf/ring rows
+    # of the longest distinct window, ring column of the previous-occurrence links (distinct)
+    # and of the run lengths (std), -1 where absent; sizes of xi/xf/ring rows
 
 
 def encode_specs(specs: Sequence[FeatureSpec]) -> EncodedSpecs:
@@ -224,17 +246,24 @@ def encode_specs(specs: Sequence[FeatureSpec]) -> EncodedSpecs:
                 n_xi += 1
     has_max = any(s.agg == "max" for s in specs)
     has_min = any(s.agg == "min" for s in specs)
-    n_links = 2 * (int(has_max) + int(has_min))
+    has_std = any(s.agg == "std" for s in specs)
     dist_w = [u for u in range(len(windows)) if wlay[u, WL_DIST] >= 0]
+    # ring columns: stack links (max, min), previous-occurrence links, run lengths, flags
+    n_rc = 2 * (int(has_max) + int(has_min))
+    prev_col = n_rc if dist_w else -1
+    n_rc += int(bool(dist_w))
+    run_col = n_rc if has_std else -1
+    n_rc += int(has_std)
     glay = np.array(
         [
             0 if has_max else -1,
             (2 if has_max else 0) if has_min else -1,
             max(dist_w) if dist_w else -1,  # windows are sorted: the last is the longest
-            int(any(s.agg == "std" for s in specs)),
+            prev_col,
+            run_col,
             n_xi,
             n_xf,
-            n_links + 1,  # + the distinct flag column
+            n_rc + 1,  # + the distinct flag column (always the last)
         ],
         dtype=np.int64,
     )
@@ -259,6 +288,7 @@ def tuning_array() -> np.ndarray:
             TUNING["demote_below"],
             TUNING["dist_index_above"],
             TUNING["dist_unindex_below"],
+            TUNING["late_scan_factor"],
         ],
         dtype=np.int64,
     )
@@ -461,6 +491,33 @@ def _distinct_count(arena_m: np.ndarray, lo: int, hi: int, scratch: np.ndarray) 
 
 
 @njit(cache=True, inline="always")
+def _scan_value(
+    code: int, arena_a: np.ndarray, arena_m: np.ndarray, lo: int, pos: int, scratch: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """One windowed feature (not count) of arena rows [lo, pos] by scanning them; returns it
+    and the (possibly regrown) scratch buffer."""
+    cnt = pos - lo + 1
+    if code == _DISTINCT:
+        if cnt > scratch.shape[0]:
+            scratch = np.empty(2 * cnt, dtype=np.int64)
+        return float(_distinct_count(arena_m, lo, pos, scratch)), scratch
+    if code in (_MAX, _MIN):
+        best = arena_a[lo]
+        for j in range(lo + 1, pos + 1):
+            v = arena_a[j]
+            if (code == _MAX and v > best) or (code == _MIN and v < best):
+                best = v
+        return best, scratch
+    if code == _STD:
+        return _two_pass_std(arena_a, lo, pos + 1), scratch
+    # plain left-to-right sum of a few rows (test_kernels::test_in_order_matches_pandas)
+    s = 0.0
+    for j in range(lo, pos + 1):
+        s += arena_a[j]
+    return (s if code == _SUM else s / cnt), scratch
+
+
+@njit(cache=True, inline="always")
 def _scan_features(
     i: int,
     e: int,
@@ -499,40 +556,25 @@ def _scan_features(
         if lo < 0:
             # first row with time > ti - w (a row at exactly ti - w is excluded;
             # test_kernels::test_window_boundary)
-            bound = ti - uwin[u]
-            a = first
-            b = pos
-            while a < b:
-                mid = (a + b) >> 1
-                if arena_t[mid] > bound:
-                    b = mid
-                else:
-                    a = mid + 1
-            lo = a
+            lo = _first_after(arena_t, first, pos, ti - uwin[u])
             lo_cache[u] = lo
-        cnt = pos - lo + 1
         if code == _COUNT:
-            out[i, f] = float(cnt)
-        elif code == _DISTINCT:
-            if cnt > scratch.shape[0]:
-                scratch = np.empty(2 * cnt, dtype=np.int64)
-            out[i, f] = float(_distinct_count(arena_m, lo, pos, scratch))
-        elif code in (_MAX, _MIN):
-            best = arena_a[lo]
-            for j in range(lo + 1, pos + 1):
-                v = arena_a[j]
-                if (code == _MAX and v > best) or (code == _MIN and v < best):
-                    best = v
-            out[i, f] = best
-        elif code == _STD:
-            out[i, f] = _two_pass_std(arena_a, lo, pos + 1)
+            out[i, f] = float(pos - lo + 1)
         else:
-            # plain left-to-right sum of a few rows (test_kernels::test_in_order_matches_pandas)
-            s = 0.0
-            for j in range(lo, pos + 1):
-                s += arena_a[j]
-            out[i, f] = s if code == _SUM else s / cnt
+            out[i, f], scratch = _scan_value(code, arena_a, arena_m, lo, pos, scratch)
     return scratch
+
+
+@njit(cache=True, inline="always")
+def _first_after(arena_t: np.ndarray, a: int, b: int, bound: int) -> int:
+    """First index in [a, b) whose time is > bound (b if none; times sorted)."""
+    while a < b:
+        mid = (a + b) >> 1
+        if arena_t[mid] > bound:
+            b = mid
+        else:
+            a = mid + 1
+    return a
 
 
 # ---------------------------------------------------------------------------- incremental
@@ -612,6 +654,20 @@ def _ring_fit(xr, s: int, ci, ring, seq: int, end: int, need: int, meta) -> np.n
     return grown
 
 
+@njit(cache=True, inline="always")
+def _set_run(ring, mask: int, rc: int, arena_a, off: int, seq: int, q: int) -> None:
+    """Ring column rc of logical row q: how many rows right before it hold its amount.
+
+    The rows [q - run, q] are then equal, so a window [lo, q] is constant iff q - run <= lo
+    (std exactly 0.0, as pandas). Capped at the live rows before q: a run reaching back
+    past the oldest live row reaches every window start.
+    """
+    if q > seq and arena_a[off + q - 1] == arena_a[off + q]:
+        ring[q & mask, rc] = min(ring[(q - 1) & mask, rc] + 1, q - seq)
+    else:
+        ring[q & mask, rc] = 0
+
+
 @njit(cache=True)
 def _insert_late(
     e: int,
@@ -670,12 +726,12 @@ def _insert_late(
                 _acc_add(cf, c, sq, x)
                 if not (np.isfinite(cf[c]) and (not sq or np.isfinite(cf[c + 2]))):
                     _acc_fill(cf, c, sq, arena_a, off + ci[wlay[u, WL_LO]], off + end)
-    if glay[GL_RUN] > 0:
-        r = ci[X_RUN]  # old numbering; the row is never last (TMAX's row is after it)
-        if p < r:
-            ci[X_RUN] = r + 1
-        elif x != arena_a[off + end - 1]:
-            ci[X_RUN] = p + 1
+    rc = glay[GL_RUN]
+    if rc >= 0:
+        # run lengths of the new row and of the rows after it, recomputed (distances to rows
+        # before it grew by one)
+        for q in range(p, end):
+            _set_run(ring, mask, rc, arena_a, off, seq, q)
     for which in (GL_PMAX, GL_PMIN):
         pc = glay[which]
         if pc < 0:
@@ -731,23 +787,37 @@ def _insert_late(
                 ci[col] = p  # the front was popped by the new row
     dm = glay[GL_DMAX]
     if dm >= 0:
-        lo_d = ci[wlay[dm, WL_LO]]
+        # Flags and previous-occurrence links cover every live row, so the row's merchant is
+        # looked up before it however old it is (test_kernels::
+        # test_promoted_late_rows_derived_from_state). Links of rows after it that point
+        # before it are one short now; links to evicted rows are dropped on the way.
+        lc = glay[GL_PREV]
+        later = NONE  # first row after the new one with its merchant
+        for q in range(p + 1, end):
+            d = ring[q & mask, lc]
+            if d > 0:
+                target = q - 1 - d  # old numbering: rows before p did not move
+                if target < p:
+                    ring[q & mask, lc] = d + 1 if target >= seq else 0
+            if later == NONE and arena_m[off + q] == mm:
+                later = q
         indexed = ci[X_DIDX] != 0
-        first_moved = lo_d
-        if p >= lo_d:
-            later = False
-            for q in range(p + 1, end):
-                if arena_m[off + q] == mm:
-                    later = True
-                    break
-            prev = NONE
-            if later:
-                ring[p & mask, fcol] = 1
-            elif indexed:
+        prev = NONE  # last row before the new one with its merchant
+        if later != NONE:
+            d = ring[later & mask, lc]
+            if d > 0 and later - d >= seq:
+                prev = later - d  # already flagged: ``later`` comes after it
+            ring[later & mask, lc] = later - p
+            ring[p & mask, fcol] = 1
+        else:
+            if indexed:
                 prev = dmap.get((e, mm), NONE)  # the last occurrence, before the new row
+                if prev < seq:  # (entries leave with their rows: cannot happen)
+                    prev = NONE
+                dmap[(e, mm)] = p
             else:
                 q = p - 1
-                while q >= lo_d:
+                while q >= seq:
                     if arena_m[off + q] == mm:
                         prev = q
                         break
@@ -756,25 +826,157 @@ def _insert_late(
                 ring[prev & mask, fcol] = 1
             for u in range(nu):
                 dc = wlay[u, WL_DIST]
-                if dc >= 0 and ti > tm - uwin[u] and not later and prev < ci[wlay[u, WL_LO]]:
+                if dc >= 0 and ti > tm - uwin[u] and prev < ci[wlay[u, WL_LO]]:
                     ci[dc] += 1
-            if indexed:
-                if not later:
-                    dmap[(e, mm)] = p
-                first_moved = p + 1
-            cnt = end - lo_d
-            if not indexed and cnt > tune[T_DIST_ON]:
-                _dist_index(e, ci, ring, mask, fcol, arena_m, dmap, lo_d, end, off)
-                indexed = False  # entries are fresh
-            elif indexed and cnt < tune[T_DIST_OFF]:
-                # entries after the row still carry old numbers: drop by merchant, not value
-                _dist_unindex(e, ci, ring, mask, fcol, arena_m, dmap, lo_d, end, off)
-                indexed = False
+        if prev != NONE:
+            ring[p & mask, lc] = p - prev
         if indexed:
             # renumber the map entries of rows that moved up (last occurrences = unflagged)
-            for q in range(first_moved, end):
+            for q in range(p + 1, end):
                 if ring[q & mask, fcol] == 0:
                     dmap[(e, arena_m[off + q])] = q
+        live = end - seq
+        if not indexed and live > tune[T_DIST_ON]:
+            _dist_index(e, ci, ring, mask, fcol, arena_m, dmap, seq, end, off)
+        elif indexed and live < tune[T_DIST_OFF]:
+            _dist_unindex(e, ci, ring, mask, fcol, arena_m, dmap, seq, end, off)
+
+
+@njit(cache=True)
+def _late_features(
+    i: int,
+    e: int,
+    pos: int,
+    agg: np.ndarray,
+    win_id: np.ndarray,
+    uwin: np.ndarray,
+    wlay: np.ndarray,
+    glay: np.ndarray,
+    slot: np.ndarray,
+    tune: np.ndarray,
+    seg: np.ndarray,
+    ewm: np.ndarray,
+    arena_t: np.ndarray,
+    arena_a: np.ndarray,
+    arena_m: np.ndarray,
+    xi,
+    xf,
+    xr,
+    lo_cache: np.ndarray,
+    derive: np.ndarray,
+    acc: np.ndarray,
+    scratch: np.ndarray,
+    out: np.ndarray,
+) -> np.ndarray:
+    """Features of an out-of-order row of a promoted entity (arena index ``pos``, already
+    folded in by :func:`_insert_late`), derived from the state anchored at TMAX.
+
+    Per window, with p the row's logical number: its own rows are O = [lt, p], the TMAX
+    window is T = [lo, end), the rows after it (in time) R = (p, end) and L = [lt, lo), so
+    O + R = L + T. A window costs O(|R| + |L|), usually a few rows, instead of O(|O|); it is
+    scanned when ``tune[T_LATE] * (|R| + |L|) > |O|`` (a row far behind TMAX), when its
+    sums are not finite, and max/min when T's max/min lies in R. Returns the (possibly
+    regrown) scratch buffer (test_kernels::test_promoted_late_rows_derived_from_state).
+    """
+    xs = seg[e, XSLOT]
+    ci = xi[xs]
+    cf = xf[xs]
+    ring = xr[xs]
+    mask = ci[X_MASK]
+    seq = ci[X_SEQ]
+    first = seg[e, BASE] + seg[e, HEAD]
+    off = first - seq
+    end = seq + seg[e, LEN]
+    p = pos - off
+    ti = arena_t[pos]
+    n_after = end - 1 - p
+    for u in range(uwin.shape[0]):
+        lo = ci[wlay[u, WL_LO]]
+        # T's rows are all inside O's time range or after it: search before them only
+        lt = _first_after(arena_t, first, min(pos, off + lo), ti - uwin[u]) - off
+        lo_cache[u] = lt
+        derive[u] = tune[T_LATE] * (n_after + lo - lt) <= p - lt + 1
+        c = wlay[u, WL_SUM]
+        if derive[u] and c >= 0:
+            # sums(O) = sums(T) - sums(R) + sums(L), in double-double like the running sums
+            sq = wlay[u, WL_SQ] > 0
+            b = 4 * u
+            for z in range(4 if sq else 2):
+                acc[b + z] = cf[c + z]
+            for q in range(p + 1, end):
+                _acc_sub(acc, b, sq, arena_a[off + q])
+            for q in range(lt, lo):
+                _acc_add(acc, b, sq, arena_a[off + q])
+            if not (np.isfinite(acc[b]) and (not sq or np.isfinite(acc[b + 2]))):
+                # an amount near float64 overflow in T, R or L
+                # (test_kernels::test_huge_amount_does_not_poison_sums)
+                derive[u] = False
+    fcol = glay[GL_NRC] - 1
+    lc = glay[GL_PREV]
+    rc = glay[GL_RUN]
+    for f in range(agg.shape[0]):
+        code = agg[f]
+        if code == _SINCE_LAST:
+            prev = arena_t[pos - 1] if pos > first else seg[e, EVICTED]
+            out[i, f] = -1.0 if prev == NO_TIME else (ti - prev) / 1000.0
+            continue
+        if code == _EWM:
+            q = slot[f]
+            out[i, f] = ewm[e, 2 * q] / ewm[e, 2 * q + 1]
+            continue
+        u = win_id[f]
+        lt = lo_cache[u]
+        cnt = p - lt + 1
+        if code == _COUNT:
+            out[i, f] = float(cnt)
+            continue
+        if not derive[u]:
+            out[i, f], scratch = _scan_value(code, arena_a, arena_m, off + lt, pos, scratch)
+            continue
+        lo = ci[wlay[u, WL_LO]]
+        b = 4 * u
+        if code in (_SUM, _MEAN):
+            out[i, f] = acc[b] if code == _SUM else acc[b] / cnt
+        elif code == _STD:
+            if p - ring[p & mask, rc] <= lt:
+                out[i, f] = 0.0  # rows all equal (test_kernels::test_late_row_breaks_constant_run)
+            else:
+                v = _dd_std(acc[b], acc[b + 1], acc[b + 2], acc[b + 3], cnt)
+                if not np.isfinite(v):
+                    v = _two_pass_std(arena_a, off + lt, pos + 1)
+                out[i, f] = v
+        elif code in (_MAX, _MIN):
+            is_max = code == _MAX
+            fr = ci[wlay[u, WL_FMAX if is_max else WL_FMIN]]
+            if fr == NONE or fr > p:
+                # T's max lies after the row in time: says nothing about O's (rare for
+                # random amounts, always for a rising max ramp)
+                out[i, f], scratch = _scan_value(code, arena_a, arena_m, off + lt, pos, scratch)
+            else:
+                # T's max is in O, so it is the max of O's rows in T
+                best = arena_a[off + fr]
+                for q in range(lt, lo):
+                    v = arena_a[off + q]
+                    if (v > best) if is_max else (v < best):
+                        best = v
+                out[i, f] = best
+        else:
+            # distinct(O) = |T's unflagged| + |L's unflagged| - |R's unflagged| + rows of R
+            # whose previous occurrence is in O (the first occurrence after p of a merchant
+            # O has too): every merchant of a set reaching ``end`` has its last occurrence,
+            # the one unflagged row, in it
+            d = ci[wlay[u, WL_DIST]]
+            for q in range(lt, lo):
+                if ring[q & mask, fcol] == 0:
+                    d += 1
+            for q in range(p + 1, end):
+                if ring[q & mask, fcol] == 0:
+                    d -= 1
+                dq = ring[q & mask, lc]
+                if dq > 0 and lt <= q - dq <= p:
+                    d += 1
+            out[i, f] = float(d)
+    return scratch
 
 
 @njit(cache=True)
@@ -822,11 +1024,10 @@ def _rebuild(
         c = wlay[u, WL_SUM]
         if c >= 0:
             _acc_fill(cf, c, wlay[u, WL_SQ] > 0, arena_a, a, first + length)
-    if glay[GL_RUN] > 0:
-        r = end - 1
-        while r > seq and arena_a[off + r - 1] == arena_a[off + r]:
-            r -= 1
-        ci[X_RUN] = r
+    rc = glay[GL_RUN]
+    if rc >= 0:
+        for j in range(seq, end):
+            _set_run(ring, mask, rc, arena_a, off, seq, j)
     for which in (GL_PMAX, GL_PMIN):
         pc = glay[which]
         if pc < 0:
@@ -851,23 +1052,27 @@ def _rebuild(
             ci[c] = f
     dm = glay[GL_DMAX]
     if dm >= 0:
+        # flags and previous-occurrence links over all live rows (a late row's window may
+        # start before the longest window's start)
         fcol = glay[GL_NRC] - 1
-        lo = ci[wlay[dm, WL_LO]]
-        k = end - lo
-        for q in range(lo, end):
+        lc = glay[GL_PREV]
+        for q in range(seq, end):
             ring[q & mask, fcol] = 0
-        if k <= _DISTINCT_NAIVE_MAX:
-            for q in range(lo, end):
+            ring[q & mask, lc] = 0
+        if length <= _DISTINCT_NAIVE_MAX:
+            for q in range(seq, end):
                 v = arena_m[off + q]
                 for r in range(q + 1, end):
                     if arena_m[off + r] == v:
                         ring[q & mask, fcol] = 1
+                        ring[r & mask, lc] = r - q
                         break
         else:
-            idx = np.argsort(arena_m[off + lo : off + end], kind="mergesort")  # stable
-            for z in range(k - 1):
-                if arena_m[off + lo + idx[z]] == arena_m[off + lo + idx[z + 1]]:
-                    ring[(lo + idx[z]) & mask, fcol] = 1
+            idx = np.argsort(arena_m[first : first + length], kind="mergesort")  # stable
+            for z in range(length - 1):
+                if arena_m[first + idx[z]] == arena_m[first + idx[z + 1]]:
+                    ring[(seq + idx[z]) & mask, fcol] = 1
+                    ring[(seq + idx[z + 1]) & mask, lc] = idx[z + 1] - idx[z]
         for u in range(nu):
             c = wlay[u, WL_DIST]
             if c < 0:
@@ -877,8 +1082,8 @@ def _rebuild(
                 if ring[q & mask, fcol] == 0:
                     nd += 1
             ci[c] = nd
-        if k > tune[T_DIST_ON]:
-            _dist_index(e, ci, ring, mask, fcol, arena_m, dmap, lo, end, off)
+        if length > tune[T_DIST_ON]:
+            _dist_index(e, ci, ring, mask, fcol, arena_m, dmap, seq, end, off)
 
 
 @njit(cache=True)
@@ -912,9 +1117,8 @@ def _demote(e, wlay, glay, seg, arena_m, xi, xf, xr, xfree, dmap, meta) -> None:
     if ci[X_DIDX] != 0:
         seq = ci[X_SEQ]
         off = seg[e, BASE] + seg[e, HEAD] - seq
-        lo = ci[wlay[glay[GL_DMAX], WL_LO]]
         end = seq + seg[e, LEN]
-        _dist_unindex(e, ci, ring, ci[X_MASK], glay[GL_NRC] - 1, arena_m, dmap, lo, end, off)
+        _dist_unindex(e, ci, ring, ci[X_MASK], glay[GL_NRC] - 1, arena_m, dmap, seq, end, off)
     meta[META_XBYTES] -= 8 * (glay[GL_NXI] + glay[GL_NXF]) + ring.shape[0] * ring.shape[1] * 4
     xi[s] = np.zeros(0, dtype=np.int64)
     xf[s] = np.zeros(0, dtype=np.float64)
@@ -940,7 +1144,7 @@ def process_events(
     glay: np.ndarray,  # int64[GL_SIZE]
     slot: np.ndarray,  # int64[F]
     halflife: np.ndarray,  # float64[K]
-    tune: np.ndarray,  # int64[4] (tuning_array())
+    tune: np.ndarray,  # int64[5] (tuning_array())
     lateness_ms: int,
     retention_ms: int,
     min_seg: int,
@@ -970,9 +1174,12 @@ def process_events(
     arena_size = arena_t.shape[0]
     dm = glay[GL_DMAX]
     fcol = glay[GL_NRC] - 1
-    track_run = glay[GL_RUN] > 0
+    lcol = glay[GL_PREV]
+    rc = glay[GL_RUN]
     lo_cache = np.empty(nu, dtype=np.int64)
     scratch = np.empty(64, dtype=np.int64)
+    late_ok = np.empty(nu, dtype=np.bool_)
+    late_acc = np.empty(4 * nu, dtype=np.float64)
     for i in range(start, n):
         e = ent[i]
         ti = t[i]
@@ -1016,7 +1223,6 @@ def process_events(
             end = seq + length
             if in_order:
                 # -- slide every window to (ti - w, ti]: rows leave (still in the arena)
-                indexed = ci[X_DIDX] != 0
                 for u in range(nu):
                     bound = ti - uwin[u]
                     lc = wlay[u, WL_LO]
@@ -1030,8 +1236,6 @@ def process_events(
                             _acc_sub(cf, c, sq, arena_a[off + lo])
                         if dc >= 0 and ring[lo & mask, fcol] == 0:
                             ci[dc] -= 1
-                            if indexed and u == dm:
-                                dmap.pop((e, arena_m[off + lo]), NONE)
                         lo += 1
                     if lo == lo0:
                         continue
@@ -1054,6 +1258,12 @@ def process_events(
                             if f < lo:
                                 f = NONE
                             ci[col] = f
+            if k > 0 and dm >= 0 and ci[X_DIDX] != 0:
+                # the map holds the last occurrence of every live row's merchant: entries
+                # leave with their rows
+                for q in range(seq, seq + k):
+                    if ring[q & mask, fcol] == 0:
+                        dmap.pop((e, arena_m[off + q]), NONE)
             ci[X_SEQ] = seq + k
 
         # -- evict
@@ -1121,27 +1331,34 @@ def process_events(
                     ewm[e, 2 * q + 1] += wgt
         seg[e, TMAX] = new_tmax
 
-        if xs < 0 or not in_order:
-            # -- scan path: small entity, or an out-of-order row (then folded in). Which path
-            # computes a row changes only its rounding; every path is checked against the
-            # oracles (tests/features/conftest.py::TUNINGS forces each one)
+        if xs < 0:
+            # -- scan path: a small entity. Which path computes a row changes only its
+            # rounding; every path is checked against the oracles
+            # (tests/features/conftest.py::TUNINGS forces each one)
             scratch = _scan_features(
                 i, e, ti, first, pos, agg, win_id, uwin, slot, seg, ewm,
                 arena_t, arena_a, arena_m, lo_cache, scratch, out,
             )  # fmt: skip
-            if xs < 0:
-                if length > tune[T_PROMOTE]:
-                    _promote(
-                        e, uwin, wlay, glay, tune, seg, arena_t, arena_a, arena_m,
-                        xi, xf, xr, xfree, dmap, meta,
-                    )  # fmt: skip
-            else:
-                _insert_late(
-                    e, pos, uwin, wlay, glay, tune, seg, arena_t, arena_a, arena_m,
-                    xi, xf, xr, dmap, meta,
+            if length > tune[T_PROMOTE]:
+                _promote(
+                    e, uwin, wlay, glay, tune, seg, arena_t, arena_a, arena_m,
+                    xi, xf, xr, xfree, dmap, meta,
                 )  # fmt: skip
-                if length < tune[T_DEMOTE]:
-                    _demote(e, wlay, glay, seg, arena_m, xi, xf, xr, xfree, dmap, meta)
+            continue
+        if not in_order:
+            # -- out-of-order row of a promoted entity: folded into the state, then its
+            # features derived from it (O(rows between it and TMAX), scan if that is more)
+            _insert_late(
+                e, pos, uwin, wlay, glay, tune, seg, arena_t, arena_a, arena_m,
+                xi, xf, xr, dmap, meta,
+            )  # fmt: skip
+            scratch = _late_features(
+                i, e, pos, agg, win_id, uwin, wlay, glay, slot, tune, seg, ewm,
+                arena_t, arena_a, arena_m, xi, xf, xr, lo_cache, late_ok, late_acc,
+                scratch, out,
+            )  # fmt: skip
+            if length < tune[T_DEMOTE]:
+                _demote(e, wlay, glay, seg, arena_m, xi, xf, xr, xfree, dmap, meta)
             continue
 
         # -- incremental path: the row was appended as logical row j
@@ -1154,6 +1371,8 @@ def process_events(
             ring = _ring_fit(xr, xs, ci, ring, seq, j, length, meta)
             mask = ci[X_MASK]
         ring[j & mask, fcol] = 0
+        if rc >= 0:
+            _set_run(ring, mask, rc, arena_a, off, seq, j)
         for u in range(nu):
             c = wlay[u, WL_SUM]
             if c >= 0:
@@ -1164,8 +1383,6 @@ def process_events(
                     # letting inf - inf poison the sums once it leaves
                     # (test_kernels::test_huge_amount_does_not_poison_sums)
                     _acc_fill(cf, c, sq, arena_a, off + ci[wlay[u, WL_LO]], off + end)
-        if track_run and not (length > 1 and arena_a[pos - 1] == x):
-            ci[X_RUN] = j
         for which in (GL_PMAX, GL_PMIN):
             pc = glay[which]
             if pc < 0:
@@ -1178,30 +1395,32 @@ def process_events(
                     ci[col] = j  # the front and everything after it were dominated
         if dm >= 0:
             mm = mer[i]
-            lo_d = ci[wlay[dm, WL_LO]]
             indexed = ci[X_DIDX] != 0
             p = NONE
             if indexed:
                 p = dmap.get((e, mm), NONE)
+                if p < seq:  # (entries leave with their rows: cannot happen)
+                    p = NONE
                 dmap[(e, mm)] = j
             else:
                 q = j - 1
-                while q >= lo_d:
+                while q >= seq:
                     if arena_m[off + q] == mm:
                         p = q
                         break
                     q -= 1
             if p != NONE:
                 ring[p & mask, fcol] = 1
+            ring[j & mask, lcol] = 0 if p == NONE else j - p
             for u in range(nu):
                 dc = wlay[u, WL_DIST]
                 if dc >= 0 and p < ci[wlay[u, WL_LO]]:  # NONE is before every window
                     ci[dc] += 1
-            cnt = end - lo_d
-            if not indexed and cnt > tune[T_DIST_ON]:
-                _dist_index(e, ci, ring, mask, fcol, arena_m, dmap, lo_d, end, off)
-            elif indexed and cnt < tune[T_DIST_OFF]:
-                _dist_unindex(e, ci, ring, mask, fcol, arena_m, dmap, lo_d, end, off)
+            live = end - seq
+            if not indexed and live > tune[T_DIST_ON]:
+                _dist_index(e, ci, ring, mask, fcol, arena_m, dmap, seq, end, off)
+            elif indexed and live < tune[T_DIST_OFF]:
+                _dist_unindex(e, ci, ring, mask, fcol, arena_m, dmap, seq, end, off)
 
         # -- features from the incremental state
         for f in range(nf):
@@ -1225,7 +1444,7 @@ def process_events(
                 s = cf[wlay[u, WL_SUM]]
                 out[i, f] = s if code == _SUM else s / cnt
             elif code == _STD:
-                if ci[X_RUN] <= lo:
+                if j - ring[j & mask, rc] <= lo:
                     # every row of the window holds the same amount: exactly 0.0, as pandas
                     # (test_kernels::test_hot_user_matches_pandas, constant runs)
                     out[i, f] = 0.0

@@ -4,6 +4,9 @@
 (and between scanning and hashing for distinct), so every mode must match the oracles. The
 default thresholds keep small test streams on the scan path; the other modes force the
 incremental path, its hash-map and scan variants, and constant promote/demote transitions.
+Out-of-order rows of promoted entities are derived from the incremental state in every
+window in the incremental modes (however far behind the entity's max time they are), and
+per window by cost when flapping.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ TUNINGS: dict[str, dict[str, int]] = {
         "demote_below": 0,
         "dist_index_above": 0,
         "dist_unindex_below": 0,
+        "late_scan_factor": 0,
     },
     # every entity incremental; distinct by scanning the window for previous occurrences
     "incremental_scan": {
@@ -30,6 +34,7 @@ TUNINGS: dict[str, dict[str, int]] = {
         "demote_below": 0,
         "dist_index_above": 1 << 40,
         "dist_unindex_below": 0,
+        "late_scan_factor": 0,
     },
     # promote/demote and index/unindex all the time
     "flapping": {
@@ -37,6 +42,7 @@ TUNINGS: dict[str, dict[str, int]] = {
         "demote_below": 2,
         "dist_index_above": 2,
         "dist_unindex_below": 2,
+        "late_scan_factor": 1,
     },
 }
 

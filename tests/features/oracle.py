@@ -6,7 +6,9 @@
   :func:`bruteforce_oracle_np` is the same transcription on numpy arrays, fast enough for
   users with thousands of events.
 * :func:`make_stream`: synthetic streams with ties, bursts and >24h silences;
-  :func:`make_hot_stream`: a few users with tens of thousands of events in one day.
+  :func:`make_hot_stream`: a few users with tens of thousands of events in one day;
+  :func:`make_shuffled_hot_stream`: dense users on a coarse time grid, shuffled within a
+  few seconds of arrival (out-of-order rows of long histories, short windows).
 """
 
 from __future__ import annotations
@@ -162,6 +164,88 @@ def make_hot_stream(
         arrival[delayed] += rng.uniform(0, max_delay_ms, int(delayed.sum()))
     order = np.argsort(arrival, kind="stable")  # equal arrival: keep per-user order
     raw_ids = (np.arange(hot_users + small_users, dtype=np.int64) + 1) * 7_919
+    return Stream(
+        users=raw_ids[u[order]],
+        times=t[order].astype(np.int64),
+        amounts=a[order].astype(np.float64),
+        merchants=mm[order].astype(np.int64),
+    )
+
+
+def make_shuffled_hot_stream(
+    seed: int,
+    *,
+    hot_users: int = 3,
+    hot_events: int = 2_500,
+    mean_gap_ms: int = 120,
+    grid_ms: int = 50,
+    small_users: int = 5,
+    small_events: int = 300,
+    disorder: float = 0.4,
+    max_delay_ms: int = 4_500,
+    t0: int = 1_700_000_000_000,
+) -> Stream:
+    """Dense users (``hot_events`` each, ~``mean_gap_ms`` apart) whose events arrive up to
+    ``max_delay_ms`` late, among a few small users.
+
+    Times are multiples of ``grid_ms`` (ties, and rows exactly at window boundaries for
+    windows that are multiples of it), with a few silences of 20-40 s (windows empty, rows
+    are evicted). Amounts come in segments of 20-300 events: rounded log-normal, constant
+    runs (0.1, 10.0), rising and falling ramps, and small values with 1e9 spikes (which leave
+    rounding residue in running sums); merchants from 3, 40 or 1e6 ids per segment (40:
+    a merchant's previous occurrence is often seconds back).
+    Delayed events arrive after events up to seconds newer; a delay may exceed the allowed
+    lateness (dead-lettered rows).
+    """
+    rng = np.random.default_rng(seed)
+    users, times, amounts, merchants = [], [], [], []
+    for h in range(hot_users):
+        n = hot_events
+        inc = rng.exponential(mean_gap_ms, n)
+        gaps = rng.random(n) < 0.01
+        inc[gaps] = rng.uniform(20_000, 40_000, int(gaps.sum()))
+        step = (np.cumsum(inc) // grid_ms).astype(np.int64) * grid_ms
+        times.append(t0 + int(rng.integers(0, 10)) * grid_ms + step)
+        amt = np.empty(n)
+        mer = np.empty(n, dtype=np.int64)
+        lo = 0
+        while lo < n:
+            hi = min(n, lo + int(rng.integers(20, 300)))
+            k = hi - lo
+            kind = rng.integers(0, 5)
+            if kind == 0:
+                seg = np.round(rng.lognormal(2.0, 1.0, k), 1)
+            elif kind == 1:
+                seg = np.full(k, rng.choice([0.1, 10.0]))
+            elif kind == 2:
+                seg = np.linspace(1.0, 500.0, k)
+            elif kind == 3:
+                seg = np.linspace(500.0, 1.0, k)
+            else:
+                seg = np.round(rng.lognormal(0.0, 0.5, k), 2)
+                seg[rng.random(k) < 0.05] = 1e9
+            amt[lo:hi] = seg
+            mer[lo:hi] = rng.integers(0, rng.choice([3, 40, 10**6]), k)
+            lo = hi
+        amounts.append(amt)
+        merchants.append(mer)
+        users.append(np.full(n, h, dtype=np.int64))
+    span = int(max(t.max() for t in times) - t0)
+    m = small_events
+    users.append(rng.integers(hot_users, hot_users + small_users, m))
+    times.append(t0 + rng.integers(0, span // grid_ms, m) * grid_ms)
+    amounts.append(np.round(rng.lognormal(3.0, 1.2, m), 2))
+    merchants.append(rng.integers(0, 3, m))
+    u = np.concatenate(users)
+    t = np.concatenate(times)
+    order = np.lexsort((rng.random(u.shape[0]), t))  # per-user time order, random ties
+    u, t = u[order], t[order]
+    a, mm = np.concatenate(amounts)[order], np.concatenate(merchants)[order]
+    arrival = t.astype(np.float64)
+    delayed = rng.random(u.shape[0]) < disorder
+    arrival[delayed] += rng.integers(0, max_delay_ms // grid_ms + 1, int(delayed.sum())) * grid_ms
+    order = np.lexsort((rng.random(u.shape[0]), arrival))  # equal arrival: random order
+    raw_ids = (np.arange(hot_users + small_users, dtype=np.int64) + 1) * 104_729
     return Stream(
         users=raw_ids[u[order]],
         times=t[order].astype(np.int64),

@@ -27,6 +27,7 @@ from tests.features.oracle import (
     bruteforce_oracle_np,
     distinct_rolling_counter,
     make_hot_stream,
+    make_shuffled_hot_stream,
     make_stream,
     pandas_oracle,
 )
@@ -363,6 +364,113 @@ def test_hot_users_out_of_order_vs_bruteforce(name: str) -> None:
     np.testing.assert_array_equal(late, exp_late)
     assert 0 < late.sum() < len(stream) // 10
     assert_features_close(got, exp, feature_names(HOT_SPECS))
+
+
+# ------------------------------------------------------------------------ promoted, late
+
+SHORT_LATENESS = 4_000
+
+
+def _short_specs() -> tuple[FeatureSpec, ...]:
+    out = []
+    for w in (2_000, 10_000):
+        for agg in ("count", "sum", "mean", "std", "max", "min", "distinct"):
+            col = None if agg == "count" else "merchant_id" if agg == "distinct" else "amount"
+            out.append(
+                FeatureSpec(name=f"{agg}_{w}", agg=agg, column=col, window_ms=w, description="x")
+            )
+    out.append(
+        FeatureSpec(name="since", agg="since_last", column=None, window_ms=None, description="x")
+    )
+    out.append(
+        FeatureSpec(name="ewm", agg="ewm_mean", column="amount", window_ms=2_000, description="x")
+    )
+    return tuple(out)
+
+
+SHORT_SPECS = _short_specs()
+
+
+@functools.cache
+def _shuffled_hot_case(seed: int) -> tuple[Stream, np.ndarray, np.ndarray]:
+    stream = make_shuffled_hot_stream(seed)
+    return stream, *bruteforce_oracle_np(stream, SHORT_SPECS, SHORT_LATENESS)
+
+
+def late_row_coverage(stream: Stream, lateness_ms: int, w: int) -> dict[str, int]:
+    """What the accepted out-of-order rows of users with > 1000 events exercise in the
+    window of length ``w``, from the definition (brute force, no kernel code)."""
+    users, counts = np.unique(stream.users, return_counts=True)
+    hot = set(users[counts > 1000].tolist())
+    cov = dict.fromkeys(
+        ("late_rows", "both_sides", "tie", "max_after", "min_after", "merchant_around",
+         "merchant_only_before", "at_lateness_bound", "constant"),
+        0,
+    )  # fmt: skip
+    hist: dict[int, list[tuple[int, float, int]]] = {}
+    for i in range(len(stream)):
+        u, t = int(stream.users[i]), int(stream.times[i])
+        rows = hist.setdefault(u, [])
+        tmax = max((r[0] for r in rows), default=t)
+        if t < tmax - lateness_ms:
+            continue
+        rows.append((t, float(stream.amounts[i]), int(stream.merchants[i])))
+        if u not in hot or t >= tmax:
+            continue
+        ht = np.array([r[0] for r in rows])
+        ha = np.array([r[1] for r in rows])
+        hm = np.array([r[2] for r in rows])
+        after = ht > t  # (t, tmax]
+        own = (ht > t - w) & ~after
+        before = own & (ht <= tmax - w)  # (t - w, tmax - w]
+        tmax_win = ht > tmax - w
+        cov["late_rows"] += 1
+        cov["both_sides"] += int(after.any() and before.any())
+        cov["tie"] += int((ht[:-1] == t).any())
+        for name, best in (("max_after", np.max), ("min_after", np.min)):
+            top = best(ha[tmax_win])
+            cov[name] += int(top in ha[tmax_win & after] and top not in ha[tmax_win & own])
+        cov["merchant_around"] += int(
+            np.isin(hm[after], hm[own & tmax_win]).any() and np.isin(hm[after], hm[before]).any()
+        )
+        # the row's merchant seen before it only where its window leaves TMAX's
+        in_both = own & tmax_win & (np.arange(ht.shape[0]) < ht.shape[0] - 1)
+        cov["merchant_only_before"] += int(hm[-1] in hm[before] and hm[-1] not in hm[in_both])
+        cov["at_lateness_bound"] += int(t == tmax - lateness_ms and (ht == t - w).any())
+        cov["constant"] += int(own.sum() > 1 and np.ptp(ha[own]) == 0)
+    return cov
+
+
+def test_shuffled_hot_stream_has_what_the_late_tests_need() -> None:
+    stream, _, late = _shuffled_hot_case(0)
+    assert 0 < late.sum() < len(stream) // 10
+    for w in (2_000, 10_000):
+        cov = late_row_coverage(stream, SHORT_LATENESS, w)
+        assert cov["late_rows"] > 2_000
+        # rare: a late row exactly at the lateness bound whose window starts exactly at the
+        # eviction horizon (w = 10 s), and a merchant last seen > 10 s before TMAX
+        assert cov.pop("at_lateness_bound") >= 2, (w, cov)
+        assert cov.pop("merchant_only_before") >= 10, (w, cov)
+        assert min(cov.values()) >= 200, (w, cov)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_promoted_late_rows_derived_from_state(seed: int, tuning: str) -> None:
+    """Out-of-order rows of promoted users: their windows derived from the state at TMAX
+    (corrected by the rows after them and the rows that left the window since), checked
+    against brute force; constant windows give exactly 0.0 like pandas."""
+    stream, exp, exp_late = _shuffled_hot_case(seed)
+    got, late = run_kernel(stream, SHORT_SPECS, lateness_ms=SHORT_LATENESS)
+    np.testing.assert_array_equal(late, exp_late)
+    names = feature_names(SHORT_SPECS)
+    assert_features_close(got, exp, names)
+    if TUNINGS[tuning]["promote_above"] == 0 and TUNINGS[tuning]["late_scan_factor"] == 0:
+        # every row from the state (a two-pass scan leaves ~1e-17 for runs of 0.1)
+        col = {n: i for i, n in enumerate(names)}
+        for w in (2_000, 10_000):
+            constant = ~late & (exp[:, col[f"max_{w}"]] == exp[:, col[f"min_{w}"]])
+            assert constant.sum() > 1_000
+            assert (got[constant, col[f"std_{w}"]] == 0.0).all()
 
 
 def test_numpy_oracles_match_reference_oracles() -> None:
