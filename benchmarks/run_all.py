@@ -5,7 +5,7 @@ servers from skewing the next, and lets one crash without hiding the others' res
 
     python -m benchmarks.run_all [--quick] [--only NAME ...]
 
-Default sizes take ~5 minutes on 2 cores; ``--quick`` uses smaller ones (~2 minutes), which
+Default sizes take ~9 minutes on 2 cores; ``--quick`` uses smaller ones (~2 minutes), which
 change the absolute figures, so quote the flags with any number.
 """
 
