@@ -75,6 +75,7 @@ class FeatureWorker:
         self.dlq_observed: dict[str, int] = {}  # by reason, as seen on the DLQ topic
         self.outcomes_stored = 0
         self._last_checkpoint: dict[int, float] = {}
+        self._checkpointed: dict[int, int] = {}  # offset of each partition's newest checkpoint
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._inflight: asyncio.Task[None] | None = None  # the last fetch's store writes
@@ -120,6 +121,7 @@ class FeatureWorker:
                 offset=offset,
             )
             self._last_checkpoint[tp.partition] = time.monotonic()
+            self._checkpointed[tp.partition] = offset
             log.info("acquired %s-%d at offset %d", tp.topic, tp.partition, offset)
 
     def _log_end(self, tp: TopicPartition) -> int:
@@ -149,6 +151,7 @@ class FeatureWorker:
             Checkpoint(offset=processor.offset, state=processor.state.snapshot()),
         )
         self._last_checkpoint[processor.partition] = time.monotonic()
+        self._checkpointed[processor.partition] = processor.offset
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -282,9 +285,12 @@ class FeatureWorker:
         now = time.monotonic()
         if now - self._last_checkpoint[processor.partition] < self.settings.checkpoint_interval_s:
             return
+        self._last_checkpoint[processor.partition] = now
+        if processor.offset == self._checkpointed[processor.partition]:
+            return  # no new record since: the checkpoint on disk is this state
         await self.drain()  # the snapshot below reflects effects that must be stored first
         snapshot = processor.state.capture()
-        self._last_checkpoint[processor.partition] = now
+        self._checkpointed[processor.partition] = processor.offset
         self._checkpointing = asyncio.create_task(
             self._write_checkpoint(processor.topic, processor.partition, processor.offset, snapshot)
         )
