@@ -140,7 +140,8 @@ async def _consume(settings: Settings, n: int, mode: str, passes: int) -> list[R
                                 topic=tp.topic,
                                 partition=tp.partition,
                                 specs=DEFAULT_FEATURES,
-                                settings=settings,
+                                lateness_ms=int(settings.allowed_lateness_s * 1000),
+                                rules=settings.event_rules,
                             )
                         processor.process(records)
                     seen += len(records)

@@ -153,9 +153,7 @@ def backfill(config: str | None, input_path: str, output_path: str, no_store: bo
 
     settings = _settings(config)
     try:
-        rows = read_events(
-            Path(input_path), max_future_skew_ms=int(settings.max_future_skew_s * 1000)
-        )
+        rows = read_events(Path(input_path), rules=settings.event_rules)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     result = run_backfill(rows, lateness_ms=int(settings.allowed_lateness_s * 1000))

@@ -21,6 +21,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from features.spec import DEFAULT_LATENESS_MS
+from streams.events import AMOUNT_LIMIT, EventRules
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -59,6 +60,9 @@ class Settings(BaseSettings):
     allowed_lateness_s: float = Field(DEFAULT_LATENESS_MS / 1000, ge=0)
     max_future_skew_s: float = Field(86_400.0, ge=0)
     max_record_bytes: int = Field(65_536, ge=64)
+    max_amount: float = Field(
+        1e12, gt=0, le=AMOUNT_LIMIT, description="Larger amounts are refused (out_of_range)."
+    )
 
     batch_max_records: int = Field(10_000, ge=1)
     batch_max_wait_ms: int = Field(20, ge=0)
@@ -91,6 +95,15 @@ class Settings(BaseSettings):
     @property
     def online_store_kind(self) -> Literal["sqlite", "redis"]:
         return "sqlite" if self.online_store == "sqlite" else "redis"
+
+    @property
+    def event_rules(self) -> EventRules:
+        """The limits every decoder of events and outcomes applies."""
+        return EventRules(
+            max_future_skew_ms=int(self.max_future_skew_s * 1000),
+            max_record_bytes=self.max_record_bytes,
+            max_amount=self.max_amount,
+        )
 
     @property
     def dlq_topic(self) -> str:

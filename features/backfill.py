@@ -14,16 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.apply import apply_events
 from features.event_files import SOURCE_TOPIC, EventRows
 from features.offline import PARQUET_OPTIONS
 from features.rows import offline_table
 from features.spec import DEFAULT_FEATURES, FeatureSpec
 from features.state import WindowState
-from streams.dead_letter import DeadLetter, Reason
+from streams.dead_letter import DeadLetter
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,26 +44,12 @@ def backfill(
     """Features for every accepted row of ``rows`` (in input order); late rows join the
     rejects."""
     batch, dead = rows.batch, list(rows.rejected)
-    state = WindowState(specs, lateness_ms=lateness_ms)
-    result = state.update(batch.user_id, batch.event_time_ms, batch.amount, batch.merchant_id)
-    late = np.flatnonzero(result.late)
-    for i in late.tolist():
+    applied = apply_events(WindowState(specs, lateness_ms=lateness_ms), batch)
+    for i, reason, detail in applied.refused:
         row = int(batch.offset[i])
-        dead.append(
-            DeadLetter(
-                Reason.LATE,
-                "later than the allowed lateness",
-                rows.record(row),
-                None,
-                SOURCE_TOPIC,
-                -1,
-                row,
-            )
-        )
-    good, features = batch, result.features
-    if len(late):
-        ok = ~result.late
-        good, features = batch.take(ok), features[ok]
+        dead.append(DeadLetter(reason, detail, rows.record(row), None, SOURCE_TOPIC, -1, row))
+    good = batch if len(applied.rows) == len(batch) else batch.take(applied.rows)
+    features = applied.features
     table = offline_table(
         specs,
         event_id=good.event_id,

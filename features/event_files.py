@@ -33,6 +33,7 @@ from streams.events import (
     EVENT_ID_MAX_CHARS,
     INT64_MAX,
     EventBatch,
+    EventRules,
     decode_events,
     value_faults,
 )
@@ -65,7 +66,7 @@ def from_records(
     raw: Sequence[bytes],
     *,
     now_ms: int | None = None,
-    max_future_skew_ms: int = 86_400_000,
+    rules: EventRules = EventRules(),
 ) -> EventRows:
     """JSON records (JSON lines, or values taken from the topic) through the stream's decoder."""
     batch, dead = decode_events(
@@ -74,13 +75,13 @@ def from_records(
         offsets=range(len(raw)),
         topic=SOURCE_TOPIC,
         now_ms=now_ms,
-        max_future_skew_ms=max_future_skew_ms,
+        rules=rules,
     )
     return EventRows(batch, dead, raw.__getitem__)
 
 
 def read_events(
-    path: Path, *, now_ms: int | None = None, max_future_skew_ms: int = 86_400_000
+    path: Path, *, now_ms: int | None = None, rules: EventRules = EventRules()
 ) -> EventRows:
     """Read and validate an events file (``.parquet``, ``.csv``, ``.jsonl``/``.ndjson``/``.json``).
 
@@ -90,7 +91,7 @@ def read_events(
     suffix = path.suffix.lower()
     if suffix in {".jsonl", ".json", ".ndjson"}:
         lines = [line for line in path.read_bytes().splitlines() if line.strip()]
-        return from_records(lines, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
+        return from_records(lines, now_ms=now_ms, rules=rules)
     if suffix == ".parquet":
         names = pq.read_schema(path).names
         _check_columns(path, names)
@@ -111,7 +112,7 @@ def read_events(
     else:
         raise ValueError(f"{path}: unsupported input (use .parquet, .csv or .jsonl)")
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    return _columnar(table, cell, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms)
+    return _columnar(table, cell, now_ms=now_ms, rules=rules)
 
 
 def _check_columns(path: Path, names: Sequence[str]) -> None:
@@ -125,7 +126,7 @@ def _columnar(
     cell: Callable[[str, object], object],
     *,
     now_ms: int,
-    max_future_skew_ms: int,
+    rules: EventRules,
 ) -> EventRows:
     n = table.num_rows
     ids = table.column("event_id")
@@ -134,7 +135,7 @@ def _columnar(
     amount, amount_ok = _float64s(table.column("amount"))
     times, times_ok = _epoch_ms(table.column("event_time"))
     ok = _event_ids_ok(ids) & user_ok & merchant_ok & amount_ok & times_ok
-    for fault in value_faults(amount, times, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms):
+    for fault in value_faults(amount, times, now_ms=now_ms, rules=rules):
         ok &= ~fault
 
     def records(rows: np.ndarray) -> list[bytes]:
@@ -165,7 +166,7 @@ def _columnar(
         offsets=suspects.tolist(),
         topic=SOURCE_TOPIC,
         now_ms=now_ms,
-        max_future_skew_ms=max_future_skew_ms,
+        rules=rules,
     )
     if len(decoded):
         merged = EventBatch.concat([batch, decoded])

@@ -18,6 +18,7 @@ import numpy as np
 
 from features import online_codec as codec
 from features.feast_repo import FEATURE_VIEW, PROJECT
+from features.rows import require_finite
 from features.spec import FeatureSpec
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class SqliteOnlineWriter:
     def write(self, *, user_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray) -> int:
         if len(user_id) == 0:
             return 0
+        require_finite(self.specs, features)
         keys = codec.entity_keys(user_id)
         # Naive UTC datetimes, stored through the sqlite3 adapter Feast registers.
         stamps = [_EPOCH + timedelta(milliseconds=ms) for ms in event_time_ms.tolist()]
@@ -96,6 +98,7 @@ class RedisOnlineWriter:
     def write(self, *, user_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray) -> int:
         if len(user_id) == 0:
             return 0
+        require_finite(self.specs, features)
         payload = self._packer.pack(user_id, event_time_ms, features)
         pool = self._client.connection_pool
         conn = pool.get_connection()

@@ -17,6 +17,19 @@ from features.feast_repo import JOIN_KEY, TIMESTAMP_FIELD, feast_type_name
 from features.spec import FeatureSpec
 
 
+def require_finite(specs: Sequence[FeatureSpec], features: np.ndarray) -> None:
+    """Refuse to store a non-finite feature: Feast would keep it, and ``/predict`` would
+    answer ``null`` for it. ``features.apply`` keeps such rows away, so this never fires
+    unless something upstream is broken, and then loudly."""
+    finite = np.isfinite(features)
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        raise ValueError(
+            f"refusing to store {specs[col].name} = {features[row, col]} (row {row}); "
+            "non-finite features are dead-lettered before the stores"
+        )
+
+
 def _feature_column(spec: FeatureSpec, values: np.ndarray) -> np.ndarray:
     # Counts are exact integers held in float64 by the kernels; store them as int64.
     if feast_type_name(spec) == "Int64":
@@ -35,6 +48,7 @@ def offline_table(
     offset: np.ndarray,
 ) -> pa.Table:
     """One row per accepted event, as written to the offline parquet store."""
+    require_finite(specs, features)
     columns: dict[str, pa.Array] = {
         "event_id": pa.array(event_id, type=pa.string()),
         JOIN_KEY: pa.array(user_id, type=pa.int64()),

@@ -45,6 +45,7 @@ class BatchResult:
     late: np.ndarray  # bool [n]; caller dead-letters these
     latest_mask: np.ndarray  # bool [n]; rows to write to the online store
     entity_max_time_ms: np.ndarray  # int64 [n]; the row's entity max event time after the batch
+    failed: tuple[tuple[int, str], ...] = ()  # (row, why): events the state could not hold
 
 
 def _trimmed_caps(lengths: np.ndarray, min_seg: int) -> np.ndarray:
@@ -210,6 +211,7 @@ class WindowState:
         late = np.zeros(n, dtype=np.bool_)
         i = 0
         tune = K.tuning_array()
+        failed: list[tuple[int, str]] = []
         while True:
             i = K.process_events(
                 ent, times, amts, mers, i,
@@ -220,17 +222,30 @@ class WindowState:
             )  # fmt: skip
             if i >= n:
                 break
-            self._make_room(int(self._meta[K.META_REQUEST]))
+            try:
+                self._make_room(int(self._meta[K.META_REQUEST]))
+            except (OverflowError, MemoryError) as exc:  # the kernel stopped before event i
+                failed.append((i, f"{type(exc).__name__}: {exc}"))
+                out[i] = np.nan
+                late[i] = False
+                i += 1
 
         tmax_after = self._seg[ent, K.TMAX]
-        accepted_at_max = np.flatnonzero(~late & (times == tmax_after))
+        refused = late.copy()
+        for row, _ in failed:
+            refused[row] = True
+        accepted_at_max = np.flatnonzero(~refused & (times == tmax_after))
         latest = np.zeros(n, dtype=np.bool_)
         if accepted_at_max.size:
             rev = accepted_at_max[::-1]
             _, first_in_rev = np.unique(ent[rev], return_index=True)
             latest[rev[first_in_rev]] = True
         return BatchResult(
-            features=out, late=late, latest_mask=latest, entity_max_time_ms=tmax_after
+            features=out,
+            late=late,
+            latest_mask=latest,
+            entity_max_time_ms=tmax_after,
+            failed=tuple(failed),
         )
 
     # ------------------------------------------------------------------ memory management

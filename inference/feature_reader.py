@@ -36,9 +36,18 @@ def _number(blob: bytes) -> float:
     return float(getattr(value, kind)) if kind else float("nan")
 
 
+def _usable(out: np.ndarray, found: np.ndarray, defaults: np.ndarray) -> None:
+    """A stored row with a non-finite value (written by another writer: featflow's refuse
+    them) is treated as missing, in place: it is never scored or served as ``null``."""
+    bad = found & ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        out[bad] = defaults
+        found[bad] = False
+
+
 class FeatureReader(Protocol):
     def read(self, user_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(features [n, F] with defaults for unknown users, found [n] bool)."""
+        """(features [n, F], all finite, with defaults for unknown users; found [n] bool)."""
         ...
 
     def ping(self) -> bool: ...
@@ -81,6 +90,7 @@ class RedisFeatureReader:
                     _number(b) if b is not None else d
                     for b, d in zip(row, self._defaults, strict=True)
                 ]
+        _usable(out, found, self._defaults)
         return out, found
 
     def ping(self) -> bool:
@@ -120,6 +130,7 @@ class SqliteFeatureReader:
                 if j is not None:
                     out[i, j] = _number(blob)
                     found[i] = True
+        _usable(out, found, self._defaults)
         return out, found
 
     def ping(self) -> bool:

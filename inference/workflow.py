@@ -75,7 +75,7 @@ def train_and_register(
         source = settings
         if events is not None:  # analysts' path: the same kernels, in a scratch store
             source = settings.model_copy(update={"home": Path(scratch), "online_store": "sqlite"})
-            rows = read_events(events, max_future_skew_ms=int(settings.max_future_skew_s * 1000))
+            rows = read_events(events, rules=settings.event_rules)
             result = backfill(rows, lateness_ms=lateness_ms)
             apply_repo(source)
             OfflineWriter(source.offline_dir).write(result.table, tag="backfill")

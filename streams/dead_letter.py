@@ -23,6 +23,7 @@ class Reason(StrEnum):
     OVERSIZED = "oversized"
     BAD_KEY = "bad_key"
     LATE = "late"
+    PROCESSING_ERROR = "processing_error"  # the record made a processing step raise
 
 
 @dataclass(frozen=True, slots=True)

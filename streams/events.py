@@ -29,10 +29,15 @@ import msgspec
 import numpy as np
 
 from streams.dead_letter import DeadLetter, Reason
+from streams.isolation import describe
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: older stamps are unit mistakes
 EVENT_ID_MAX_CHARS = 256
+# The largest amount bound one may configure. Window sums of squares then stay below 1e200
+# for any window that fits in memory, so no feature can overflow to inf (test_events.py
+# and tests/features/test_finite.py drive the kernels at this bound).
+AMOUNT_LIMIT = 1e100
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -51,6 +56,23 @@ class Event(msgspec.Struct, frozen=True, gc=False):
 
 
 _decoder = msgspec.json.Decoder(Event)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRules:
+    """The configurable limits of the event contract, one definition for stream and backfill.
+
+    ``max_amount`` bounds amounts so window sums, means, std and EWM stay finite (two
+    events of 1e308 overflowed them); it cannot exceed :data:`AMOUNT_LIMIT`.
+    """
+
+    max_future_skew_ms: int = 86_400_000
+    max_record_bytes: int = 65_536
+    max_amount: float = 1e12
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_amount <= AMOUNT_LIMIT:
+            raise ValueError(f"max_amount must be in (0, {AMOUNT_LIMIT:g}], got {self.max_amount}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,27 +129,41 @@ def epoch_ms(value: int | datetime) -> int:
     return (value - _EPOCH) // _ONE_MS
 
 
-def classify_error(exc: msgspec.MsgspecError) -> Reason:
+def judge(exc: Exception) -> tuple[Reason, str]:
+    """The dead-letter reason and detail for an exception the decoder raised on one record.
+
+    A record the decoder cannot judge is ``malformed_json``: msgspec raises
+    ``RecursionError`` on JSON nested about 1,000 levels deep (2 KB), which once crashed
+    the worker on every restart. Anything else unexpected is a ``processing_error``.
+    """
+    if isinstance(exc, RecursionError):
+        return Reason.MALFORMED_JSON, f"nested too deeply to decode ({describe(exc)})"
+    if not isinstance(exc, msgspec.MsgspecError):
+        return Reason.PROCESSING_ERROR, describe(exc)
     text = str(exc)
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
-        return Reason.MALFORMED_JSON
+        return Reason.MALFORMED_JSON, text
     if text.endswith(("`$.event_time`", "`$.outcome_time`")):
-        return Reason.BAD_TIMESTAMP
+        return Reason.BAD_TIMESTAMP, text
     if "<=" in text or ">=" in text or "out of range" in text:
-        return Reason.OUT_OF_RANGE
-    return Reason.SCHEMA
+        return Reason.OUT_OF_RANGE, text
+    return Reason.SCHEMA, text
 
 
 def value_faults(
-    amount: np.ndarray, times_ms: np.ndarray, *, now_ms: int, max_future_skew_ms: int
+    amount: np.ndarray, times_ms: np.ndarray, *, now_ms: int, rules: EventRules
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The value rules, column-wise: masks of (bad amount, time before 2000, time too far
     ahead). One definition for the stream's decoder and the columnar file reader
     (``features/event_files.py``), so a row is accepted by both or by neither."""
-    bad_amount = ~(np.isfinite(amount) & (amount >= 0))
+    bad_amount = ~((amount >= 0) & (amount <= rules.max_amount))  # NaN fails both
     too_old = times_ms < MIN_EVENT_TIME_MS
-    in_future = times_ms > now_ms + max_future_skew_ms
+    in_future = times_ms > now_ms + rules.max_future_skew_ms
     return bad_amount, too_old, in_future
+
+
+def amount_rule(rules: EventRules) -> str:
+    return f"amount must be finite, >= 0 and <= {rules.max_amount:g}"
 
 
 def _decode_structure(
@@ -144,7 +180,7 @@ def _decode_structure(
     if None not in values and max(map(len, values), default=0) <= max_record_bytes:
         try:
             return list(map(_decoder.decode, values)), range(len(values))  # type: ignore[arg-type]
-        except msgspec.MsgspecError:
+        except Exception:  # any record the C decoder refuses or chokes on: judge one by one
             pass
     events: list[Event] = []
     kept: list[int] = []
@@ -157,8 +193,8 @@ def _decode_structure(
             try:
                 events.append(_decoder.decode(raw))
                 kept.append(i)
-            except msgspec.MsgspecError as exc:
-                reject(i, classify_error(exc), str(exc))
+            except Exception as exc:
+                reject(i, *judge(exc))
     return events, kept
 
 
@@ -170,8 +206,7 @@ def decode_events(
     offsets: Sequence[int] | None = None,
     topic: str = "events",
     now_ms: int | None = None,
-    max_future_skew_ms: int = 86_400_000,
-    max_record_bytes: int = 65_536,
+    rules: EventRules = EventRules(),
 ) -> tuple[EventBatch, list[DeadLetter]]:
     """Validate raw records; return the accepted batch and the dead letters.
 
@@ -191,7 +226,7 @@ def decode_events(
         rejected.append((i, letter))
 
     # Structure record by record (msgspec), then the value rules column-wise (numpy).
-    events, kept = _decode_structure(values, max_record_bytes, reject)
+    events, kept = _decode_structure(values, rules.max_record_bytes, reject)
     user = np.array([e.user_id for e in events], dtype=np.int64)
     amount = np.array([e.amount for e in events], dtype=np.float64)
     stamps = [e.event_time for e in events]
@@ -199,9 +234,7 @@ def decode_events(
         times = np.array(stamps, dtype=np.int64)
     except TypeError:  # RFC 3339 strings among the epoch-ms ints
         times = np.array([epoch_ms(v) for v in stamps], dtype=np.int64)
-    bad_amount, too_old, in_future = value_faults(
-        amount, times, now_ms=now_ms, max_future_skew_ms=max_future_skew_ms
-    )
+    bad_amount, too_old, in_future = value_faults(amount, times, now_ms=now_ms, rules=rules)
     bad = bad_amount | too_old | in_future
     if keys is not None:
         kept_keys = keys if len(kept) == n else [keys[i] for i in kept]
@@ -211,7 +244,7 @@ def decode_events(
     for j in np.flatnonzero(bad).tolist():  # the first rule broken names the reason
         i, t_ms = kept[j], int(times[j])
         if bad_amount[j]:
-            reject(i, Reason.OUT_OF_RANGE, f"amount must be finite and >= 0, got {amount[j]}")
+            reject(i, Reason.OUT_OF_RANGE, f"{amount_rule(rules)}, got {amount[j]}")
         elif too_old[j]:
             reject(i, Reason.TOO_OLD, f"event_time {t_ms} ms is before 2000-01-01")
         elif in_future[j]:

@@ -22,26 +22,18 @@ class _WorkerCollector:
             "featflow_events_accepted", "Events applied to feature state.", value=totals.accepted
         )
         yield CounterMetricFamily(
-            "featflow_events_dead_lettered",
-            "Events sent to the dead-letter topic (late ones included).",
-            value=totals.dead_lettered,
-        )
-        yield CounterMetricFamily(
-            "featflow_events_late", "Events later than the allowed lateness.", value=totals.late
-        )
-        yield CounterMetricFamily(
             "featflow_events_replay_skipped",
             "Redelivered events already reflected in a checkpoint.",
             value=totals.skipped_replays,
         )
-        observed = CounterMetricFamily(
-            "featflow_dead_letters_observed",
-            "Dead letters seen on the DLQ topic, by reason.",
-            labels=["reason"],
+        letters = CounterMetricFamily(
+            "featflow_dead_letters",
+            "Records sent to a dead-letter topic (acknowledged), by source topic and reason.",
+            labels=["topic", "reason"],
         )
-        for reason, count in sorted(self.worker.dlq_observed.items()):
-            observed.add_metric([reason], count)
-        yield observed
+        for (topic, reason), count in sorted(self.worker.dead_letters.items()):
+            letters.add_metric([topic, reason], count)
+        yield letters
         yield GaugeMetricFamily(
             "featflow_partitions_owned",
             "Partitions this worker owns.",

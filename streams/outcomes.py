@@ -21,7 +21,7 @@ import msgspec
 import pyarrow as pa
 
 from streams.dead_letter import DeadLetter, Reason
-from streams.events import MIN_EVENT_TIME_MS, Int64, classify_error, epoch_ms
+from streams.events import MIN_EVENT_TIME_MS, EventRules, Int64, epoch_ms, judge
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -48,21 +48,21 @@ OUTCOME_SCHEMA = pa.schema(
 
 
 def _validate(
-    raw: bytes | None, now_ms: int, max_future_skew_ms: int, max_record_bytes: int
+    raw: bytes | None, now_ms: int, rules: EventRules
 ) -> tuple[Outcome, int] | tuple[Reason, str]:
-    """(outcome, time in ms), or (reason, detail) for a dead letter."""
+    """(outcome, time in ms), or (reason, detail) for a dead letter; never raises."""
     if raw is None:
         return Reason.MALFORMED_JSON, "record has no value (tombstone)"
-    if len(raw) > max_record_bytes:
-        return Reason.OVERSIZED, f"{len(raw)} bytes > limit {max_record_bytes}"
+    if len(raw) > rules.max_record_bytes:
+        return Reason.OVERSIZED, f"{len(raw)} bytes > limit {rules.max_record_bytes}"
     try:
         outcome = _decoder.decode(raw)
-    except msgspec.MsgspecError as exc:
-        return classify_error(exc), str(exc)
-    t_ms = epoch_ms(outcome.outcome_time)
+        t_ms = epoch_ms(outcome.outcome_time)
+    except Exception as exc:  # RecursionError on deep nesting, not only msgspec's errors
+        return judge(exc)
     if t_ms < MIN_EVENT_TIME_MS:
         return Reason.TOO_OLD, f"outcome_time {t_ms} ms is before 2000-01-01"
-    if t_ms > now_ms + max_future_skew_ms:
+    if t_ms > now_ms + rules.max_future_skew_ms:
         return Reason.IN_FUTURE, f"outcome_time {t_ms} ms is {t_ms - now_ms} ms ahead"
     return outcome, t_ms
 
@@ -74,15 +74,14 @@ def decode_outcomes(
     offsets: Sequence[int],
     topic: str = "outcomes",
     now_ms: int | None = None,
-    max_future_skew_ms: int = 86_400_000,
-    max_record_bytes: int = 65_536,
+    rules: EventRules = EventRules(),
 ) -> tuple[pa.Table, list[DeadLetter]]:
     """Valid outcomes as an Arrow table (``OUTCOME_SCHEMA``) and the dead letters."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     rows: dict[str, list] = {name: [] for name in OUTCOME_SCHEMA.names}
     dead: list[DeadLetter] = []
     for raw, partition, offset in zip(values, partitions, offsets, strict=True):
-        checked = _validate(raw, now_ms, max_future_skew_ms, max_record_bytes)
+        checked = _validate(raw, now_ms, rules)
         if isinstance(checked[0], Reason):
             reason, detail = checked
             dead.append(DeadLetter(reason, str(detail), raw, None, topic, partition, offset))

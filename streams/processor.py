@@ -14,12 +14,12 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
-from featflow.settings import Settings
+from features.apply import apply_events
 from features.rows import offline_table
 from features.spec import FeatureSpec
 from features.state import WindowState
-from streams.dead_letter import DeadLetter, Reason
-from streams.events import EventBatch, decode_events
+from streams.dead_letter import DeadLetter
+from streams.events import EventBatch, EventRules, decode_events
 
 
 class Record(Protocol):
@@ -35,17 +35,14 @@ class Record(Protocol):
 
 @dataclass(slots=True)
 class Counters:
-    """Running totals for one partition, exported as metrics."""
+    """Running totals for one partition, exported as metrics (dead letters are counted by
+    reason and topic as the DLQ acknowledges them, in the worker)."""
 
     accepted: int = 0
-    dead_lettered: int = 0
-    late: int = 0
     skipped_replays: int = 0
 
     def add(self, other: Counters) -> None:
         self.accepted += other.accepted
-        self.dead_lettered += other.dead_lettered
-        self.late += other.late
         self.skipped_replays += other.skipped_replays
 
 
@@ -98,23 +95,29 @@ def merge_effects(parts: Sequence[Effects]) -> Effects:
 
 
 class PartitionProcessor:
+    """One partition's state and the offset it reflects; turns records into effects.
+
+    No record can make :meth:`process` raise: the decoder judges every record, the state
+    update isolates a record that makes it fail (``processing_error``), and a row that
+    would store a non-finite feature is refused (``features.apply``).
+    """
+
     def __init__(
         self,
         *,
         topic: str,
         partition: int,
         specs: Sequence[FeatureSpec],
-        settings: Settings,
+        lateness_ms: int,
+        rules: EventRules = EventRules(),
         state: WindowState | None = None,
         offset: int = -1,
     ):
         self.topic = topic
         self.partition = partition
         self.specs = tuple(specs)
-        self.settings = settings
-        self.state = state or WindowState(
-            self.specs, lateness_ms=int(settings.allowed_lateness_s * 1000)
-        )
+        self.rules = rules
+        self.state = state or WindowState(self.specs, lateness_ms=lateness_ms)
         self.offset = offset
 
     def process(self, records: Sequence[Record], *, now_ms: int | None = None) -> Effects:
@@ -135,37 +138,19 @@ class PartitionProcessor:
             offsets=[r.offset for r in fresh],
             topic=self.topic,
             now_ms=now_ms,
-            max_future_skew_ms=int(self.settings.max_future_skew_s * 1000),
-            max_record_bytes=self.settings.max_record_bytes,
+            rules=self.rules,
         )
-        result = self.state.update(
-            batch.user_id, batch.event_time_ms, batch.amount, batch.merchant_id
-        )
-        late = result.late
-        n_late = int(late.sum())
-        good, features, newest = batch, result.features, result.latest_mask
-        if n_late:
-            lateness = self.settings.allowed_lateness_s
-            for i in np.flatnonzero(late):
-                record = fresh[_index_of(fresh, int(batch.offset[i]))]
-                dead.append(
-                    DeadLetter(
-                        Reason.LATE,
-                        f"event_time {int(batch.event_time_ms[i])} ms is more than "
-                        f"{lateness:g} s behind the user's newest event",
-                        record.value,
-                        record.key,
-                        self.topic,
-                        self.partition,
-                        record.offset,
-                    )
-                )
-            ok = ~late
-            good, features, newest = batch.take(ok), features[ok], newest[ok]
+        applied = apply_events(self.state, batch)
+        for row, reason, detail in applied.refused:
+            record = fresh[_index_of(fresh, int(batch.offset[row]))]
+            letter = DeadLetter(
+                reason, detail, record.value, record.key, self.topic, self.partition, record.offset
+            )
+            dead.append(letter)
+        good = batch if len(applied.rows) == len(batch) else batch.take(applied.rows)
+        features, newest = applied.features, applied.newest
         self.offset = fresh[-1].offset
         counts.accepted = len(good)
-        counts.late = n_late
-        counts.dead_lettered = len(dead)
         dead.sort(key=lambda d: d.offset)
         return Effects(
             good,

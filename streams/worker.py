@@ -20,6 +20,7 @@ into the state as it was before them, so nothing is counted twice.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import logging
 import time
@@ -72,7 +73,8 @@ class FeatureWorker:
         self.scorer = StreamScorer(settings) if settings.stream_scoring else None
         self.processors: dict[int, PartitionProcessor] = {}
         self.totals = Counters()
-        self.dlq_observed: dict[str, int] = {}  # by reason, as seen on the DLQ topic
+        # Dead letters the DLQ acknowledged, by (source topic, reason): what operators count.
+        self.dead_letters: collections.Counter[tuple[str, str]] = collections.Counter()
         self.outcomes_stored = 0
         self._last_checkpoint: dict[int, float] = {}
         self._checkpointed: dict[int, int] = {}  # offset of each partition's newest checkpoint
@@ -116,7 +118,8 @@ class FeatureWorker:
                 topic=tp.topic,
                 partition=tp.partition,
                 specs=self.specs,
-                settings=self.settings,
+                lateness_ms=lateness_ms,
+                rules=self.settings.event_rules,
                 state=state,
                 offset=offset,
             )
@@ -238,13 +241,7 @@ class FeatureWorker:
             pending = [await self._producer.send(topic, value=v, key=k) for k, v in records]
             await asyncio.gather(*pending)  # delivered before the checkpoint moves past them
         if effects.dead_letters:
-            sends = [
-                await self._producer.send(
-                    self.settings.dlq_topic, value=d.value, key=d.key, headers=d.headers()
-                )
-                for d in effects.dead_letters
-            ]
-            await asyncio.gather(*sends)
+            await self.send_dead_letters(self.settings.dlq_topic, effects.dead_letters)
 
     def _store(self, effects: Effects) -> None:
         """Online first (what freshness waits for), then the offline part file; one thread
@@ -259,11 +256,15 @@ class FeatureWorker:
         first = effects.accepted
         self.offline.write(table, tag=f"{int(first.partition[0]):04d}-{int(first.offset[0]):012d}")
 
-    async def send_dead_letter(self, topic: str, letter: DeadLetter) -> None:
+    async def send_dead_letters(self, topic: str, letters: Sequence[DeadLetter]) -> None:
+        """Send to the DLQ ``topic`` and wait for every acknowledgement, then count them."""
         assert self._producer is not None
-        await self._producer.send_and_wait(
-            topic, value=letter.value, key=letter.key, headers=letter.headers()
-        )
+        sends = [
+            await self._producer.send(topic, value=d.value, key=d.key, headers=d.headers())
+            for d in letters
+        ]
+        await asyncio.gather(*sends)
+        self.dead_letters.update((d.topic, d.reason.value) for d in letters)
 
     async def _maybe_checkpoint(self) -> None:
         """Checkpoint the most overdue partition, if any is due.
@@ -373,18 +374,10 @@ def build_app(settings: Settings, specs: Sequence[FeatureSpec] = DEFAULT_FEATURE
 
     @app.timer(interval=1.0)
     async def flush_outcomes() -> None:
-        await store.flush()
-
-    # faust needs at least one subscription; its per-event agent suits the
-    # low-volume dead-letter topic: it tallies refusals by reason for /metrics.
-    dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
-
-    @app.agent(dlq)
-    async def watch_dead_letters(stream):
-        async for event in stream.events():
-            headers = dict(event.headers or {})
-            reason = bytes(headers.get("featflow.reason", b"unknown")).decode()
-            worker.dlq_observed[reason] = worker.dlq_observed.get(reason, 0) + 1
+        # Not before the worker's producer exists: waiting here for the worker's start-up
+        # (Feast apply, ~5 s) made faust warn that the timer was overlapping.
+        if worker.started.is_set():
+            await store.flush()
 
     if settings.worker_web_port > 0:
         from streams.metrics import render_metrics
@@ -424,14 +417,13 @@ class OutcomeStore:
                 partitions=[e.message.partition for e in events],
                 offsets=[e.message.offset for e in events],
                 topic=settings.outcomes_topic,
-                max_future_skew_ms=int(settings.max_future_skew_s * 1000),
-                max_record_bytes=settings.max_record_bytes,
+                rules=settings.event_rules,
             )
             first = events[0].message
             tag = f"{first.partition:04d}-{first.offset:012d}"
             await asyncio.to_thread(self.writer.write, table, tag=tag)
-            for letter in dead:
-                await self.worker.send_dead_letter(f"{settings.outcomes_topic}.dlq", letter)
+            if dead:
+                await self.worker.send_dead_letters(f"{settings.outcomes_topic}.dlq", dead)
             self.worker.outcomes_stored += table.num_rows
             for event in events:
                 event.ack()

@@ -16,11 +16,12 @@ import pytest
 import redis
 
 from featflow.settings import Settings
-from features.feast_repo import FEATURE_VIEW, PROJECT, apply_repo
+from features.feast_repo import FEATURE_VIEW, PROJECT, apply_repo, feast_type_name
 from features.online import open_online_writer
 from features.reader import read_online
-from features.rows import online_frame
+from features.rows import offline_table, online_frame
 from features.spec import DEFAULT_FEATURES
+from inference.feature_reader import default_features, open_feature_reader
 
 NAMES = [s.name for s in DEFAULT_FEATURES]
 
@@ -84,3 +85,61 @@ def test_writer_matches_feast(backend: str, tmp_path: Path, request: pytest.Fixt
         np.testing.assert_array_equal(got[NAMES].to_numpy(float), expected)
         dumps.append(_sqlite_dump(settings) if backend == "sqlite" else _redis_dump(online))
     assert dumps[0] == dumps[1]
+
+
+def _settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    online = "sqlite"
+    if backend == "redis":
+        online = request.getfixturevalue("redis_url")
+        redis.Redis.from_url(online).flushall()
+    return Settings(home=tmp_path / "home", online_store=online)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("feature", NAMES)
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_writers_refuse_non_finite_features(
+    backend: str, feature: str, value: float, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    settings = _settings(backend, tmp_path, request)
+    store = apply_repo(settings)
+    users, times, features = _rows(seed=2, n=4)
+    features[1, NAMES.index(feature)] = value
+    message = f"refusing to store {feature} = {value}"
+    with pytest.raises(ValueError, match=message):
+        open_online_writer(store, DEFAULT_FEATURES).write(
+            user_id=users, event_time_ms=times, features=features
+        )
+    with pytest.raises(ValueError, match=message):
+        offline_table(
+            DEFAULT_FEATURES,
+            event_id=[str(u) for u in users],
+            user_id=users,
+            event_time_ms=times,
+            features=features,
+            partition=np.zeros(len(users), np.int32),
+            offset=np.arange(len(users)),
+        )
+    assert read_online(settings, users.tolist())[NAMES].isna().all(axis=None)
+
+
+FLOAT_FEATURES = [s.name for s in DEFAULT_FEATURES if feast_type_name(s) == "Float64"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("feature", FLOAT_FEATURES)  # an Int64 value cannot be inf anywhere
+def test_a_non_finite_row_from_another_writer_is_served_as_missing(
+    backend: str, feature: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Feast's own write path stores inf; featflow's reader never serves it (or null)."""
+    store = apply_repo(_settings(backend, tmp_path, request))
+    users, times, features = _rows(seed=2, n=4)
+    bad = features.copy()
+    bad[1, NAMES.index(feature)] = np.inf
+    frame = online_frame(DEFAULT_FEATURES, user_id=users, event_time_ms=times, features=bad)
+    store.write_to_online_store(FEATURE_VIEW, frame)
+    values, found = open_feature_reader(store, DEFAULT_FEATURES).read(users.tolist())
+    assert found.tolist() == [True, False, True, True]
+    assert np.isfinite(values).all()
+    np.testing.assert_array_equal(values[1], default_features(DEFAULT_FEATURES))
+    np.testing.assert_array_equal(values[[0, 2, 3]], features[[0, 2, 3]])

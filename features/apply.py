@@ -1,0 +1,123 @@
+"""Applying a validated batch of events to a window state: the one step stream and backfill share.
+
+Besides the state's own verdict (late events), two guards make sure that what reaches the
+stores is sound, whatever the input:
+
+- a record that makes the state update raise is pinned down by :func:`streams.isolation.isolate`
+  and refused as ``processing_error`` (the update validates before it mutates, so the rest
+  of the batch is applied exactly once, in order);
+- a row with a non-finite feature is refused as ``out_of_range``: no store ever holds inf or
+  NaN. Amounts are bounded (``EventRules.max_amount``) so this should never fire; it is
+  the last line, tested by driving the kernels past the bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from features.state import BatchResult, WindowState
+from streams.dead_letter import Reason
+from streams.events import EventBatch
+from streams.isolation import describe, isolate
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of :func:`apply_events`, indexed by rows of the input batch."""
+
+    rows: np.ndarray  # int64: accepted rows of the batch, in order
+    features: np.ndarray  # float64 [len(rows), F], all finite
+    newest: np.ndarray  # bool [len(rows)]: each user's newest row (what the online store holds)
+    refused: list[tuple[int, Reason, str]]  # (batch row, reason, detail), by row
+
+
+def apply_events(state: WindowState, batch: EventBatch) -> Applied:
+    """Update ``state`` with ``batch`` in arrival order; see the module docstring."""
+    refused: list[tuple[int, Reason, str]] = []
+
+    def step(lo: int, hi: int) -> BatchResult:
+        return state.update(
+            batch.user_id[lo:hi],
+            batch.event_time_ms[lo:hi],
+            batch.amount[lo:hi],
+            batch.merchant_id[lo:hi],
+        )
+
+    def failed(row: int, exc: Exception) -> None:
+        refused.append((row, Reason.PROCESSING_ERROR, describe(exc)))
+
+    parts = isolate(len(batch), step, failed)
+    if len(parts) == 1 and parts[0][:2] == (0, len(batch)):  # the common case
+        result = parts[0][2]
+        rows = np.arange(len(batch), dtype=np.int64)
+        features, late, newest = result.features, result.late, result.latest_mask
+        unheld = np.zeros(len(batch), dtype=bool)
+        for j, why in result.failed:
+            unheld[j] = True
+            refused.append((j, Reason.PROCESSING_ERROR, why))
+    else:
+        rows, features, late, unheld, newest = _join(parts, batch, len(state.specs), refused)
+
+    lateness_s = state.lateness_ms / 1000
+    for j in np.flatnonzero(late).tolist():
+        t_ms = int(batch.event_time_ms[rows[j]])
+        detail = (
+            f"event_time {t_ms} ms is more than {lateness_s:g} s behind the user's newest event"
+        )
+        refused.append((int(rows[j]), Reason.LATE, detail))
+    finite = np.isfinite(features).all(axis=1)
+    for j in np.flatnonzero(~finite & ~late & ~unheld).tolist():
+        col = int(np.flatnonzero(~np.isfinite(features[j]))[0])
+        detail = f"feature {state.feature_names[col]} would be {features[j, col]}; not stored"
+        refused.append((int(rows[j]), Reason.OUT_OF_RANGE, detail))
+    keep = finite & ~late & ~unheld
+    if not keep.all():
+        rows, features, newest = rows[keep], features[keep], newest[keep]
+    refused.sort(key=lambda r: r[0])
+    return Applied(rows, features, newest, refused)
+
+
+def _join(
+    parts: list[tuple[int, int, BatchResult]],
+    batch: EventBatch,
+    width: int,
+    refused: list[tuple[int, Reason, str]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, features, late, unheld, newest) of a batch applied in several updates."""
+    rows = np.concatenate([np.arange(lo, hi) for lo, hi, _ in parts] + [np.empty(0, np.int64)])
+    features = np.concatenate([r.features for *_, r in parts] + [np.empty((0, width))])
+    late = np.concatenate([r.late for *_, r in parts] + [np.empty(0, bool)])
+    tmax = np.concatenate([r.entity_max_time_ms for *_, r in parts] + [np.empty(0, np.int64)])
+    unheld = np.zeros(len(rows), dtype=bool)
+    start = 0
+    for lo, hi, result in parts:
+        for j, why in result.failed:
+            unheld[start + j] = True
+            refused.append((lo + j, Reason.PROCESSING_ERROR, why))
+        start += hi - lo
+    rows = rows.astype(np.int64)
+    users, times = batch.user_id[rows], batch.event_time_ms[rows]
+    return rows, features, late, unheld, _newest(users, times, late | unheld, tmax)
+
+
+def _newest(users: np.ndarray, times: np.ndarray, late: np.ndarray, tmax: np.ndarray) -> np.ndarray:
+    """Each user's last-arrived accepted row at the user's final max event time, when the
+    batch was applied in several updates (each update's own mask only knows its part)."""
+    newest = np.zeros(len(users), dtype=bool)
+    if not len(users):
+        return newest
+    # tmax after each row's update only grows, so a user's final max is its largest.
+    order = np.argsort(users, kind="stable")
+    u = users[order]
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+    final = np.repeat(np.maximum.reduceat(tmax[order], starts), np.diff(np.r_[starts, len(u)]))
+    final_of_row = np.empty_like(final)
+    final_of_row[order] = final
+    candidates = np.flatnonzero(~late & (times == final_of_row))
+    if candidates.size:
+        rev = candidates[::-1]
+        _, first = np.unique(users[rev], return_index=True)
+        newest[rev[first]] = True
+    return newest
