@@ -73,7 +73,7 @@ def run_demo(settings: Settings, *, n_events: int, users: int, timeout_s: float 
         busiest = ids[np.argsort(-counts)][:3].tolist()
         frame = read_online(settings, busiest)
         click.echo("\nfeatures of the 3 busiest users, read through Feast get_online_features:")
-        click.echo(frame.T.to_string(header=False))
+        click.echo(frame.astype(object).T.to_string(header=False))  # object: counts stay ints
 
         report = train_and_register(settings)
         click.echo(f"\ntrained {report.version}: holdout {report.metrics}")
