@@ -37,15 +37,22 @@ def main(ctx: click.Context, config: str | None) -> None:
 @main.command()
 @click.option("--port", default=9092, show_default=True, help="Port on 127.0.0.1.")
 def broker(port: int) -> None:
-    """Run the embedded Kafka-compatible broker (Tansu) in the foreground."""
-    from infra.broker import embedded_broker
+    """Run the embedded Kafka-compatible broker (Tansu) in the foreground.
 
-    server = embedded_broker(port).start()
-    click.echo(f"bootstrap: 127.0.0.1:{port}  (memory storage; Ctrl-C stops it)")
+    SIGTERM, SIGINT and SIGHUP stop it; on Linux it also dies with this process.
+    """
+    from infra.broker import embedded_broker
+    from infra.process import PortInUse
+
     try:
-        sys.exit(server.wait())
-    except KeyboardInterrupt:
-        server.stop()
+        server = embedded_broker(port).start()
+    except PortInUse as exc:
+        raise click.ClickException(
+            f"{exc}: a broker (or something else) already runs there; "
+            "stop it, or use it as it is, or pick another port with --port"
+        ) from None
+    click.echo(f"bootstrap: 127.0.0.1:{port}  (memory storage; Ctrl-C stops it)")
+    sys.exit(server.serve())
 
 
 @main.command()
