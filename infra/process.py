@@ -38,10 +38,11 @@ def free_port() -> int:
 
 def port_is_free(host: str, port: int) -> bool:
     """Whether a server could bind ``host:port`` now (SO_REUSEADDR, as servers bind)."""
-    with socket.socket() as sock:
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
+            sock.bind(address)
         except OSError:
             return False
     return True
