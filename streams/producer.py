@@ -8,17 +8,21 @@ from collections.abc import Iterable
 from kafka import KafkaProducer
 
 from featflow.settings import Settings
+from streams.topics import client_timeouts
 
 
 def make_producer(settings: Settings) -> KafkaProducer:
     # acks=all and no idempotence: the embedded broker (Tansu) does not support
     # idempotent producers; retries may duplicate, which offsets make visible.
+    # Bootstrap gives up after connect_timeout_s; max_block_ms stays at its default,
+    # as it also bounds waiting for buffer space, where a slow broker is not a missing one.
     return KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         acks="all",
         linger_ms=5,
         batch_size=256 * 1024,
         enable_idempotence=False,
+        **client_timeouts(settings.connect_timeout_s),
     )
 
 

@@ -139,4 +139,4 @@ def test_train_and_models_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     bad_labels = tmp_path / "bad.csv"
     bad_labels.write_text("event_id,label\ne1,2\n")
     result = runner.invoke(main, ["train", "--labels", str(bad_labels)])
-    assert result.exit_code != 0 and "not 0 or 1" in str(result.exception)
+    assert result.exit_code != 0 and "not 0 or 1" in result.output
