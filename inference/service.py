@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import msgspec
 from fastapi import FastAPI, HTTPException, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -203,8 +204,10 @@ def create_app(
             "last_model_error": predictor.last_error,
         }
 
-    @app.get("/metrics")
+    # Prometheus' text exposition format, documented as such (not FastAPI's default JSON).
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
+        """Request counts, predict latency, model version and feature hit counts."""
         model = predictor.active
         metrics.model.clear()
         if model is not None:
@@ -219,7 +222,7 @@ def create_app(
                 "# TYPE featflow_predictions_published_total counter\n"
                 f"featflow_predictions_published_total {publisher.published}\n"
             )
-        return Response(text, media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     return app
 

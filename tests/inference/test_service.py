@@ -215,3 +215,13 @@ def test_hot_swap_under_http_load(tmp_path: Path) -> None:
         thread.join(10)
     assert errors == []
     assert versions == {"v0001", "v0002", "v0003"}
+
+
+def test_metrics_is_documented_as_prometheus_text(tmp_path: Path) -> None:
+    """Scrapers and schema-driven clients read the media type from the schema."""
+    settings = Settings(home=tmp_path)
+    apply_repo(settings)
+    with TestClient(_app(settings)) as client:
+        documented = client.get("/openapi.json").json()["paths"]["/metrics"]["get"]["responses"]
+        assert list(documented["200"]["content"]) == ["text/plain"]
+        assert client.get("/metrics").headers["content-type"].startswith("text/plain")
