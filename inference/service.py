@@ -10,16 +10,19 @@ registry and hot-swaps the champion.
 from __future__ import annotations
 
 import gc
+import json
 import threading
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import PlainTextResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -121,6 +124,35 @@ class _CountRequests:
         await self.app(scope, receive, counting_send)
 
 
+class _Utf8JsonRequest(Request):
+    """JSON bodies decoded as strict UTF-8 (RFC 8259). Starlette's ``json.loads(bytes)`` guesses
+    UTF-16/32 too, and FastAPI turns a ``UnicodeDecodeError`` into an undocumented 400; a
+    ``JSONDecodeError`` becomes its documented 422 ``json_invalid`` with the reason."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                text = body.decode()
+            except UnicodeDecodeError as exc:
+                doc = body.decode(errors="replace")
+                raise json.JSONDecodeError("body is not UTF-8", doc, exc.start) from exc
+            self._json = json.loads(text)
+        return self._json
+
+
+class _Utf8JsonRoute(APIRoute):
+    """Routes whose handlers see :class:`_Utf8JsonRequest` (FastAPI's documented hook)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def utf8_json_handler(request: Request) -> Response:
+            return await handler(_Utf8JsonRequest(request.scope, request.receive))
+
+        return utf8_json_handler
+
+
 def create_app(
     settings: Settings,
     predictor: Predictor,
@@ -154,6 +186,7 @@ def create_app(
             publisher.close()
 
     app = FastAPI(title="featflow", version="0.1.0", lifespan=lifespan)
+    app.router.route_class = _Utf8JsonRoute
     app.add_middleware(_CountRequests, counter=metrics.requests)
 
     @app.post("/predict", response_model=Prediction | BatchPrediction)

@@ -225,3 +225,28 @@ def test_metrics_is_documented_as_prometheus_text(tmp_path: Path) -> None:
         documented = client.get("/openapi.json").json()["paths"]["/metrics"]["get"]["responses"]
         assert list(documented["200"]["content"]) == ["text/plain"]
         assert client.get("/metrics").headers["content-type"].startswith("text/plain")
+
+
+def test_every_malformed_body_is_a_documented_422(tmp_path: Path) -> None:
+    """The README promises 422 with a reason for any malformed request, not FastAPI's bare 400."""
+    settings = Settings(home=tmp_path)
+    apply_repo(settings)
+    json_type = {"content-type": "application/json"}
+    with TestClient(_app(settings)) as client:
+        documented = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["responses"]
+        assert "application/json" in documented["422"]["content"]
+        for body, headers in (
+            (b'{"user_id": 1, "event_id": "\xff"}', json_type),  # not UTF-8
+            ('{"user_id": 1}'.encode("utf-16"), json_type),  # JSON must be UTF-8 (RFC 8259)
+            (b"\xef\xbb\xbf" + b'{"user_id": 1}', json_type),  # nor start with a BOM
+            (b"{oops", json_type),
+            (b"", json_type),
+            (b"[1]", json_type),
+            (b'{"user_id": 1}', {"content-type": "text/plain"}),
+        ):
+            response = client.post("/predict", content=body, headers=headers)
+            assert response.status_code == 422, (body, response.text)
+            assert all(e["msg"] and e["type"] for e in response.json()["detail"]), response.text
+        latin1 = b'{"user_id": 1, "x": "\xff"}'
+        not_utf8 = client.post("/predict", content=latin1, headers=json_type)
+        assert "UTF-8" in not_utf8.text
