@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from fastapi import FastAPI, HTTPException, Request, Response
@@ -68,6 +68,21 @@ class Prediction(BaseModel):
 
 class BatchPrediction(BaseModel):
     predictions: list[Prediction]
+
+
+class Health(BaseModel):
+    """The body of /health, 200 (ready) and 503 (not ready) alike."""
+
+    ready: bool
+    model_version: str | None
+    online_store: Literal["ok", "unreachable"]
+    last_model_error: str | None
+
+
+class Unavailable(BaseModel):
+    """Why a request cannot be served right now."""
+
+    detail: str
 
 
 @dataclass
@@ -189,7 +204,11 @@ def create_app(
     app.router.route_class = _Utf8JsonRoute
     app.add_middleware(_CountRequests, counter=metrics.requests)
 
-    @app.post("/predict", response_model=Prediction | BatchPrediction)
+    @app.post(
+        "/predict",
+        response_model=Prediction | BatchPrediction,
+        responses={503: {"model": Unavailable, "description": "No model is loaded yet."}},
+    )
     async def predict(body: PredictRequest) -> Any:
         """Score users with the champion model; unknown users get default features."""
         start = time.perf_counter()
@@ -223,7 +242,16 @@ def create_app(
         payload = out[0] if body.user_id is not None else {"predictions": out}
         return Response(_encoder.encode(payload), media_type="application/json")
 
-    @app.get("/health")
+    @app.get(
+        "/health",
+        response_model=Health,
+        responses={
+            503: {
+                "model": Health,
+                "description": "Not ready: no model loaded or the online store unreachable.",
+            }
+        },
+    )
     async def health(response: Response) -> dict[str, Any]:
         """Ready only when a model is loaded and the online store answers."""
         model = predictor.active

@@ -135,8 +135,18 @@ def test_health_is_503_without_a_model(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     apply_repo(settings)
     with TestClient(_app(settings)) as client:
-        assert client.get("/health").status_code == 503
-        assert client.post("/predict", json={"user_id": 1}).status_code == 503
+        openapi = client.get("/openapi.json").json()
+        for path, method, request in (
+            ("/health", "get", {}),
+            ("/predict", "post", {"json": {"user_id": 1}}),
+        ):
+            response = client.request(method, path, **request)
+            assert response.status_code == 503, response.text
+            # The 503 is part of the contract: documented, with the body it really has.
+            documented = openapi["paths"][path][method]["responses"]["503"]
+            ref = documented["content"]["application/json"]["schema"]["$ref"]
+            schema = openapi["components"]["schemas"][ref.rsplit("/", 1)[1]]
+            assert set(schema["required"]) <= set(response.json()) <= set(schema["properties"])
 
 
 def test_predictions_are_published(settings: Settings) -> None:
