@@ -139,21 +139,43 @@ class _CountRequests:
         await self.app(scope, receive, counting_send)
 
 
+class _NotJson(ValueError):
+    """A body Python's ``json`` would read but JSON (RFC 8259) does not allow."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not JSON")
+
+
+_json_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 class _Utf8JsonRequest(Request):
-    """JSON bodies decoded as strict UTF-8 (RFC 8259). Starlette's ``json.loads(bytes)`` guesses
-    UTF-16/32 too, and FastAPI turns a ``UnicodeDecodeError`` into an undocumented 400; a
-    ``JSONDecodeError`` becomes its documented 422 ``json_invalid`` with the reason."""
+    """JSON bodies read strictly: UTF-8 only (RFC 8259; Starlette's ``json.loads(bytes)`` guesses
+    UTF-16/32 too), no NaN/Infinity. FastAPI answers a ``JSONDecodeError`` with its documented
+    422 ``json_invalid`` and the reason, but any other parse error with an undocumented 400."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
             try:
-                text = body.decode()
+                self._json = _json_decoder.decode(body.decode())
+            except json.JSONDecodeError:
+                raise
             except UnicodeDecodeError as exc:
-                doc = body.decode(errors="replace")
-                raise json.JSONDecodeError("body is not UTF-8", doc, exc.start) from exc
-            self._json = json.loads(text)
+                raise _invalid(f"not UTF-8: {exc.reason} at byte {exc.start}", exc.start) from exc
+            except _NotJson as exc:
+                raise _invalid(str(exc), 0) from exc
+            except ValueError as exc:  # int() refuses more than sys.get_int_max_str_digits()
+                raise _invalid("integer too long", 0) from exc
+            except RecursionError as exc:
+                raise _invalid("nested too deep", 0) from exc
         return self._json
+
+
+def _invalid(reason: str, pos: int) -> json.JSONDecodeError:
+    """A decode error FastAPI reports as 422 ``json_invalid`` with ``reason`` in ``ctx``."""
+    return json.JSONDecodeError(reason, "", pos)
 
 
 class _Utf8JsonRoute(APIRoute):

@@ -250,6 +250,9 @@ def test_every_malformed_body_is_a_documented_422(tmp_path: Path) -> None:
             ('{"user_id": 1}'.encode("utf-16"), json_type),  # JSON must be UTF-8 (RFC 8259)
             (b"\xef\xbb\xbf" + b'{"user_id": 1}', json_type),  # nor start with a BOM
             (b"{oops", json_type),
+            (b'{"user_id": NaN}', json_type),  # Python's json reads it, JSON has no NaN
+            (b'{"user_id": ' + b"1" * 5000 + b"}", json_type),  # beyond int()'s digit limit
+            (b'{"user_ids": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", json_type),
             (b"", json_type),
             (b"[1]", json_type),
             (b'{"user_id": 1}', {"content-type": "text/plain"}),
