@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -190,6 +192,43 @@ class _Utf8JsonRoute(APIRoute):
         return utf8_json_handler
 
 
+#: The longest offending value (as text) a 422 repeats back; longer ones are left out.
+ECHO_MAX = 64
+
+
+def _echoable(value: object) -> bool:
+    """Short scalars only: finite (JSON has no inf/NaN), at most ``ECHO_MAX`` characters."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or (isinstance(value, bool | int | str) and len(str(value)) <= ECHO_MAX)
+
+
+def _brief(error: Mapping[str, Any]) -> dict[str, Any]:
+    """One validation error as ``loc``, ``msg``, ``type``; ``input`` and ``ctx`` only when short.
+
+    Pydantic's error carries the whole offending value (a 1,001-id list, a 100 kB string) and
+    FastAPI would send it back; a key name in ``loc`` is cut to ``ECHO_MAX`` characters.
+    """
+    loc = [
+        p if not isinstance(p, str) or len(p) <= ECHO_MAX else p[:ECHO_MAX] + "..."
+        for p in error["loc"]
+    ]
+    brief: dict[str, Any] = {"type": error["type"], "loc": loc, "msg": error["msg"]}
+    if _echoable(value := error.get("input")):
+        brief["input"] = value
+    ctx = error.get("ctx")
+    if isinstance(ctx, Mapping) and ctx and all(_echoable(v) for v in ctx.values()):
+        brief["ctx"] = dict(ctx)
+    return brief
+
+
+async def _validation_failed(_: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422 body (``HTTPValidationError``) without the echoed inputs. ``json.dumps``
+    escapes non-ASCII, so a lone surrogate (``"\\ud800"``) cannot break the error itself."""
+    detail = [_brief(error) for error in exc.errors()]
+    return Response(json.dumps({"detail": detail}), 422, media_type="application/json")
+
+
 def create_app(
     settings: Settings,
     predictor: Predictor,
@@ -222,7 +261,12 @@ def create_app(
         if publisher is not None:
             publisher.close()
 
-    app = FastAPI(title="featflow", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="featflow",
+        version="0.1.0",
+        lifespan=lifespan,
+        exception_handlers={RequestValidationError: _validation_failed},
+    )
     app.router.route_class = _Utf8JsonRoute
     app.add_middleware(_CountRequests, counter=metrics.requests)
 

@@ -31,6 +31,7 @@ from streams.topics import ensure_topics
 
 F = len(FEATURE_NAMES)
 USERS = np.arange(1, 51, dtype=np.int64) * 1000
+JSON = {"content-type": "application/json"}
 
 
 def _model(seed: int) -> tuple[bytes, LogisticRegression]:
@@ -241,25 +242,48 @@ def test_every_malformed_body_is_a_documented_422(tmp_path: Path) -> None:
     """The README promises 422 with a reason for any malformed request, not FastAPI's bare 400."""
     settings = Settings(home=tmp_path)
     apply_repo(settings)
-    json_type = {"content-type": "application/json"}
     with TestClient(_app(settings)) as client:
         documented = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["responses"]
         assert "application/json" in documented["422"]["content"]
         for body, headers in (
-            (b'{"user_id": 1, "event_id": "\xff"}', json_type),  # not UTF-8
-            ('{"user_id": 1}'.encode("utf-16"), json_type),  # JSON must be UTF-8 (RFC 8259)
-            (b"\xef\xbb\xbf" + b'{"user_id": 1}', json_type),  # nor start with a BOM
-            (b"{oops", json_type),
-            (b'{"user_id": NaN}', json_type),  # Python's json reads it, JSON has no NaN
-            (b'{"user_id": ' + b"1" * 5000 + b"}", json_type),  # beyond int()'s digit limit
-            (b'{"user_ids": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", json_type),
-            (b"", json_type),
-            (b"[1]", json_type),
+            (b'{"user_id": 1, "event_id": "\xff"}', JSON),  # not UTF-8
+            ('{"user_id": 1}'.encode("utf-16"), JSON),  # JSON must be UTF-8 (RFC 8259)
+            (b"\xef\xbb\xbf" + b'{"user_id": 1}', JSON),  # nor start with a BOM
+            (b"{oops", JSON),
+            (b'{"user_id": NaN}', JSON),  # Python's json reads it, JSON has no NaN
+            (b'{"user_id": ' + b"1" * 5000 + b"}", JSON),  # beyond int()'s digit limit
+            (b'{"user_ids": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", JSON),
+            (b"", JSON),
+            (b"[1]", JSON),
             (b'{"user_id": 1}', {"content-type": "text/plain"}),
         ):
             response = client.post("/predict", content=body, headers=headers)
             assert response.status_code == 422, (body, response.text)
             assert all(e["msg"] and e["type"] for e in response.json()["detail"]), response.text
         latin1 = b'{"user_id": 1, "x": "\xff"}'
-        not_utf8 = client.post("/predict", content=latin1, headers=json_type)
+        not_utf8 = client.post("/predict", content=latin1, headers=JSON)
         assert "UTF-8" in not_utf8.text
+
+
+def test_validation_errors_do_not_echo_large_inputs(tmp_path: Path) -> None:
+    """A 422 names what is wrong (loc, msg, type); it must not send a 1,001-id batch back."""
+    settings = Settings(home=tmp_path)
+    apply_repo(settings)
+    with TestClient(_app(settings)) as client:
+        for bad in (
+            {"user_ids": list(range(1001))},
+            {"user_id": "9" * 100_000},
+            {"user_id": 1, "event_id": "e" * 100_000},
+            {"user_id": 1, "k" * 100_000: 1},  # the unknown key is part of loc
+        ):
+            response = client.post("/predict", json=bad)
+            assert response.status_code == 422, response.text
+            assert len(response.content) < 1000, response.text[:1000]
+            for error in response.json()["detail"]:
+                assert error["loc"] and error["msg"] and error["type"]
+        # Values JSON cannot carry back (inf, a lone surrogate) must not break the 422 itself (500).
+        for body in (b'{"user_id": 1e999}', b'{"user_id": "\\ud800"}', b'{"\\ud800": 1}'):
+            response = client.post("/predict", content=body, headers=JSON)
+            assert response.status_code == 422, (body, response.text)
+        # A short offending value still helps the caller.
+        assert client.post("/predict", json={"user_id": "7"}).json()["detail"][0]["input"] == "7"
