@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from featflow.settings import Settings
@@ -43,20 +43,48 @@ LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, strict=True)]
 
 
-class PredictRequest(BaseModel):
-    """Exactly one of ``user_id`` or ``user_ids``; ``event_id`` ties a prediction to an event."""
+EventId = Annotated[str | None, Field(min_length=1, max_length=256)]
+
+
+class SinglePredictRequest(BaseModel):
+    """One user, answered with one Prediction; event_id ties it to an event."""
 
     model_config = {"extra": "forbid"}
 
-    user_id: Int64 | None = None
-    user_ids: list[Int64] | None = Field(None, min_length=1, max_length=MAX_BATCH)
-    event_id: str | None = Field(None, min_length=1, max_length=256)
+    user_id: Int64
+    event_id: EventId = None
 
-    @model_validator(mode="after")
-    def _one_of(self) -> PredictRequest:
-        if (self.user_id is None) == (self.user_ids is None):
-            raise ValueError("give exactly one of user_id or user_ids")
-        return self
+
+class BatchPredictRequest(BaseModel):
+    """1 to 1000 users, answered with a BatchPrediction; event_id ties them to an event."""
+
+    model_config = {"extra": "forbid"}
+
+    user_ids: list[Int64] = Field(min_length=1, max_length=MAX_BATCH)
+    event_id: EventId = None
+
+
+def _request_kind(body: Any) -> str | None:
+    """The variant a body means, read from its keys, so pydantic validates it against that one
+    alone (one error list, not both variants'); ``None`` (neither or both keys) is a 422."""
+    if not isinstance(body, dict):
+        return "single"  # reported as "should be a valid dictionary"
+    single, batch = "user_id" in body, "user_ids" in body
+    if single == batch:
+        return None
+    return "single" if single else "batch"
+
+
+#: Exactly one of ``user_id`` or ``user_ids``: rendered as ``oneOf`` in the OpenAPI schema (each
+#: variant forbids the other's key), so schema-driven clients know the rule the server applies.
+PredictRequest = Annotated[
+    Annotated[SinglePredictRequest, Tag("single")] | Annotated[BatchPredictRequest, Tag("batch")],
+    Discriminator(
+        _request_kind,
+        custom_error_type="one_of",
+        custom_error_message="give exactly one of user_id or user_ids",
+    ),
+]
 
 
 class Prediction(BaseModel):
@@ -278,7 +306,8 @@ def create_app(
     async def predict(body: PredictRequest) -> Any:
         """Score users with the champion model; unknown users get default features."""
         start = time.perf_counter()
-        users = [body.user_id] if body.user_id is not None else list(body.user_ids or [])
+        single = isinstance(body, SinglePredictRequest)
+        users = [body.user_id] if single else body.user_ids
         features, found = reader.read(users)
         try:
             version, scores = predictor.score(features)
@@ -305,7 +334,7 @@ def create_app(
                 publisher.offer(str(user).encode(), _encoder.encode(record))
         # Built by hand and encoded by msgspec: the response model documents the shape (OpenAPI)
         # without FastAPI re-validating what this function just built.
-        payload = out[0] if body.user_id is not None else {"predictions": out}
+        payload = out[0] if single else {"predictions": out}
         return Response(_encoder.encode(payload), media_type="application/json")
 
     @app.get(

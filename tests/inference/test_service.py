@@ -287,3 +287,36 @@ def test_validation_errors_do_not_echo_large_inputs(tmp_path: Path) -> None:
             assert response.status_code == 422, (body, response.text)
         # A short offending value still helps the caller.
         assert client.post("/predict", json={"user_id": "7"}).json()["detail"][0]["input"] == "7"
+
+
+def test_one_of_user_id_or_user_ids_is_in_the_schema(tmp_path: Path) -> None:
+    """Schema-driven clients must know the rule the server applies: a body is either a single
+    request (``user_id``) or a batch (``user_ids``, 1..1000), nothing else, never both."""
+    settings = Settings(home=tmp_path)
+    _setup(settings)
+    with TestClient(_app(settings)) as client:
+        openapi = client.get("/openapi.json").json()
+        body = openapi["paths"]["/predict"]["post"]["requestBody"]
+        assert body["required"] is True
+        variants = body["content"]["application/json"]["schema"]["oneOf"]
+        schemas = openapi["components"]["schemas"]
+        single, batch = (schemas[v["$ref"].rsplit("/", 1)[1]] for v in variants)
+        for schema, key in ((single, "user_id"), (batch, "user_ids")):
+            assert schema["type"] == "object" and schema["additionalProperties"] is False
+            assert schema["required"] == [key] and set(schema["properties"]) == {key, "event_id"}
+        assert (
+            batch["properties"]["user_ids"]["minItems"],
+            batch["properties"]["user_ids"]["maxItems"],
+        ) == (1, 1000)
+
+        # The wire format is unchanged: one object for user_id, {"predictions": [...]} for ids.
+        one = client.post("/predict", json={"user_id": int(USERS[0]), "event_id": "e1"}).json()
+        assert one["user_id"] == USERS[0] and "predictions" not in one
+        many = client.post("/predict", json={"user_ids": [1, 2], "event_id": None}).json()
+        assert [p["user_id"] for p in many["predictions"]] == [1, 2]
+        # Each variant forbids the other's key, even as null.
+        for bad in ({"user_id": None, "user_ids": [1]}, {"user_id": 1, "user_ids": None}):
+            response = client.post("/predict", json=bad)
+            assert response.status_code == 422, response.text
+        both = client.post("/predict", json={"user_id": 1, "user_ids": [2]}).json()["detail"]
+        assert "exactly one of user_id or user_ids" in both[0]["msg"]
