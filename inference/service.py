@@ -40,7 +40,9 @@ MAX_BATCH = 1000
 #: Latency buckets from 50 us to 1 s (seconds).
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
 
-Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, strict=True)]
+#: ``lt=2**63``, not ``le=2**63 - 1``: FastAPI writes OpenAPI bounds as floats, and 2**63 - 1 is
+#: not a float (it rounds up to 2.0**63, admitting ids the server refuses); +-2**63 are exact.
+Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63, strict=True)]
 
 
 EventId = Annotated[str | None, Field(min_length=1, max_length=256)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -320,3 +321,30 @@ def test_one_of_user_id_or_user_ids_is_in_the_schema(tmp_path: Path) -> None:
             assert response.status_code == 422, response.text
         both = client.post("/predict", json={"user_id": 1, "user_ids": [2]}).json()["detail"]
         assert "exactly one of user_id or user_ids" in both[0]["msg"]
+
+
+def _admits(bounds: dict[str, float], n: int) -> bool:
+    """Whether an integer schema's bounds admit ``n`` (Python compares int and float exactly)."""
+    return bounds.get("minimum", -math.inf) <= n <= bounds.get("maximum", math.inf) and bounds.get(
+        "exclusiveMinimum", -math.inf
+    ) < n < bounds.get("exclusiveMaximum", math.inf)
+
+
+def test_documented_user_id_range_is_exactly_int64(tmp_path: Path) -> None:
+    """FastAPI writes numeric bounds as floats: ``le=2**63 - 1`` came out as 2.0**63, so the
+    schema admitted ids the server refused. The edges must agree on both sides."""
+    settings = Settings(home=tmp_path)
+    _setup(settings)
+    with TestClient(_app(settings)) as client:
+        schemas = client.get("/openapi.json").json()["components"]["schemas"]
+        single = schemas["SinglePredictRequest"]["properties"]["user_id"]
+        batch = schemas["BatchPredictRequest"]["properties"]["user_ids"]["items"]
+        for n, valid in (
+            (-(2**63), True),
+            (2**63 - 1, True),
+            (2**63, False),
+            (-(2**63) - 1, False),
+        ):
+            assert _admits(single, n) is valid and _admits(batch, n) is valid, n
+            status = client.post("/predict", json={"user_id": n}).status_code
+            assert status == (200 if valid else 422), n
