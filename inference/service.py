@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -26,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, Discriminator, Field, Tag
+from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from featflow.settings import Settings
@@ -40,9 +41,45 @@ MAX_BATCH = 1000
 #: Latency buckets from 50 us to 1 s (seconds).
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
 
-#: ``lt=2**63``, not ``le=2**63 - 1``: FastAPI writes OpenAPI bounds as floats, and 2**63 - 1 is
-#: not a float (it rounds up to 2.0**63, admitting ids the server refuses); +-2**63 are exact.
-Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63, strict=True)]
+
+def _whole(value: object) -> object:
+    """A JSON number with a zero fraction (``7.0``, ``7e3``) as the integer it spells.
+
+    JSON Schema counts ``7.0`` as an integer, so the schema admits it; bodies parse
+    fractions as ``Decimal`` (exact: ``9223372036854775000.0`` is not rounded to a float),
+    and anything else is left to strict ``int`` validation to refuse.
+    """
+    whole = isinstance(value, Decimal) and value.is_finite() and value.copy_abs() <= 2**63
+    if whole and value == value.to_integral_value():
+        return int(value)
+    return value
+
+
+#: ``lt=2**63``, not ``le=2**63 - 1``: FastAPI's OpenAPI model holds bounds as floats, and
+#: 2**63 - 1 is not a float (it rounds up to 2.0**63, admitting ids the server refuses);
+#: +-2**63 are exact, and ``_exact_integer_bounds`` writes them back as JSON integers.
+Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63, strict=True), BeforeValidator(_whole)]
+
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _exact_integer_bounds(node: object) -> None:
+    """Write an integer property's whole-number float bounds as integers, in place.
+
+    A client generating ids from ``9.223372036854776e+18`` does float arithmetic near 2**63
+    and lands on ids past it; ``9223372036854775808`` leaves no room for that.
+    """
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for key in _BOUNDS:
+                value = node.get(key)
+                if isinstance(value, float) and value.is_integer():
+                    node[key] = int(value)
+        for child in node.values():
+            _exact_integer_bounds(child)
+    elif isinstance(node, list):
+        for child in node:
+            _exact_integer_bounds(child)
 
 
 EventId = Annotated[str | None, Field(min_length=1, max_length=256)]
@@ -179,7 +216,7 @@ def _reject_constant(name: str) -> Any:
     raise _NotJson(f"{name} is not JSON")
 
 
-_json_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_json_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=Decimal)
 
 
 class _Utf8JsonRequest(Request):
@@ -298,6 +335,13 @@ def create_app(
         exception_handlers={RequestValidationError: _validation_failed},
     )
     app.router.route_class = _Utf8JsonRoute
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _exact_integer_bounds(FastAPI.openapi(app))  # FastAPI caches what it returns
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(_CountRequests, counter=metrics.requests)
 
     @app.post(

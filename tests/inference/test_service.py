@@ -6,13 +6,19 @@ import json
 import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import schemathesis
 import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from kafka import KafkaConsumer
 from skl2onnx import to_onnx
 from sklearn.linear_model import LogisticRegression
@@ -72,6 +78,24 @@ def _app(settings: Settings, publisher: PredictionPublisher | None = None, inter
     predictor = Predictor(ModelRegistry(settings.models_dir), FEATURE_NAMES)
     reader = open_feature_reader(store, DEFAULT_FEATURES)
     return create_app(settings, predictor, reader, publisher, refresh_interval_s=interval)
+
+
+@contextmanager
+def _serve(app: FastAPI) -> Iterator[str]:
+    """``app`` behind a real uvicorn on a free port (a thread), as a client reaches it."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
@@ -177,24 +201,14 @@ def test_predictions_are_published(settings: Settings) -> None:
 def test_hot_swap_under_http_load(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     models, features = _setup(settings, n_models=3)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            _app(settings, interval=0.05), host="127.0.0.1", port=port, log_level="error"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
     x = features[:4].astype(np.float32)
     expected = {v: m.predict_proba(x)[:, 1] for v, m in models.items()}
     errors: list[str] = []
     versions: set[str] = set()
     stop = threading.Event()
 
-    def client() -> None:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+    def client(url: str) -> None:
+        with httpx.Client(base_url=url) as http:
             while not stop.is_set():
                 response = http.post("/predict", json={"user_ids": USERS[:4].tolist()})
                 if response.status_code != 200:
@@ -210,21 +224,20 @@ def test_hot_swap_under_http_load(tmp_path: Path) -> None:
                 if not np.allclose([p["score"] for p in preds], expected[v], atol=1e-5):
                     errors.append(f"scores do not match {v}")
 
-    clients = [threading.Thread(target=client) for _ in range(4)]
-    for c in clients:
-        c.start()
-    registry = ModelRegistry(settings.models_dir)
-    try:
-        for version in ["v0002", "v0003", "v0001", "v0002", "v0003"]:
-            time.sleep(0.4)
-            registry.promote(version)
-        time.sleep(0.4)
-    finally:
-        stop.set()
+    with _serve(_app(settings, interval=0.05)) as url:
+        clients = [threading.Thread(target=client, args=(url,)) for _ in range(4)]
         for c in clients:
-            c.join()
-        server.should_exit = True
-        thread.join(10)
+            c.start()
+        registry = ModelRegistry(settings.models_dir)
+        try:
+            for version in ["v0002", "v0003", "v0001", "v0002", "v0003"]:
+                time.sleep(0.4)
+                registry.promote(version)
+            time.sleep(0.4)
+        finally:
+            stop.set()
+            for c in clients:
+                c.join()
     assert errors == []
     assert versions == {"v0001", "v0002", "v0003"}
 
@@ -264,6 +277,33 @@ def test_every_malformed_body_is_a_documented_422(tmp_path: Path) -> None:
         latin1 = b'{"user_id": 1, "x": "\xff"}'
         not_utf8 = client.post("/predict", content=latin1, headers=JSON)
         assert "UTF-8" in not_utf8.text
+
+
+def test_whole_numbers_are_user_ids_as_json_schema_says(tmp_path: Path) -> None:
+    """JSON Schema counts 7.0 as an integer, so the schema admits it: it must mean user 7,
+    exactly (a float would turn 9223372036854775000.0 into another user), and a fraction,
+    a string or a number past int64 must still be refused."""
+    settings = Settings(home=tmp_path)
+    _setup(settings)
+    with TestClient(_app(settings)) as client:
+        for text, user in (
+            ("7.0", 7),
+            ("7e3", 7000),
+            ("-0.0", 0),
+            ("9223372036854775000.0", 9223372036854775000),
+            ("-9223372036854775808.0", -(2**63)),
+        ):
+            for body in (f'{{"user_id": {text}}}', f'{{"user_ids": [{text}]}}'):
+                response = client.post("/predict", content=body.encode(), headers=JSON)
+                assert response.status_code == 200, (body, response.text)
+                answer = response.json()
+                got = answer["predictions"][0] if "predictions" in answer else answer
+                assert got["user_id"] == user, (body, answer)
+        for text in ("7.5", '"7"', "true", "9223372036854775808.0", "1e400", "1e999999999"):
+            response = client.post(
+                "/predict", content=f'{{"user_id": {text}}}'.encode(), headers=JSON
+            )
+            assert response.status_code == 422, (text, response.text)
 
 
 def test_validation_errors_do_not_echo_large_inputs(tmp_path: Path) -> None:
@@ -348,3 +388,34 @@ def test_documented_user_id_range_is_exactly_int64(tmp_path: Path) -> None:
             assert _admits(single, n) is valid and _admits(batch, n) is valid, n
             status = client.post("/predict", json={"user_id": n}).status_code
             assert status == (200 if valid else 422), n
+
+
+@pytest.fixture(scope="module")
+def live_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesis.BaseSchema]:
+    """The live service's own /openapi.json, with a champion so /predict can answer 200."""
+    settings = Settings(home=tmp_path_factory.mktemp("schemathesis"))
+    _setup(settings)
+    with _serve(_app(settings)) as url:
+        yield schemathesis.openapi.from_url(f"{url}/openapi.json")
+
+
+live = schemathesis.pytest.from_fixture("live_schema")
+
+
+@pytest.fixture
+def _schemathesis_node_id(request: pytest.FixtureRequest) -> None:
+    """schemathesis 4.32's lazy schemas read ``node._nodeid``, which pytest 9.2 no longer has."""
+    if not hasattr(request.node, "_nodeid"):
+        request.node._nodeid = request.node.nodeid
+
+
+@pytest.mark.usefixtures("_schemathesis_node_id")
+@live.parametrize()
+@hypothesis_settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_service_conforms_to_its_schema(case: schemathesis.Case) -> None:
+    """Schemathesis with all its checks (status codes, content types, response schemas, valid
+    data accepted, invalid data refused, no 5xx) against the live server: what the schema
+    promises is what the server does."""
+    case.call_and_validate()
