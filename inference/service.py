@@ -10,17 +10,24 @@ registry and hot-swaps the champion.
 from __future__ import annotations
 
 import gc
+import json
+import math
 import threading
 import time
 import uuid
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from featflow.settings import Settings
@@ -34,23 +41,89 @@ MAX_BATCH = 1000
 #: Latency buckets from 50 us to 1 s (seconds).
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
 
-Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, strict=True)]
+
+def _whole(value: object) -> object:
+    """A JSON number with a zero fraction (``7.0``, ``7e3``) as the integer it spells.
+
+    JSON Schema counts ``7.0`` as an integer, so the schema admits it; bodies parse
+    fractions as ``Decimal`` (exact: ``9223372036854775000.0`` is not rounded to a float),
+    and anything else is left to strict ``int`` validation to refuse.
+    """
+    whole = isinstance(value, Decimal) and value.is_finite() and value.copy_abs() <= 2**63
+    if whole and value == value.to_integral_value():
+        return int(value)
+    return value
 
 
-class PredictRequest(BaseModel):
-    """Exactly one of ``user_id`` or ``user_ids``; ``event_id`` ties a prediction to an event."""
+#: ``lt=2**63``, not ``le=2**63 - 1``: FastAPI's OpenAPI model holds bounds as floats, and
+#: 2**63 - 1 is not a float (it rounds up to 2.0**63, admitting ids the server refuses);
+#: +-2**63 are exact, and ``_exact_integer_bounds`` writes them back as JSON integers.
+Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63, strict=True), BeforeValidator(_whole)]
+
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _exact_integer_bounds(node: object) -> None:
+    """Write an integer property's whole-number float bounds as integers, in place.
+
+    A client generating ids from ``9.223372036854776e+18`` does float arithmetic near 2**63
+    and lands on ids past it; ``9223372036854775808`` leaves no room for that.
+    """
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for key in _BOUNDS:
+                value = node.get(key)
+                if isinstance(value, float) and value.is_integer():
+                    node[key] = int(value)
+        for child in node.values():
+            _exact_integer_bounds(child)
+    elif isinstance(node, list):
+        for child in node:
+            _exact_integer_bounds(child)
+
+
+EventId = Annotated[str | None, Field(min_length=1, max_length=256)]
+
+
+class SinglePredictRequest(BaseModel):
+    """One user, answered with one Prediction; event_id ties it to an event."""
 
     model_config = {"extra": "forbid"}
 
-    user_id: Int64 | None = None
-    user_ids: list[Int64] | None = Field(None, min_length=1, max_length=MAX_BATCH)
-    event_id: str | None = Field(None, min_length=1, max_length=256)
+    user_id: Int64
+    event_id: EventId = None
 
-    @model_validator(mode="after")
-    def _one_of(self) -> PredictRequest:
-        if (self.user_id is None) == (self.user_ids is None):
-            raise ValueError("give exactly one of user_id or user_ids")
-        return self
+
+class BatchPredictRequest(BaseModel):
+    """1 to 1000 users, answered with a BatchPrediction; event_id ties them to an event."""
+
+    model_config = {"extra": "forbid"}
+
+    user_ids: list[Int64] = Field(min_length=1, max_length=MAX_BATCH)
+    event_id: EventId = None
+
+
+def _request_kind(body: Any) -> str | None:
+    """The variant a body means, read from its keys, so pydantic validates it against that one
+    alone (one error list, not both variants'); ``None`` (neither or both keys) is a 422."""
+    if not isinstance(body, dict):
+        return "single"  # reported as "should be a valid dictionary"
+    single, batch = "user_id" in body, "user_ids" in body
+    if single == batch:
+        return None
+    return "single" if single else "batch"
+
+
+#: Exactly one of ``user_id`` or ``user_ids``: rendered as ``oneOf`` in the OpenAPI schema (each
+#: variant forbids the other's key), so schema-driven clients know the rule the server applies.
+PredictRequest = Annotated[
+    Annotated[SinglePredictRequest, Tag("single")] | Annotated[BatchPredictRequest, Tag("batch")],
+    Discriminator(
+        _request_kind,
+        custom_error_type="one_of",
+        custom_error_message="give exactly one of user_id or user_ids",
+    ),
+]
 
 
 class Prediction(BaseModel):
@@ -64,6 +137,21 @@ class Prediction(BaseModel):
 
 class BatchPrediction(BaseModel):
     predictions: list[Prediction]
+
+
+class Health(BaseModel):
+    """The body of /health, 200 (ready) and 503 (not ready) alike."""
+
+    ready: bool
+    model_version: str | None
+    online_store: Literal["ok", "unreachable"]
+    last_model_error: str | None
+
+
+class Unavailable(BaseModel):
+    """Why a request cannot be served right now."""
+
+    detail: str
 
 
 @dataclass
@@ -120,6 +208,94 @@ class _CountRequests:
         await self.app(scope, receive, counting_send)
 
 
+class _NotJson(ValueError):
+    """A body Python's ``json`` would read but JSON (RFC 8259) does not allow."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not JSON")
+
+
+_json_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=Decimal)
+
+
+class _Utf8JsonRequest(Request):
+    """JSON bodies read strictly: UTF-8 only (RFC 8259; Starlette's ``json.loads(bytes)`` guesses
+    UTF-16/32 too), no NaN/Infinity. FastAPI answers a ``JSONDecodeError`` with its documented
+    422 ``json_invalid`` and the reason, but any other parse error with an undocumented 400."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = _json_decoder.decode(body.decode())
+            except json.JSONDecodeError:
+                raise
+            except UnicodeDecodeError as exc:
+                raise _invalid(f"not UTF-8: {exc.reason} at byte {exc.start}", exc.start) from exc
+            except _NotJson as exc:
+                raise _invalid(str(exc), 0) from exc
+            except ValueError as exc:  # int() refuses more than sys.get_int_max_str_digits()
+                raise _invalid("integer too long", 0) from exc
+            except RecursionError as exc:
+                raise _invalid("nested too deep", 0) from exc
+        return self._json
+
+
+def _invalid(reason: str, pos: int) -> json.JSONDecodeError:
+    """A decode error FastAPI reports as 422 ``json_invalid`` with ``reason`` in ``ctx``."""
+    return json.JSONDecodeError(reason, "", pos)
+
+
+class _Utf8JsonRoute(APIRoute):
+    """Routes whose handlers see :class:`_Utf8JsonRequest` (FastAPI's documented hook)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def utf8_json_handler(request: Request) -> Response:
+            return await handler(_Utf8JsonRequest(request.scope, request.receive))
+
+        return utf8_json_handler
+
+
+#: The longest offending value (as text) a 422 repeats back; longer ones are left out.
+ECHO_MAX = 64
+
+
+def _echoable(value: object) -> bool:
+    """Short scalars only: finite (JSON has no inf/NaN), at most ``ECHO_MAX`` characters."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or (isinstance(value, bool | int | str) and len(str(value)) <= ECHO_MAX)
+
+
+def _brief(error: Mapping[str, Any]) -> dict[str, Any]:
+    """One validation error as ``loc``, ``msg``, ``type``; ``input`` and ``ctx`` only when short.
+
+    Pydantic's error carries the whole offending value (a 1,001-id list, a 100 kB string) and
+    FastAPI would send it back; a key name in ``loc`` is cut to ``ECHO_MAX`` characters.
+    """
+    loc = [
+        p if not isinstance(p, str) or len(p) <= ECHO_MAX else p[:ECHO_MAX] + "..."
+        for p in error["loc"]
+    ]
+    brief: dict[str, Any] = {"type": error["type"], "loc": loc, "msg": error["msg"]}
+    if _echoable(value := error.get("input")):
+        brief["input"] = value
+    ctx = error.get("ctx")
+    if isinstance(ctx, Mapping) and ctx and all(_echoable(v) for v in ctx.values()):
+        brief["ctx"] = dict(ctx)
+    return brief
+
+
+async def _validation_failed(_: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422 body (``HTTPValidationError``) without the echoed inputs. ``json.dumps``
+    escapes non-ASCII, so a lone surrogate (``"\\ud800"``) cannot break the error itself."""
+    detail = [_brief(error) for error in exc.errors()]
+    return Response(json.dumps({"detail": detail}), 422, media_type="application/json")
+
+
 def create_app(
     settings: Settings,
     predictor: Predictor,
@@ -152,14 +328,32 @@ def create_app(
         if publisher is not None:
             publisher.close()
 
-    app = FastAPI(title="featflow", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="featflow",
+        version="0.1.0",
+        lifespan=lifespan,
+        exception_handlers={RequestValidationError: _validation_failed},
+    )
+    app.router.route_class = _Utf8JsonRoute
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _exact_integer_bounds(FastAPI.openapi(app))  # FastAPI caches what it returns
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(_CountRequests, counter=metrics.requests)
 
-    @app.post("/predict", response_model=Prediction | BatchPrediction)
+    @app.post(
+        "/predict",
+        response_model=Prediction | BatchPrediction,
+        responses={503: {"model": Unavailable, "description": "No model is loaded yet."}},
+    )
     async def predict(body: PredictRequest) -> Any:
         """Score users with the champion model; unknown users get default features."""
         start = time.perf_counter()
-        users = [body.user_id] if body.user_id is not None else list(body.user_ids or [])
+        single = isinstance(body, SinglePredictRequest)
+        users = [body.user_id] if single else body.user_ids
         features, found = reader.read(users)
         try:
             version, scores = predictor.score(features)
@@ -186,10 +380,19 @@ def create_app(
                 publisher.offer(str(user).encode(), _encoder.encode(record))
         # Built by hand and encoded by msgspec: the response model documents the shape (OpenAPI)
         # without FastAPI re-validating what this function just built.
-        payload = out[0] if body.user_id is not None else {"predictions": out}
+        payload = out[0] if single else {"predictions": out}
         return Response(_encoder.encode(payload), media_type="application/json")
 
-    @app.get("/health")
+    @app.get(
+        "/health",
+        response_model=Health,
+        responses={
+            503: {
+                "model": Health,
+                "description": "Not ready: no model loaded or the online store unreachable.",
+            }
+        },
+    )
     async def health(response: Response) -> dict[str, Any]:
         """Ready only when a model is loaded and the online store answers."""
         model = predictor.active
@@ -203,8 +406,10 @@ def create_app(
             "last_model_error": predictor.last_error,
         }
 
-    @app.get("/metrics")
+    # Prometheus' text exposition format, documented as such (not FastAPI's default JSON).
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
+        """Request counts, predict latency, model version and feature hit counts."""
         model = predictor.active
         metrics.model.clear()
         if model is not None:
@@ -219,7 +424,7 @@ def create_app(
                 "# TYPE featflow_predictions_published_total counter\n"
                 f"featflow_predictions_published_total {publisher.published}\n"
             )
-        return Response(text, media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     return app
 

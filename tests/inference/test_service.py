@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import schemathesis
 import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from kafka import KafkaConsumer
 from skl2onnx import to_onnx
 from sklearn.linear_model import LogisticRegression
@@ -31,6 +38,7 @@ from streams.topics import ensure_topics
 
 F = len(FEATURE_NAMES)
 USERS = np.arange(1, 51, dtype=np.int64) * 1000
+JSON = {"content-type": "application/json"}
 
 
 def _model(seed: int) -> tuple[bytes, LogisticRegression]:
@@ -70,6 +78,24 @@ def _app(settings: Settings, publisher: PredictionPublisher | None = None, inter
     predictor = Predictor(ModelRegistry(settings.models_dir), FEATURE_NAMES)
     reader = open_feature_reader(store, DEFAULT_FEATURES)
     return create_app(settings, predictor, reader, publisher, refresh_interval_s=interval)
+
+
+@contextmanager
+def _serve(app: FastAPI) -> Iterator[str]:
+    """``app`` behind a real uvicorn on a free port (a thread), as a client reaches it."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
@@ -135,8 +161,18 @@ def test_health_is_503_without_a_model(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     apply_repo(settings)
     with TestClient(_app(settings)) as client:
-        assert client.get("/health").status_code == 503
-        assert client.post("/predict", json={"user_id": 1}).status_code == 503
+        openapi = client.get("/openapi.json").json()
+        for path, method, request in (
+            ("/health", "get", {}),
+            ("/predict", "post", {"json": {"user_id": 1}}),
+        ):
+            response = client.request(method, path, **request)
+            assert response.status_code == 503, response.text
+            # The 503 is part of the contract: documented, with the body it really has.
+            documented = openapi["paths"][path][method]["responses"]["503"]
+            ref = documented["content"]["application/json"]["schema"]["$ref"]
+            schema = openapi["components"]["schemas"][ref.rsplit("/", 1)[1]]
+            assert set(schema["required"]) <= set(response.json()) <= set(schema["properties"])
 
 
 def test_predictions_are_published(settings: Settings) -> None:
@@ -165,24 +201,14 @@ def test_predictions_are_published(settings: Settings) -> None:
 def test_hot_swap_under_http_load(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     models, features = _setup(settings, n_models=3)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            _app(settings, interval=0.05), host="127.0.0.1", port=port, log_level="error"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
     x = features[:4].astype(np.float32)
     expected = {v: m.predict_proba(x)[:, 1] for v, m in models.items()}
     errors: list[str] = []
     versions: set[str] = set()
     stop = threading.Event()
 
-    def client() -> None:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+    def client(url: str) -> None:
+        with httpx.Client(base_url=url) as http:
             while not stop.is_set():
                 response = http.post("/predict", json={"user_ids": USERS[:4].tolist()})
                 if response.status_code != 200:
@@ -198,20 +224,198 @@ def test_hot_swap_under_http_load(tmp_path: Path) -> None:
                 if not np.allclose([p["score"] for p in preds], expected[v], atol=1e-5):
                     errors.append(f"scores do not match {v}")
 
-    clients = [threading.Thread(target=client) for _ in range(4)]
-    for c in clients:
-        c.start()
-    registry = ModelRegistry(settings.models_dir)
-    try:
-        for version in ["v0002", "v0003", "v0001", "v0002", "v0003"]:
-            time.sleep(0.4)
-            registry.promote(version)
-        time.sleep(0.4)
-    finally:
-        stop.set()
+    with _serve(_app(settings, interval=0.05)) as url:
+        clients = [threading.Thread(target=client, args=(url,)) for _ in range(4)]
         for c in clients:
-            c.join()
-        server.should_exit = True
-        thread.join(10)
+            c.start()
+        registry = ModelRegistry(settings.models_dir)
+        try:
+            for version in ["v0002", "v0003", "v0001", "v0002", "v0003"]:
+                time.sleep(0.4)
+                registry.promote(version)
+            time.sleep(0.4)
+        finally:
+            stop.set()
+            for c in clients:
+                c.join()
     assert errors == []
     assert versions == {"v0001", "v0002", "v0003"}
+
+
+def test_metrics_is_documented_as_prometheus_text(tmp_path: Path) -> None:
+    """Scrapers and schema-driven clients read the media type from the schema."""
+    settings = Settings(home=tmp_path)
+    apply_repo(settings)
+    with TestClient(_app(settings)) as client:
+        documented = client.get("/openapi.json").json()["paths"]["/metrics"]["get"]["responses"]
+        assert list(documented["200"]["content"]) == ["text/plain"]
+        assert client.get("/metrics").headers["content-type"].startswith("text/plain")
+
+
+def test_every_malformed_body_is_a_documented_422(tmp_path: Path) -> None:
+    """The README promises 422 with a reason for any malformed request, not FastAPI's bare 400."""
+    settings = Settings(home=tmp_path)
+    apply_repo(settings)
+    with TestClient(_app(settings)) as client:
+        documented = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["responses"]
+        assert "application/json" in documented["422"]["content"]
+        for body, headers in (
+            (b'{"user_id": 1, "event_id": "\xff"}', JSON),  # not UTF-8
+            ('{"user_id": 1}'.encode("utf-16"), JSON),  # JSON must be UTF-8 (RFC 8259)
+            (b"\xef\xbb\xbf" + b'{"user_id": 1}', JSON),  # nor start with a BOM
+            (b"{oops", JSON),
+            (b'{"user_id": NaN}', JSON),  # Python's json reads it, JSON has no NaN
+            (b'{"user_id": ' + b"1" * 5000 + b"}", JSON),  # beyond int()'s digit limit
+            (b'{"user_ids": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", JSON),
+            (b"", JSON),
+            (b"[1]", JSON),
+            (b'{"user_id": 1}', {"content-type": "text/plain"}),
+        ):
+            response = client.post("/predict", content=body, headers=headers)
+            assert response.status_code == 422, (body, response.text)
+            assert all(e["msg"] and e["type"] for e in response.json()["detail"]), response.text
+        latin1 = b'{"user_id": 1, "x": "\xff"}'
+        not_utf8 = client.post("/predict", content=latin1, headers=JSON)
+        assert "UTF-8" in not_utf8.text
+
+
+def test_whole_numbers_are_user_ids_as_json_schema_says(tmp_path: Path) -> None:
+    """JSON Schema counts 7.0 as an integer, so the schema admits it: it must mean user 7,
+    exactly (a float would turn 9223372036854775000.0 into another user), and a fraction,
+    a string or a number past int64 must still be refused."""
+    settings = Settings(home=tmp_path)
+    _setup(settings)
+    with TestClient(_app(settings)) as client:
+        for text, user in (
+            ("7.0", 7),
+            ("7e3", 7000),
+            ("-0.0", 0),
+            ("9223372036854775000.0", 9223372036854775000),
+            ("-9223372036854775808.0", -(2**63)),
+        ):
+            for body in (f'{{"user_id": {text}}}', f'{{"user_ids": [{text}]}}'):
+                response = client.post("/predict", content=body.encode(), headers=JSON)
+                assert response.status_code == 200, (body, response.text)
+                answer = response.json()
+                got = answer["predictions"][0] if "predictions" in answer else answer
+                assert got["user_id"] == user, (body, answer)
+        for text in ("7.5", '"7"', "true", "9223372036854775808.0", "1e400", "1e999999999"):
+            response = client.post(
+                "/predict", content=f'{{"user_id": {text}}}'.encode(), headers=JSON
+            )
+            assert response.status_code == 422, (text, response.text)
+
+
+def test_validation_errors_do_not_echo_large_inputs(tmp_path: Path) -> None:
+    """A 422 names what is wrong (loc, msg, type); it must not send a 1,001-id batch back."""
+    settings = Settings(home=tmp_path)
+    apply_repo(settings)
+    with TestClient(_app(settings)) as client:
+        for bad in (
+            {"user_ids": list(range(1001))},
+            {"user_id": "9" * 100_000},
+            {"user_id": 1, "event_id": "e" * 100_000},
+            {"user_id": 1, "k" * 100_000: 1},  # the unknown key is part of loc
+        ):
+            response = client.post("/predict", json=bad)
+            assert response.status_code == 422, response.text
+            assert len(response.content) < 1000, response.text[:1000]
+            for error in response.json()["detail"]:
+                assert error["loc"] and error["msg"] and error["type"]
+        # Values JSON cannot carry back (inf, a lone surrogate) must not break the 422 itself (500).
+        for body in (b'{"user_id": 1e999}', b'{"user_id": "\\ud800"}', b'{"\\ud800": 1}'):
+            response = client.post("/predict", content=body, headers=JSON)
+            assert response.status_code == 422, (body, response.text)
+        # A short offending value still helps the caller.
+        assert client.post("/predict", json={"user_id": "7"}).json()["detail"][0]["input"] == "7"
+
+
+def test_one_of_user_id_or_user_ids_is_in_the_schema(tmp_path: Path) -> None:
+    """Schema-driven clients must know the rule the server applies: a body is either a single
+    request (``user_id``) or a batch (``user_ids``, 1..1000), nothing else, never both."""
+    settings = Settings(home=tmp_path)
+    _setup(settings)
+    with TestClient(_app(settings)) as client:
+        openapi = client.get("/openapi.json").json()
+        body = openapi["paths"]["/predict"]["post"]["requestBody"]
+        assert body["required"] is True
+        variants = body["content"]["application/json"]["schema"]["oneOf"]
+        schemas = openapi["components"]["schemas"]
+        single, batch = (schemas[v["$ref"].rsplit("/", 1)[1]] for v in variants)
+        for schema, key in ((single, "user_id"), (batch, "user_ids")):
+            assert schema["type"] == "object" and schema["additionalProperties"] is False
+            assert schema["required"] == [key] and set(schema["properties"]) == {key, "event_id"}
+        assert (
+            batch["properties"]["user_ids"]["minItems"],
+            batch["properties"]["user_ids"]["maxItems"],
+        ) == (1, 1000)
+
+        # The wire format is unchanged: one object for user_id, {"predictions": [...]} for ids.
+        one = client.post("/predict", json={"user_id": int(USERS[0]), "event_id": "e1"}).json()
+        assert one["user_id"] == USERS[0] and "predictions" not in one
+        many = client.post("/predict", json={"user_ids": [1, 2], "event_id": None}).json()
+        assert [p["user_id"] for p in many["predictions"]] == [1, 2]
+        # Each variant forbids the other's key, even as null.
+        for bad in ({"user_id": None, "user_ids": [1]}, {"user_id": 1, "user_ids": None}):
+            response = client.post("/predict", json=bad)
+            assert response.status_code == 422, response.text
+        both = client.post("/predict", json={"user_id": 1, "user_ids": [2]}).json()["detail"]
+        assert "exactly one of user_id or user_ids" in both[0]["msg"]
+
+
+def _admits(bounds: dict[str, float], n: int) -> bool:
+    """Whether an integer schema's bounds admit ``n`` (Python compares int and float exactly)."""
+    return bounds.get("minimum", -math.inf) <= n <= bounds.get("maximum", math.inf) and bounds.get(
+        "exclusiveMinimum", -math.inf
+    ) < n < bounds.get("exclusiveMaximum", math.inf)
+
+
+def test_documented_user_id_range_is_exactly_int64(tmp_path: Path) -> None:
+    """FastAPI writes numeric bounds as floats: ``le=2**63 - 1`` came out as 2.0**63, so the
+    schema admitted ids the server refused. The edges must agree on both sides."""
+    settings = Settings(home=tmp_path)
+    _setup(settings)
+    with TestClient(_app(settings)) as client:
+        schemas = client.get("/openapi.json").json()["components"]["schemas"]
+        single = schemas["SinglePredictRequest"]["properties"]["user_id"]
+        batch = schemas["BatchPredictRequest"]["properties"]["user_ids"]["items"]
+        for n, valid in (
+            (-(2**63), True),
+            (2**63 - 1, True),
+            (2**63, False),
+            (-(2**63) - 1, False),
+        ):
+            assert _admits(single, n) is valid and _admits(batch, n) is valid, n
+            status = client.post("/predict", json={"user_id": n}).status_code
+            assert status == (200 if valid else 422), n
+
+
+@pytest.fixture(scope="module")
+def live_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesis.BaseSchema]:
+    """The live service's own /openapi.json, with a champion so /predict can answer 200."""
+    settings = Settings(home=tmp_path_factory.mktemp("schemathesis"))
+    _setup(settings)
+    with _serve(_app(settings)) as url:
+        yield schemathesis.openapi.from_url(f"{url}/openapi.json")
+
+
+live = schemathesis.pytest.from_fixture("live_schema")
+
+
+@pytest.fixture
+def _schemathesis_node_id(request: pytest.FixtureRequest) -> None:
+    """schemathesis 4.32's lazy schemas read ``node._nodeid``, which pytest 9.2 no longer has."""
+    if not hasattr(request.node, "_nodeid"):
+        request.node._nodeid = request.node.nodeid
+
+
+@pytest.mark.usefixtures("_schemathesis_node_id")
+@live.parametrize()
+@hypothesis_settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_service_conforms_to_its_schema(case: schemathesis.Case) -> None:
+    """Schemathesis with all its checks (status codes, content types, response schemas, valid
+    data accepted, invalid data refused, no 5xx) against the live server: what the schema
+    promises is what the server does."""
+    case.call_and_validate()
