@@ -78,6 +78,10 @@ class FeatureWorker:
         self.outcomes_stored = 0
         self._last_checkpoint: dict[int, float] = {}
         self._checkpointed: dict[int, int] = {}  # offset of each partition's newest checkpoint
+        # Offset each partition's state reflects as last committed by this worker; -1 until
+        # its first commit: a SIGKILL between a checkpoint and its commit leaves the group's
+        # offset behind the checkpoint, which must be committed even if nothing new arrives.
+        self._committed: dict[int, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._inflight: asyncio.Task[None] | None = None  # the last fetch's store writes
@@ -125,6 +129,7 @@ class FeatureWorker:
             )
             self._last_checkpoint[tp.partition] = time.monotonic()
             self._checkpointed[tp.partition] = offset
+            self._committed[tp.partition] = -1
             log.info("acquired %s-%d at offset %d", tp.topic, tp.partition, offset)
 
     def _log_end(self, tp: TopicPartition) -> int:
@@ -288,7 +293,10 @@ class FeatureWorker:
             return
         self._last_checkpoint[processor.partition] = now
         if processor.offset == self._checkpointed[processor.partition]:
-            return  # no new record since: the checkpoint on disk is this state
+            # No new record since: the checkpoint on disk is this state; commit it if not yet.
+            if self._committed[processor.partition] < processor.offset:
+                await self._commit(processor.topic, processor.partition, processor.offset)
+            return
         await self.drain()  # the snapshot below reflects effects that must be stored first
         snapshot = processor.state.capture()
         self._checkpointed[processor.partition] = processor.offset
@@ -303,6 +311,10 @@ class FeatureWorker:
             self.checkpoints.save(topic, partition, Checkpoint(offset, snapshot.encode()))
 
         await asyncio.to_thread(write)
+        await self._commit(topic, partition, offset)
+
+    async def _commit(self, topic: str, partition: int, offset: int) -> None:
+        """Commit the offset after ``offset``, whose effects a checkpoint on disk holds."""
         if offset < 0:
             return
         assert self._consumer is not None
@@ -310,6 +322,9 @@ class FeatureWorker:
             await self._consumer.commit({TopicPartition(topic, partition): offset + 1})
         except KafkaError as exc:  # informational only (lag); the checkpoint is the truth
             log.warning("offset commit failed (the checkpoint is written): %s", exc)
+            return
+        if partition in self._committed:  # not if revoked meanwhile
+            self._committed[partition] = max(self._committed[partition], offset)
 
     async def _settle_checkpoints(self) -> None:
         """Wait for the checkpoint files being written (and raise their error, if any)."""

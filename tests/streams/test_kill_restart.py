@@ -15,6 +15,7 @@ import numpy as np
 from featflow.processes import start_worker, stop_process, wait_caught_up, wait_lag_at_most
 from featflow.settings import Settings
 from features.reader import read_online
+from streams.lag import group_lag
 from streams.producer import publish
 from streams.topics import ensure_topics
 from tests.streams.pipeline_helpers import (
@@ -63,6 +64,33 @@ def test_sigkill_mid_stream_then_restart(settings: Settings, tmp_path: Path) -> 
     worker = start_worker(settings, log)
     try:
         wait_caught_up(settings, [worker], timeout=180)
+    finally:
+        stop_process(worker)
+    _check(settings, expected)
+
+
+def test_checkpoint_whose_commit_was_lost_is_committed_on_restart(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A SIGKILL between a checkpoint file and its offset commit leaves the group's committed
+    offset behind the checkpoint. With nothing new to read on that partition, the restarted
+    worker never checkpointed it again, so the group stayed behind (and `wait_caught_up`
+    timed out) although every event was in the stores."""
+    events = make_events(2_000, users=50, seed=14)
+    expected = oracle(events)
+    ensure_topics(settings)
+    publish(settings, events.records())
+    worker = start_worker(settings, tmp_path / "w1.log")
+    try:
+        wait_caught_up(settings, [worker], timeout=120)
+    finally:
+        stop_process(worker)
+    # The lost commits: a group with no committed offset at all, over the same checkpoints.
+    settings = settings.model_copy(update={"consumer_group": f"{settings.consumer_group}-b"})
+    assert group_lag(settings) == len(events)
+    worker = start_worker(settings, tmp_path / "w2.log")
+    try:
+        wait_caught_up(settings, [worker], timeout=60)
     finally:
         stop_process(worker)
     _check(settings, expected)
