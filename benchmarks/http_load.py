@@ -313,16 +313,16 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(**values)
         populate(settings, args.users, args.seed)
         if args.publish:
-            from streams.topics import ensure_topics
+            from infra.topics import ensure_topics
 
-            ensure_topics(settings)
+            ensure_topics(settings.kafka, settings.topics)
         config = scratch / "featflow.yaml"
         config.write_text(yaml.safe_dump(values))
 
         ff_port, feast_port = free_port(), free_port()
         ff_argv = [str(bindir / "featflow"), "--config", str(config), "serve"]
         ff_argv += ["--port", str(ff_port)] + ([] if args.publish else ["--no-publish"])
-        feast_argv = [str(bindir / "feast"), "-c", str(settings.feature_repo), "serve"]
+        feast_argv = [str(bindir / "feast"), "-c", str(settings.stores.feature_repo), "serve"]
         feast_argv += ["-h", "127.0.0.1", "-p", str(feast_port), "--no-access-log"]
         feast_argv += ["--max-requests", "0", "--max-requests-jitter", "0"]
         servers = {

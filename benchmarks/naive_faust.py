@@ -90,7 +90,7 @@ def build_naive_app(expect: int, result_path: Path):  # -> faust.App
     from features.feast_repo import JOIN_KEY, PUSH_SOURCE, TIMESTAMP_FIELD, open_store
 
     settings = Settings()
-    store = open_store(settings)
+    store = open_store(settings.stores)
     specs = DEFAULT_FEATURES
     app = faust.App(
         f"{settings.consumer_group}-naive",

@@ -54,7 +54,7 @@ def populate(settings: Settings, users: int, seed: int) -> tuple[FeatureStore, n
 
     Returns the store and the user ids. Shared with ``benchmarks.http_load``.
     """
-    store = apply_repo(settings)
+    store = apply_repo(settings.stores)
     rng = np.random.default_rng(seed)
     ids = np.arange(1, users + 1, dtype=np.int64)
     features = rng.normal(10, 5, size=(users, len(FEATURE_NAMES)))
@@ -69,7 +69,7 @@ def populate(settings: Settings, users: int, seed: int) -> tuple[FeatureStore, n
             event_time_ms=np.full(hi - lo, EVENT_TIME_MS, dtype=np.int64),
             features=features[lo:hi],
         )
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry(settings.stores.models_dir)
     version = registry.register(train_model(seed), {"feature_names": FEATURE_NAMES}).version
     registry.promote(version, FEATURE_NAMES)
     return store, ids
@@ -116,7 +116,7 @@ def markdown_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> 
 
 def measure(store: FeatureStore, settings: Settings, ids: np.ndarray, n: int, seed: int) -> str:
     """Time A-D ``n`` times each, interleaved; returns the markdown report."""
-    predictor = Predictor(ModelRegistry(settings.models_dir), FEATURE_NAMES)
+    predictor = Predictor(ModelRegistry(settings.stores.models_dir), FEATURE_NAMES)
     if not predictor.refresh():
         raise RuntimeError(f"no champion loaded: {predictor.last_error}")
     reader = open_feature_reader(store, DEFAULT_FEATURES)

@@ -65,10 +65,10 @@ from featflow.processes import settings_env, start_worker, stop_process, wait_ca
 from featflow.settings import Settings
 from features.feast_repo import apply_repo
 from features.spec import DEFAULT_FEATURES
-from streams.events import decode_events
+from infra.events import decode_events
+from infra.producer import publish
+from infra.topics import ensure_topics
 from streams.processor import PartitionProcessor
-from streams.producer import publish
-from streams.topics import ensure_topics
 
 TARGET_VS_RAW = 0.5
 TARGET_VS_NAIVE = 20.0
@@ -185,7 +185,7 @@ def featflow_worker(
     spy: subprocess.Popen[bytes] | None = None
     try:
         # Cheap polling (a directory listing every 20 ms): the worker has the CPU to itself.
-        while (done := _part_files(settings.offline_dir, rows)) < n:
+        while (done := _part_files(settings.stores.offline_dir, rows)) < n:
             if worker.poll() is not None:
                 raise RuntimeError(f"worker exited with {worker.returncode}\n{log_tail(log)}")
             if time.time() - t_start > timeout:
@@ -235,9 +235,9 @@ def _stop_py_spy(spy: subprocess.Popen[bytes]) -> None:
 PROFILE_CATEGORIES: tuple[tuple[str, str], ...] = (
     ("Feast write_to_online_store (Redis)", "(features/online.py"),
     ("offline parquet part file write", "(features/offline.py"),
-    ("checkpoint: state snapshot + fsync", "_save (streams/worker.py"),
+    ("checkpoint: state snapshot + fsync", "(streams/checkpointer.py"),
     ("window kernels (WindowState.update)", "update (features/state.py"),
-    ("decode + validate (decode_events)", "decode_events (streams/events.py"),
+    ("decode + validate (decode_events)", "decode_events (infra/events.py"),
     ("offline Arrow table build", "offline_table (features/rows.py"),
     ("rest of PartitionProcessor.process", "process (streams/processor.py"),
     ("aiokafka fetch / record parsing", "aiokafka"),
@@ -274,7 +274,7 @@ def profile_summary(raw: Path) -> tuple[list[tuple[str, int, str]], list[tuple[s
 
 def naive_job(settings: Settings, n: int, log: Path, timeout: float = 900.0) -> Rate:
     """Run :mod:`benchmarks.naive_faust` over its own topic until it reports ``n`` events."""
-    apply_repo(settings)
+    apply_repo(settings.stores)
     result = settings.home / "naive-result.json"
     env = {**settings_env(settings), "NAIVE_EXPECT": str(n), "NAIVE_RESULT": str(result)}
     t_start = time.time()
@@ -358,9 +358,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     with servers("throughput") as srv:
         base = fresh_settings(srv, "tp", topic_partitions=args.partitions)
-        ensure_topics(base)
+        ensure_topics(base.kafka, base.topics)
         t0 = time.perf_counter()
-        publish(base, records)
+        publish(base.kafka, base.topics.events, records)
         publish_s = time.perf_counter() - t0
         print(f"published {n:,} events in {publish_s:.1f} s ({n / publish_s:,.0f}/s, kafka-python)")
 
@@ -405,8 +405,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         naive: Rate | None = None
         if not args.skip_naive:
             settings_c = fresh_settings(srv, "naive", topic_partitions=args.partitions)
-            ensure_topics(settings_c)
-            publish(settings_c, records[:n_naive])
+            ensure_topics(settings_c.kafka, settings_c.topics)
+            publish(settings_c.kafka, settings_c.topics.events, records[:n_naive])
             naive = naive_job(settings_c, n_naive, srv.scratch / "naive.log")
 
     best_a = max(raw, key=lambda x: x.per_s)

@@ -53,7 +53,7 @@ def _no_broker(bootstrap: str, alternative: str = "") -> str:
 
 def _need_broker(settings: Settings, alternative: str = "") -> None:
     """Fail in seconds, not after kafka-python's 30 s of retries (or faust's endless ones)."""
-    from streams.topics import BrokerUnavailable, check_broker
+    from infra.topics import BrokerUnavailable, check_broker
 
     try:
         check_broker(settings.kafka_bootstrap, settings.connect_timeout_s)
@@ -63,7 +63,7 @@ def _need_broker(settings: Settings, alternative: str = "") -> None:
 
 def _need_online_store(settings: Settings) -> None:
     """A Redis online store must answer; SQLite is created where it is missing."""
-    if settings.online_store_kind != "redis":
+    if settings.stores.online_store_kind != "redis":
         return
     url = urlsplit(settings.online_store)
     try:
@@ -77,9 +77,10 @@ def _need_online_store(settings: Settings) -> None:
 
 
 def _need_repo(settings: Settings) -> None:
-    if not (settings.feature_repo / "feature_store.yaml").exists():
+    if not (settings.stores.feature_repo / "feature_store.yaml").exists():
         raise click.ClickException(
-            f"no Feast repo at {settings.feature_repo} (FEATFLOW_HOME): run `featflow init` first"
+            f"no Feast repo at {settings.stores.feature_repo} (FEATFLOW_HOME): "
+            "run `featflow init` first"
         )
 
 
@@ -91,7 +92,7 @@ class _Cli(click.Group):
     """Turns a broker found missing deep inside a command into the same one line."""
 
     def invoke(self, ctx: click.Context) -> object:
-        from streams.topics import BrokerUnavailable
+        from infra.topics import BrokerUnavailable
 
         try:
             return super().invoke(ctx)
@@ -139,11 +140,11 @@ def init(config: str | None) -> None:
     settings = _settings(config)
     _need_broker(settings)
     from features.feast_repo import apply_repo
-    from streams.topics import ensure_topics
+    from infra.topics import ensure_topics
 
-    ensure_topics(settings)
-    apply_repo(settings)
-    click.echo(f"feast repo: {settings.feature_repo.resolve()}")
+    ensure_topics(settings.kafka, settings.topics)
+    apply_repo(settings.stores)
+    click.echo(f"feast repo: {settings.stores.feature_repo.resolve()}")
 
 
 @main.command()
@@ -163,7 +164,7 @@ def worker(config: str | None, loglevel: str) -> None:
 
     from streams.worker import build_app
 
-    app, _ = build_app(settings)
+    app, _ = build_app(settings.worker)
     runner = faust.Worker(app, loglevel=loglevel, quiet=True)
     runner.spinner = None  # its cursor escape codes mangle logs and the demo's output
     runner.execute_from_commandline()
@@ -201,11 +202,11 @@ def produce(
     """
     settings = _settings(config)
     _need_broker(settings)
+    from infra.producer import publish
+    from infra.topics import ensure_topics
     from streams.generator import generate_events, generate_outcomes
-    from streams.producer import publish
-    from streams.topics import ensure_topics
 
-    ensure_topics(settings)
+    ensure_topics(settings.kafka, settings.topics)
     if rate > 0:  # paced: stamps follow the wall clock as the events go out
         span_s = n_events / rate
     start_ms = int((time.time() - span_s) * 1000)
@@ -217,7 +218,7 @@ def produce(
         seed=seed,
         disorder_ms=disorder_ms,
     )
-    sent = publish(settings, events.records(), rate=rate)
+    sent = publish(settings.kafka, settings.topics.events, events.records(), rate=rate)
     click.echo(f"published {sent} events to {settings.events_topic}")
     if outcomes or labels_out:
         labels = generate_outcomes(events, seed=seed, label_delay_ms=int(label_delay_s * 1000))
@@ -225,7 +226,7 @@ def produce(
             Path(labels_out).write_bytes(b"\n".join(v for _, v in labels.records()) + b"\n")
             click.echo(f"wrote {len(labels.event_id)} labels to {labels_out}")
         if outcomes:
-            publish(settings, labels.records(), topic=settings.outcomes_topic)
+            publish(settings.kafka, settings.topics.outcomes, labels.records())
             click.echo(f"published {len(labels.event_id)} outcomes to {settings.outcomes_topic}")
 
 
@@ -254,9 +255,9 @@ def backfill(config: str | None, input_path: str, output_path: str, no_store: bo
         from features.feast_repo import apply_repo
         from features.offline import OfflineWriter
 
-        apply_repo(settings)
-        OfflineWriter(settings.offline_dir).write(result.table, tag="backfill")
-        click.echo(f"loaded into offline store {settings.offline_dir}")
+        apply_repo(settings.stores)
+        OfflineWriter(settings.stores.offline_dir).write(result.table, tag="backfill")
+        click.echo(f"loaded into offline store {settings.stores.offline_dir}")
 
 
 @main.command()
@@ -274,24 +275,26 @@ def backfill(config: str | None, input_path: str, output_path: str, no_store: bo
 def train(config: str | None, labels: str | None, events: str | None) -> None:
     """Train on point-in-time features, export ONNX, register; promote if it beats the champion."""
     settings = _settings(config)
-    if labels is None and not _has_parquet(settings.outcomes_dir):
+    if labels is None and not _has_parquet(settings.stores.outcomes_dir):
         raise click.ClickException(
-            f"no stored outcomes in {settings.outcomes_dir} (FEATFLOW_HOME): run `featflow worker` "
-            "while `featflow produce --outcomes` publishes labels, or pass --labels FILE"
+            f"no stored outcomes in {settings.stores.outcomes_dir} (FEATFLOW_HOME): "
+            "run `featflow worker` while `featflow produce --outcomes` publishes labels, "
+            "or pass --labels FILE"
         )
-    from inference.workflow import read_labels, stored_labels, train_and_register
+    from featflow.training import train_with
+    from inference.workflow import read_labels, stored_labels
 
     try:
-        frame = read_labels(Path(labels)) if labels else stored_labels(settings)
+        frame = read_labels(Path(labels)) if labels else stored_labels(settings.stores.outcomes_dir)
     except ValueError as exc:  # the file's problem, said by the reader
         raise click.ClickException(str(exc)) from None
-    if events is None and not _has_parquet(settings.offline_dir):
+    if events is None and not _has_parquet(settings.stores.offline_dir):
         raise click.ClickException(
-            f"no features in the offline store {settings.offline_dir} (FEATFLOW_HOME): run "
+            f"no features in the offline store {settings.stores.offline_dir} (FEATFLOW_HOME): run "
             "`featflow worker` while events are published, or `featflow backfill`, "
             "or pass --events FILE"
         )
-    report = train_and_register(settings, frame, events=Path(events) if events else None)
+    report = train_with(settings, frame, Path(events) if events else None)
     click.echo(f"registered {report.version}: {report.metrics}")
     click.echo(f"{'promoted' if report.promoted else 'not promoted'}: {report.reason}")
 
@@ -318,6 +321,7 @@ def serve(config: str | None, host: str, port: int, no_publish: bool) -> None:
         _need_broker(settings, ", or serve without publishing: --no-publish")
     import uvicorn
 
+    from inference.publisher import PredictionPublisher
     from inference.registry import ModelRegistry
     from inference.service import build_app
 
@@ -330,13 +334,16 @@ def serve(config: str | None, host: str, port: int, no_publish: bool) -> None:
                 bound = self.servers[0].sockets[0].getsockname()[1]
                 shown = f"[{host}]" if ":" in host else host
                 click.echo(f"serving on http://{shown}:{bound} (OpenAPI at /docs)")
-                if ModelRegistry(settings.models_dir).champion_version() is None:
+                if ModelRegistry(settings.stores.models_dir).champion_version() is None:
                     click.echo(
-                        f"no champion model in {settings.models_dir} yet: /predict answers 503 "
-                        "until `featflow train` promotes one"
+                        f"no champion model in {settings.stores.models_dir} yet: "
+                        "/predict answers 503 until `featflow train` promotes one"
                     )
 
-    app = build_app(settings, publish=not no_publish)
+    publisher = None
+    if not no_publish:
+        publisher = PredictionPublisher(settings.kafka, settings.topics.predictions)
+    app = build_app(settings.stores, publisher)
     AnnouncedServer(
         uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     ).run()
@@ -350,7 +357,7 @@ def models() -> None:
 def _registry(config: str | None) -> ModelRegistry:
     from inference.registry import ModelRegistry
 
-    return ModelRegistry(_settings(config).models_dir)
+    return ModelRegistry(_settings(config).stores.models_dir)
 
 
 def _no_models(root: Path) -> str:
@@ -438,7 +445,7 @@ def features(config: str | None, user_ids: tuple[int, ...]) -> None:
     _need_online_store(settings)
     from features.reader import read_online
 
-    click.echo(read_online(settings, list(user_ids)).to_string(index=False))
+    click.echo(read_online(settings.stores, list(user_ids)).to_string(index=False))
 
 
 @main.command()

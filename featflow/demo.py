@@ -30,14 +30,15 @@ def run_demo(settings: Settings, *, n_events: int, users: int, timeout_s: float 
     import uvicorn
 
     from featflow.processes import start_worker, stop_process, wait_caught_up
+    from featflow.training import train_with
     from features.reader import read_online
+    from inference.publisher import PredictionPublisher
     from inference.service import build_app
-    from inference.workflow import train_and_register
     from infra.broker import embedded_broker
     from infra.process import free_port
+    from infra.producer import publish
+    from infra.topics import ensure_topics
     from streams.generator import generate_events, generate_outcomes
-    from streams.producer import publish
-    from streams.topics import ensure_topics
 
     # A fresh data directory per run: the embedded broker starts empty, so
     # checkpoints and stores from an earlier run would not match its log.
@@ -51,7 +52,7 @@ def run_demo(settings: Settings, *, n_events: int, users: int, timeout_s: float 
         settings = settings.model_copy(
             update={"checkpoint_interval_s": 1.0, "stream_scoring": True}
         )
-        ensure_topics(settings)
+        ensure_topics(settings.kafka, settings.topics)
         worker = start_worker(settings)
         stack.callback(stop_process, worker)
         click.echo(f"worker: pid {worker.pid}, online store {settings.online_store}")
@@ -62,8 +63,8 @@ def run_demo(settings: Settings, *, n_events: int, users: int, timeout_s: float 
         )
         outcomes = generate_outcomes(events, label_delay_ms=120_000)
         started = time.monotonic()
-        publish(settings, events.records())
-        publish(settings, outcomes.records(), topic=settings.outcomes_topic)
+        publish(settings.kafka, settings.topics.events, events.records())
+        publish(settings.kafka, settings.topics.outcomes, outcomes.records())
         click.echo(f"produced {n_events} events for {users} users, and a late label for each")
         wait_caught_up(settings, [worker], timeout_s)
         _wait_for_labels(settings, n_events, timeout_s)
@@ -71,17 +72,25 @@ def run_demo(settings: Settings, *, n_events: int, users: int, timeout_s: float 
 
         ids, counts = np.unique(events.user_id, return_counts=True)
         busiest = ids[np.argsort(-counts)][:3].tolist()
-        frame = read_online(settings, busiest)
+        frame = read_online(settings.stores, busiest)
         click.echo("\nfeatures of the 3 busiest users, read through Feast get_online_features:")
         click.echo(frame.astype(object).T.to_string(header=False))  # object: counts stay ints
 
-        report = train_and_register(settings)
+        report = train_with(settings)
         click.echo(f"\ntrained {report.version}: holdout {report.metrics}")
         click.echo(f"{'promoted' if report.promoted else 'not promoted'}: {report.reason}")
 
         port = free_port()
         server = uvicorn.Server(
-            uvicorn.Config(build_app(settings), host="127.0.0.1", port=port, log_level="warning")
+            uvicorn.Config(
+                build_app(
+                    settings.stores,
+                    PredictionPublisher(settings.kafka, settings.topics.predictions),
+                ),
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+            )
         )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -101,7 +110,7 @@ def run_demo(settings: Settings, *, n_events: int, users: int, timeout_s: float 
         more = generate_events(
             2000, users=users, start_ms=int(time.time() * 1000) - 60_000, mean_gap_ms=30, seed=8
         )
-        publish(settings, more.records())
+        publish(settings.kafka, settings.topics.events, more.records())
         wait_caught_up(settings, [worker], timeout_s)
         scored = _count_scored(settings, set(more.event_id))
         click.echo(f"\nstream scoring: {scored} of {len(more)} new events scored by the champion")
@@ -110,10 +119,11 @@ def run_demo(settings: Settings, *, n_events: int, users: int, timeout_s: float 
 def _wait_for_labels(settings: Settings, expected: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        parts = list(settings.outcomes_dir.glob("*.parquet"))
+        parts = list(settings.stores.outcomes_dir.glob("*.parquet"))
         if (
             parts
-            and pd.read_parquet(settings.outcomes_dir, columns=["event_id"]).shape[0] >= expected
+            and pd.read_parquet(settings.stores.outcomes_dir, columns=["event_id"]).shape[0]
+            >= expected
         ):
             return
         time.sleep(0.5)

@@ -58,10 +58,12 @@ def wait_lag_at_most(
     settings: Settings, workers: list[subprocess.Popen[bytes]], lag: int, timeout: float
 ) -> float:
     """Block until at most ``lag`` events are not yet checkpointed; fail fast if a worker dies."""
-    from streams.lag import group_lag
+    from infra.lag import group_lag
 
     start = time.monotonic()
-    while (behind := group_lag(settings)) > lag:
+    while (
+        behind := group_lag(settings.kafka, settings.consumer_group, settings.topics.events)
+    ) > lag:
         dead = [w for w in workers if w.poll() is not None]
         if dead:
             raise RuntimeError(f"worker pid {dead[0].pid} exited with {dead[0].returncode}")

@@ -6,24 +6,29 @@ environment variables, an optional YAML file (``FEATFLOW_CONFIG`` or the CLI's
 producer, a worker and a reader (topic names, store locations) lives here so
 two processes started with the same environment see the same system.
 
->>> Settings(online_store="redis://127.0.0.1:6390").online_store_kind
+This is the top layer's object: components take the small configs it composes
+(``infra.config``, ``streams.config``), never ``Settings`` itself.
+
+>>> Settings(online_store="redis://127.0.0.1:6390").stores.online_store_kind
 'redis'
+>>> Settings(events_topic="clicks").topics.dlq
+'clicks.dlq'
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from features.spec import DEFAULT_LATENESS_MS
-from streams.events import AMOUNT_LIMIT, EventRules
-
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+from infra.config import DEFAULT_BOOTSTRAP, KafkaConfig, Stores, Topics, check_online_store
+from infra.events import AMOUNT_LIMIT, EventRules
+from streams.config import WorkerConfig
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -80,9 +85,7 @@ class Settings(BaseSettings):
     @field_validator("online_store")
     @classmethod
     def _check_online_store(cls, value: str) -> str:
-        if value != "sqlite" and not value.startswith(("redis://", "rediss://")):
-            raise ValueError("online_store must be 'sqlite' or a redis:// URL")
-        return value
+        return check_online_store(value)
 
     @classmethod
     def settings_customise_sources(
@@ -96,8 +99,26 @@ class Settings(BaseSettings):
         return init_settings, env_settings, _YamlSource(settings_cls)
 
     @property
-    def online_store_kind(self) -> Literal["sqlite", "redis"]:
-        return "sqlite" if self.online_store == "sqlite" else "redis"
+    def kafka(self) -> KafkaConfig:
+        """Where the broker is, for every Kafka client."""
+        return KafkaConfig(self.kafka_bootstrap, self.connect_timeout_s)
+
+    @property
+    def topics(self) -> Topics:
+        """Topic names and partitions."""
+        return Topics(
+            self.events_topic, self.outcomes_topic, self.predictions_topic, self.topic_partitions
+        )
+
+    @property
+    def stores(self) -> Stores:
+        """Where the stores, checkpoints and models live."""
+        return Stores(self.home, self.online_store)
+
+    @property
+    def lateness_ms(self) -> int:
+        """Allowed lateness per entity, in the kernels' unit."""
+        return int(self.allowed_lateness_s * 1000)
 
     @property
     def event_rules(self) -> EventRules:
@@ -109,25 +130,19 @@ class Settings(BaseSettings):
         )
 
     @property
-    def dlq_topic(self) -> str:
-        return f"{self.events_topic}.dlq"
-
-    @property
-    def feature_repo(self) -> Path:
-        return self.home / "feature_repo"
-
-    @property
-    def offline_dir(self) -> Path:
-        return self.home / "offline" / "user_txn_features"
-
-    @property
-    def outcomes_dir(self) -> Path:
-        return self.home / "outcomes"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.home / "models"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.home / "checkpoints"
+    def worker(self) -> WorkerConfig:
+        """What a stream worker needs."""
+        return WorkerConfig(
+            kafka=self.kafka,
+            topics=self.topics,
+            stores=self.stores,
+            rules=self.event_rules,
+            lateness_ms=self.lateness_ms,
+            group=self.consumer_group,
+            session_timeout_s=self.group_session_timeout_s,
+            batch_max_records=self.batch_max_records,
+            batch_max_wait_ms=self.batch_max_wait_ms,
+            checkpoint_interval_s=self.checkpoint_interval_s,
+            stream_scoring=self.stream_scoring,
+            web_port=self.worker_web_port,
+        )

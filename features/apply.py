@@ -3,7 +3,7 @@
 Besides the state's own verdict (late events), two guards make sure that what reaches the
 stores is sound, whatever the input:
 
-- a record that makes the state update raise is pinned down by :func:`streams.isolation.isolate`
+- a record that makes the state update raise is pinned down by :func:`infra.isolation.isolate`
   and refused as ``processing_error`` (the update validates before it mutates, so the rest
   of the batch is applied exactly once, in order);
 - a row with a non-finite feature is refused as ``out_of_range``: no store ever holds inf or
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.state import BatchResult, WindowState
-from streams.dead_letter import Reason
-from streams.events import EventBatch
-from streams.isolation import describe, isolate
+from infra.dead_letter import Reason
+from infra.events import EventBatch
+from infra.isolation import describe, isolate
 
 
 @dataclass(frozen=True, slots=True)

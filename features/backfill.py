@@ -23,7 +23,7 @@ from features.offline import PARQUET_OPTIONS
 from features.rows import offline_table
 from features.spec import DEFAULT_FEATURES, FeatureSpec
 from features.state import WindowState
-from streams.dead_letter import DeadLetter
+from infra.dead_letter import DeadLetter
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ A file row must be accepted or refused exactly as the same event sent to the ``e
 topic would be, with the same dead-letter reason. JSON lines go through the stream's
 decoder as they are. Parquet and CSV are checked column-wise (Arrow compute and numpy) on a
 fast path that only *accepts*: a row whose every cell has the right type and whose values
-pass :func:`streams.events.value_faults` is taken as is. Every other row is turned into the
+pass :func:`infra.events.value_faults` is taken as is. Every other row is turned into the
 JSON record a producer would send (:meth:`EventRows.record`) and handed to the stream's
 decoder, which either accepts it after all (an RFC 3339 ``event_time`` string, say) or names
 the reason. So the decoder stays the one definition of the rules, and clean files skip
@@ -28,8 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from streams.dead_letter import DeadLetter
-from streams.events import (
+from infra.dead_letter import DeadLetter
+from infra.events import (
     EVENT_ID_MAX_CHARS,
     INT64_MAX,
     EventBatch,

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from featflow.settings import Settings
 from features.spec import DEFAULT_FEATURES, FeatureSpec
+from infra.config import Stores
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -41,11 +41,11 @@ def feast_type_name(spec: FeatureSpec) -> str:
     return "Int64" if spec.agg in _INTEGER_AGGS else "Float64"
 
 
-def feature_store_yaml(settings: Settings) -> dict[str, object]:
-    if settings.online_store_kind == "sqlite":
+def feature_store_yaml(stores: Stores) -> dict[str, object]:
+    if stores.online_store_kind == "sqlite":
         online: dict[str, object] = {"type": "sqlite", "path": "data/online_store.db"}
     else:
-        online = {"type": "redis", "connection_string": _redis_connection_string(settings)}
+        online = {"type": "redis", "connection_string": _redis_connection_string(stores)}
     return {
         "project": PROJECT,
         "provider": "local",
@@ -56,11 +56,11 @@ def feature_store_yaml(settings: Settings) -> dict[str, object]:
     }
 
 
-def _redis_connection_string(settings: Settings) -> str:
+def _redis_connection_string(stores: Stores) -> str:
     """Feast's redis connection string form: ``host:port[,db=N][,ssl=true]``."""
     from urllib.parse import urlparse
 
-    url = urlparse(settings.online_store)
+    url = urlparse(stores.online_store)
     parts = [f"{url.hostname or '127.0.0.1'}:{url.port or 6379}"]
     db = url.path.strip("/")
     if db:
@@ -119,14 +119,14 @@ user_txn_offline = FileSource(
 '''
 
 
-def write_repo(settings: Settings, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES) -> Path:
+def write_repo(stores: Stores, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES) -> Path:
     """Write the repo files; returns the repo directory. Idempotent."""
-    repo = settings.feature_repo
+    repo = stores.feature_repo
     (repo / "data").mkdir(parents=True, exist_ok=True)
-    settings.offline_dir.mkdir(parents=True, exist_ok=True)
-    config = yaml.safe_dump(feature_store_yaml(settings), sort_keys=False)
+    stores.offline_dir.mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_dump(feature_store_yaml(stores), sort_keys=False)
     _write_if_changed(repo / "feature_store.yaml", config)
-    offline_rel = str(Path("..") / settings.offline_dir.relative_to(settings.home))
+    offline_rel = str(Path("..") / stores.offline_dir.relative_to(stores.home))
     _write_if_changed(repo / "features.py", render_definitions(specs, offline_rel))
     return repo
 
@@ -138,11 +138,11 @@ def _write_if_changed(path: Path, text: str) -> None:
         tmp.replace(path)
 
 
-def apply_repo(settings: Settings, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES) -> FeatureStore:
+def apply_repo(stores: Stores, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES) -> FeatureStore:
     """Write and register the repo (like ``feast apply``); returns the store."""
     from feast import Entity, FeatureStore, FeatureView, FileSource, PushSource
 
-    repo = write_repo(settings, specs)
+    repo = write_repo(stores, specs)
     namespace = runpy.run_path(str(repo / "features.py"))
     objects = [
         value
@@ -154,8 +154,8 @@ def apply_repo(settings: Settings, specs: Sequence[FeatureSpec] = DEFAULT_FEATUR
     return store
 
 
-def open_store(settings: Settings) -> FeatureStore:
+def open_store(stores: Stores) -> FeatureStore:
     """The Feast store for an applied repo (``apply_repo`` must have run once)."""
     from feast import FeatureStore
 
-    return FeatureStore(repo_path=str(settings.feature_repo))
+    return FeatureStore(repo_path=str(stores.feature_repo))

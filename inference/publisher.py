@@ -11,13 +11,15 @@ from __future__ import annotations
 import queue
 import threading
 
-from featflow.settings import Settings
+from infra.config import KafkaConfig
 
 
 class PredictionPublisher:
-    def __init__(self, settings: Settings, *, maxsize: int = 10_000):
-        self.settings = settings
-        self.topic = settings.predictions_topic
+    """Sends prediction records to ``topic`` from a thread; never blocks the caller."""
+
+    def __init__(self, kafka: KafkaConfig, topic: str, *, maxsize: int = 10_000):
+        self.kafka = kafka
+        self.topic = topic
         self._queue: queue.Queue[tuple[bytes, bytes] | None] = queue.Queue(maxsize)
         self.dropped = 0
         self.published = 0
@@ -25,10 +27,12 @@ class PredictionPublisher:
         self._thread = threading.Thread(target=self._drain, name="predictions", daemon=True)
 
     def start(self) -> PredictionPublisher:
+        """Start the sending thread (the producer connects on the first record)."""
         self._thread.start()
         return self
 
     def offer(self, key: bytes, value: bytes) -> bool:
+        """Queue one record; False (and counted as dropped) when the queue is full."""
         try:
             self._queue.put_nowait((key, value))
             return True
@@ -37,12 +41,13 @@ class PredictionPublisher:
             return False
 
     def close(self, timeout: float = 10.0) -> None:
+        """Send what is queued, then stop the thread (waits at most ``timeout`` seconds)."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(timeout)
 
     def _drain(self) -> None:
-        from streams.producer import make_producer
+        from infra.producer import make_producer
 
         producer = None
         while True:
@@ -51,7 +56,7 @@ class PredictionPublisher:
                 break
             if producer is None:
                 try:
-                    producer = make_producer(self.settings)
+                    producer = make_producer(self.kafka)
                 except Exception:  # broker unreachable: count and keep serving
                     self.failed += 1
                     continue

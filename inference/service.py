@@ -30,11 +30,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from featflow.settings import Settings
 from features.spec import DEFAULT_FEATURES
 from inference.feature_reader import FeatureReader
 from inference.predictor import Predictor
 from inference.publisher import PredictionPublisher
+from infra.config import Stores
 
 FEATURE_NAMES = [s.name for s in DEFAULT_FEATURES]
 MAX_BATCH = 1000
@@ -297,7 +297,6 @@ async def _validation_failed(_: Request, exc: RequestValidationError) -> Respons
 
 
 def create_app(
-    settings: Settings,
     predictor: Predictor,
     reader: FeatureReader,
     publisher: PredictionPublisher | None,
@@ -429,14 +428,14 @@ def create_app(
     return app
 
 
-def build_app(settings: Settings, *, publish: bool = True) -> FastAPI:
-    """The service for ``settings``: registry champion, configured online store, topic."""
+def build_app(stores: Stores, publisher: PredictionPublisher | None = None) -> FastAPI:
+    """The service over ``stores``: the registry's champion scoring features read from the
+    configured online store; predictions go to ``publisher`` if given."""
     from features.feast_repo import apply_repo
     from inference.feature_reader import open_feature_reader
     from inference.registry import ModelRegistry
 
-    store = apply_repo(settings)
-    predictor = Predictor(ModelRegistry(settings.models_dir), FEATURE_NAMES)
+    store = apply_repo(stores)
+    predictor = Predictor(ModelRegistry(stores.models_dir), FEATURE_NAMES)
     reader = open_feature_reader(store, DEFAULT_FEATURES)
-    publisher = PredictionPublisher(settings) if publish else None
-    return create_app(settings, predictor, reader, publisher)
+    return create_app(predictor, reader, publisher)

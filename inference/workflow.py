@@ -12,12 +12,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from featflow.settings import Settings
 from features.feast_repo import apply_repo
+from features.spec import DEFAULT_LATENESS_MS
+from infra.config import Stores
+from infra.events import EventRules
 
 
 @dataclass(frozen=True)
 class TrainReport:
+    """What a training run registered, whether it was promoted and why."""
+
     version: str
     promoted: bool
     reason: str
@@ -44,25 +48,32 @@ def read_labels(path: Path) -> pd.DataFrame:
     return frame
 
 
-def stored_labels(settings: Settings) -> pd.DataFrame:
+def stored_labels(outcomes_dir: Path) -> pd.DataFrame:
     """Outcomes the worker stored from the ``outcomes`` topic; the last label per event wins."""
-    if not settings.outcomes_dir.exists() or not any(settings.outcomes_dir.glob("*.parquet")):
+    if not outcomes_dir.exists() or not any(outcomes_dir.glob("*.parquet")):
         raise ValueError(
-            f"no stored outcomes in {settings.outcomes_dir}: run a worker while outcomes are "
+            f"no stored outcomes in {outcomes_dir}: run a worker while outcomes are "
             "published, or pass --labels FILE"
         )
-    frame = pd.read_parquet(settings.outcomes_dir)
+    frame = pd.read_parquet(outcomes_dir)
     frame = frame.sort_values(["kafka_partition", "kafka_offset"], kind="stable")
     return frame.drop_duplicates("event_id", keep="last")
 
 
 def train_and_register(
-    settings: Settings, labels: pd.DataFrame | None = None, *, events: Path | None = None
+    stores: Stores,
+    labels: pd.DataFrame | None = None,
+    *,
+    events: Path | None = None,
+    rules: EventRules = EventRules(),
+    lateness_ms: int = DEFAULT_LATENESS_MS,
+    min_auc_gain: float = 0.0,
 ) -> TrainReport:
     """Train on ``labels`` (default: stored outcomes) joined to the offline store, or to
-    ``events`` backfilled with the stream's kernels."""
+    ``events`` backfilled with the stream's kernels (``rules``, ``lateness_ms``); promote
+    the model if its holdout AUC beats the champion's by ``min_auc_gain``."""
     if labels is None:
-        labels = stored_labels(settings)
+        labels = stored_labels(stores.outcomes_dir)
     from features.backfill import backfill
     from features.event_files import read_events
     from features.offline import OfflineWriter
@@ -70,12 +81,11 @@ def train_and_register(
     from inference.registry import ModelRegistry
     from inference.train import FEATURE_NAMES, labelled_events, train, training_set
 
-    lateness_ms = int(settings.allowed_lateness_s * 1000)
     with tempfile.TemporaryDirectory() as scratch:
-        source = settings
+        source = stores
         if events is not None:  # analysts' path: the same kernels, in a scratch store
-            source = settings.model_copy(update={"home": Path(scratch), "online_store": "sqlite"})
-            rows = read_events(events, rules=settings.event_rules)
+            source = Stores(Path(scratch), "sqlite")
+            rows = read_events(events, rules=rules)
             result = backfill(rows, lateness_ms=lateness_ms)
             apply_repo(source)
             OfflineWriter(source.offline_dir).write(result.table, tag="backfill")
@@ -86,7 +96,7 @@ def train_and_register(
         data = training_set(store, labelled_events(labels, offline))
         model = train(data)
 
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry(stores.models_dir)
     version = registry.register(model.onnx, model.metadata).version
     new_auc = model.metadata["holdout_metrics"]["auc"]
     champion = registry.champion()
@@ -98,7 +108,7 @@ def train_and_register(
         _, blob = registry.load_verified(champion.version, FEATURE_NAMES)
         old = load_model(champion.version, blob, FEATURE_NAMES).score(model.holdout_features)
         old_auc = float(roc_auc_score(model.holdout_label, old))
-        margin = settings.promotion_min_auc_gain
+        margin = min_auc_gain
         promoted = new_auc is not None and new_auc >= old_auc + margin
         reason = (
             f"holdout AUC {new_auc:.4f} vs champion {champion.version} {old_auc:.4f} "

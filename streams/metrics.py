@@ -1,47 +1,74 @@
-"""Prometheus exposition of the worker's counters (``featflow_`` prefix, ``_total`` counters)."""
+"""Prometheus exposition of a worker's counters (``featflow_`` prefix, ``_total`` counters).
+
+The worker hands over its statistics as plain data (:class:`WorkerStats`), so this module
+knows nothing of the worker and renders any snapshot, e.g. in a test:
+
+>>> text = render_metrics(WorkerStats(accepted=3, dead_letters={("events", "malformed_json"): 1}))
+>>> "featflow_events_accepted_total 3.0" in text
+True
+>>> 'featflow_dead_letters_total{reason="malformed_json",topic="events"} 1.0' in text
+True
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-if TYPE_CHECKING:
-    from streams.worker import FeatureWorker
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """One moment of a worker's counters."""
+
+    accepted: int = 0  # events applied to feature state
+    skipped_replays: int = 0  # redelivered events a checkpoint already holds
+    dead_letters: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (topic, reason)
+    partitions_owned: int = 0
+    outcomes_stored: int = 0
 
 
-class _WorkerCollector:
-    def __init__(self, worker: FeatureWorker):
-        self.worker = worker
+class _StatsCollector:
+    """A prometheus_client collector over one :class:`WorkerStats`."""
+
+    def __init__(self, stats: WorkerStats):
+        self.stats = stats
 
     def collect(self) -> Iterator[Metric]:
-        totals = self.worker.totals
+        """The metric families, in a stable order."""
+        stats = self.stats
         yield CounterMetricFamily(
-            "featflow_events_accepted", "Events applied to feature state.", value=totals.accepted
+            "featflow_events_accepted", "Events applied to feature state.", value=stats.accepted
         )
         yield CounterMetricFamily(
             "featflow_events_replay_skipped",
             "Redelivered events already reflected in a checkpoint.",
-            value=totals.skipped_replays,
+            value=stats.skipped_replays,
         )
         letters = CounterMetricFamily(
             "featflow_dead_letters",
             "Records sent to a dead-letter topic (acknowledged), by source topic and reason.",
             labels=["topic", "reason"],
         )
-        for (topic, reason), count in sorted(self.worker.dead_letters.items()):
+        for (topic, reason), count in sorted(stats.dead_letters.items()):
             letters.add_metric([topic, reason], count)
         yield letters
+        yield CounterMetricFamily(
+            "featflow_outcomes_stored",
+            "Outcome records written to the outcomes store.",
+            value=stats.outcomes_stored,
+        )
         yield GaugeMetricFamily(
             "featflow_partitions_owned",
             "Partitions this worker owns.",
-            value=len(self.worker.processors),
+            value=stats.partitions_owned,
         )
 
 
-def render_metrics(worker: FeatureWorker) -> str:
+def render_metrics(stats: WorkerStats) -> str:
+    """Prometheus text exposition (format 0.0.4) of ``stats``."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_WorkerCollector(worker))  # type: ignore[arg-type]
+    registry.register(_StatsCollector(stats))  # type: ignore[arg-type]
     return generate_latest(registry).decode()

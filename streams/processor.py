@@ -18,8 +18,8 @@ from features.apply import apply_events
 from features.rows import offline_table
 from features.spec import FeatureSpec
 from features.state import WindowState
-from streams.dead_letter import DeadLetter
-from streams.events import EventBatch, EventRules, decode_events
+from infra.dead_letter import DeadLetter
+from infra.events import EventBatch, EventRules, decode_events
 
 
 class Record(Protocol):

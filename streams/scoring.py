@@ -10,23 +10,25 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import msgspec
 import numpy as np
 
-from featflow.settings import Settings
 from features.spec import DEFAULT_FEATURES
 from inference.predictor import Predictor
 from inference.registry import ModelRegistry
-from streams.events import EventBatch
+from infra.events import EventBatch
 
 _encoder = msgspec.json.Encoder()
 
 
 class StreamScorer:
-    def __init__(self, settings: Settings, refresh_interval_s: float = 1.0):
+    """Scores a batch's accepted events with the registry's champion."""
+
+    def __init__(self, models_dir: Path, refresh_interval_s: float = 1.0):
         self.feature_names = [s.name for s in DEFAULT_FEATURES]
-        self.predictor = Predictor(ModelRegistry(settings.models_dir), self.feature_names)
+        self.predictor = Predictor(ModelRegistry(models_dir), self.feature_names)
         self.refresh_interval_s = refresh_interval_s
         self._next_refresh = 0.0
 

@@ -23,25 +23,26 @@ import asyncio
 import collections
 import gc
 import logging
-import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from featflow.settings import Settings
 from features.feast_repo import apply_repo
 from features.offline import OfflineWriter
 from features.online import OnlineWriter, open_online_writer
 from features.spec import DEFAULT_FEATURES, FeatureSpec
-from features.state import Snapshot, WindowState
-from streams.checkpoint import Checkpoint, CheckpointStore
-from streams.dead_letter import DeadLetter
-from streams.lag import log_end_offsets
-from streams.outcomes import decode_outcomes
+from features.state import WindowState
+from infra.dead_letter import DeadLetter
+from infra.lag import log_end_offsets
+from infra.outcomes import decode_outcomes
+from infra.topics import ensure_topics
+from streams.checkpoint import CheckpointStore
+from streams.checkpointer import Checkpointer
+from streams.config import WorkerConfig
+from streams.metrics import WorkerStats, render_metrics
 from streams.processor import Counters, Effects, PartitionProcessor, merge_effects
 from streams.scoring import StreamScorer
-from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -64,40 +65,46 @@ class _Rebalance(ConsumerRebalanceListener):
 class FeatureWorker:
     """Consumes ``events`` in micro-batches and keeps the feature stores current."""
 
-    def __init__(self, settings: Settings, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES):
-        self.settings = settings
+    def __init__(self, config: WorkerConfig, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES):
+        self.config = config
         self.specs = tuple(specs)
-        self.checkpoints = CheckpointStore(settings.checkpoint_dir)
-        self.offline = OfflineWriter(settings.offline_dir)
+        self.checkpoints = CheckpointStore(config.stores.checkpoint_dir)
+        self.offline = OfflineWriter(config.stores.offline_dir)
         self.online: OnlineWriter | None = None
-        self.scorer = StreamScorer(settings) if settings.stream_scoring else None
+        self.scorer = StreamScorer(config.stores.models_dir) if config.stream_scoring else None
         self.processors: dict[int, PartitionProcessor] = {}
         self.totals = Counters()
         # Dead letters the DLQ acknowledged, by (source topic, reason): what operators count.
         self.dead_letters: collections.Counter[tuple[str, str]] = collections.Counter()
         self.outcomes_stored = 0
-        self._last_checkpoint: dict[int, float] = {}
-        self._checkpointed: dict[int, int] = {}  # offset of each partition's newest checkpoint
-        # Offset each partition's state reflects as last committed by this worker; -1 until
-        # its first commit: a SIGKILL between a checkpoint and its commit leaves the group's
-        # offset behind the checkpoint, which must be committed even if nothing new arrives.
-        self._committed: dict[int, int] = {}
+        self.checkpointer = Checkpointer(
+            self.checkpoints, config.checkpoint_interval_s, self._commit
+        )
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._inflight: asyncio.Task[None] | None = None  # the last fetch's store writes
-        self._checkpointing: asyncio.Task[None] | None = None  # a checkpoint being written
         self._stopping = asyncio.Event()
         self.started = asyncio.Event()  # set once the producer and stores are ready
         self.fatal: BaseException | None = None  # raised by run(): the worker must stop
+
+    def stats(self) -> WorkerStats:
+        """The counters now, as plain data for ``/metrics``."""
+        return WorkerStats(
+            accepted=self.totals.accepted,
+            skipped_replays=self.totals.skipped_replays,
+            dead_letters=dict(self.dead_letters),
+            partitions_owned=len(self.processors),
+            outcomes_stored=self.outcomes_stored,
+        )
 
     # -- partition ownership -------------------------------------------------
     async def acquire(self, partitions: list[TopicPartition]) -> None:
         assert self._consumer is not None
         for tp in partitions:
-            if tp.topic != self.settings.events_topic or tp.partition in self.processors:
+            if tp.topic != self.config.topics.events or tp.partition in self.processors:
                 continue
             checkpoint = self.checkpoints.load(tp.topic, tp.partition)
-            lateness_ms = int(self.settings.allowed_lateness_s * 1000)
+            lateness_ms = self.config.lateness_ms
             if checkpoint is None:
                 state = WindowState(self.specs, lateness_ms=lateness_ms)
                 offset = -1
@@ -123,20 +130,18 @@ class FeatureWorker:
                 partition=tp.partition,
                 specs=self.specs,
                 lateness_ms=lateness_ms,
-                rules=self.settings.event_rules,
+                rules=self.config.rules,
                 state=state,
                 offset=offset,
             )
-            self._last_checkpoint[tp.partition] = time.monotonic()
-            self._checkpointed[tp.partition] = offset
-            self._committed[tp.partition] = -1
+            self.checkpointer.track(tp.partition, offset)
             log.info("acquired %s-%d at offset %d", tp.topic, tp.partition, offset)
 
     def _log_end(self, tp: TopicPartition) -> int:
         from kafka import KafkaConsumer
         from kafka import TopicPartition as KafkaTopicPartition
 
-        probe = KafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap)
+        probe = KafkaConsumer(bootstrap_servers=self.config.kafka.bootstrap)
         try:
             ktp = KafkaTopicPartition(tp.topic, tp.partition)
             return log_end_offsets(probe, [ktp])[ktp]
@@ -145,44 +150,36 @@ class FeatureWorker:
 
     async def release(self, partitions: list[TopicPartition]) -> None:
         await self.drain()  # a checkpoint must not get ahead of the stores
-        await self._settle_checkpoints()  # nor be overtaken by an older one
+        await self.checkpointer.settle()  # nor be overtaken by an older one
         for tp in partitions:
             processor = self.processors.pop(tp.partition, None)
             if processor is not None:
-                self._save(processor)
+                self.checkpointer.save_now(processor)
+                self.checkpointer.forget(tp.partition)
                 log.info("released %s-%d at offset %d", tp.topic, tp.partition, processor.offset)
-
-    def _save(self, processor: PartitionProcessor) -> None:
-        self.checkpoints.save(
-            processor.topic,
-            processor.partition,
-            Checkpoint(offset=processor.offset, state=processor.state.snapshot()),
-        )
-        self._last_checkpoint[processor.partition] = time.monotonic()
-        self._checkpointed[processor.partition] = processor.offset
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
-        settings = self.settings
-        await asyncio.to_thread(ensure_topics, settings)
-        store = await asyncio.to_thread(apply_repo, settings, self.specs)
+        config = self.config
+        await asyncio.to_thread(ensure_topics, config.kafka, config.topics)
+        store = await asyncio.to_thread(apply_repo, config.stores, self.specs)
         self.online = open_online_writer(store, self.specs)
-        self._producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        self._producer = AIOKafkaProducer(bootstrap_servers=config.kafka.bootstrap, acks="all")
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=settings.consumer_group,
+            bootstrap_servers=config.kafka.bootstrap,
+            group_id=config.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             # A SIGKILLed member must leave the group quickly: the broker waits up to
             # the rebalance timeout for members to rejoin (Tansu waits all of it).
-            session_timeout_ms=int(settings.group_session_timeout_s * 1000),
-            heartbeat_interval_ms=max(int(settings.group_session_timeout_s * 1000) // 6, 100),
-            rebalance_timeout_ms=int(settings.group_session_timeout_s * 2000),
-            fetch_max_wait_ms=max(settings.batch_max_wait_ms, 1),
+            session_timeout_ms=int(config.session_timeout_s * 1000),
+            heartbeat_interval_ms=max(int(config.session_timeout_s * 1000) // 6, 100),
+            rebalance_timeout_ms=int(config.session_timeout_s * 2000),
+            fetch_max_wait_ms=max(config.batch_max_wait_ms, 1),
         )
-        self._consumer.subscribe([settings.events_topic], listener=_Rebalance(self))
+        self._consumer.subscribe([config.topics.events], listener=_Rebalance(self))
         await self._consumer.start()
         # Start-up objects (faust, Feast, aiokafka: ~200k) live as long as the process; a
         # full collection walks them in ~130 ms, a stall in the hot path. Freeze them.
@@ -194,7 +191,7 @@ class FeatureWorker:
         self._stopping.set()
         if self._consumer is not None:
             await self.release(
-                [TopicPartition(self.settings.events_topic, p) for p in self.processors]
+                [TopicPartition(self.config.topics.events, p) for p in self.processors]
             )
             await self._consumer.stop()
         if self._producer is not None:
@@ -207,8 +204,8 @@ class FeatureWorker:
             if self.fatal is not None:
                 raise self.fatal
             fetched = await self._consumer.getmany(
-                timeout_ms=self.settings.batch_max_wait_ms or 1,
-                max_records=self.settings.batch_max_records,
+                timeout_ms=self.config.batch_max_wait_ms or 1,
+                max_records=self.config.batch_max_records,
             )
             parts = []
             for tp, records in fetched.items():
@@ -221,7 +218,7 @@ class FeatureWorker:
                 await self.drain()  # at most one batch's effects in flight
                 self._inflight = asyncio.create_task(self._apply(effects))
                 self.totals.add(effects.counts)
-            await self._maybe_checkpoint()
+            await self.checkpointer.maybe(self.processors, self.drain)
         await self.drain()
 
     async def drain(self) -> None:
@@ -242,11 +239,11 @@ class FeatureWorker:
             await asyncio.to_thread(self._store, effects)
         if self.scorer is not None and len(effects.accepted):
             records = self.scorer.records(effects.accepted, effects.features)
-            topic = self.settings.predictions_topic
+            topic = self.config.topics.predictions
             pending = [await self._producer.send(topic, value=v, key=k) for k, v in records]
             await asyncio.gather(*pending)  # delivered before the checkpoint moves past them
         if effects.dead_letters:
-            await self.send_dead_letters(self.settings.dlq_topic, effects.dead_letters)
+            await self.send_dead_letters(self.config.topics.dlq, effects.dead_letters)
 
     def _store(self, effects: Effects) -> None:
         """Online first (what freshness waits for), then the offline part file; one thread
@@ -271,91 +268,35 @@ class FeatureWorker:
         await asyncio.gather(*sends)
         self.dead_letters.update((d.topic, d.reason.value) for d in letters)
 
-    async def _maybe_checkpoint(self) -> None:
-        """Checkpoint the most overdue partition, if any is due.
-
-        Its state is copied here, between fetches, after the effects it reflects are stored;
-        encoding and the file (write, fsync, rename, fsync of the directory) happen in a
-        thread while fetches go on. One partition per pass spreads the copies: done all at
-        once in the loop, 8 partitions' snapshots and fsyncs stalled it for 100-200 ms every
-        interval, the p99 of freshness (and seconds for a state of 1M users).
-        """
-        assert self._consumer is not None
-        if self._checkpointing is not None:
-            if not self._checkpointing.done():
-                return  # one file at a time
-            await self._settle_checkpoints()  # raises the write's error, if any
-        if not self.processors:
-            return
-        processor = min(self.processors.values(), key=lambda p: self._last_checkpoint[p.partition])
-        now = time.monotonic()
-        if now - self._last_checkpoint[processor.partition] < self.settings.checkpoint_interval_s:
-            return
-        self._last_checkpoint[processor.partition] = now
-        if processor.offset == self._checkpointed[processor.partition]:
-            # No new record since: the checkpoint on disk is this state; commit it if not yet.
-            if self._committed[processor.partition] < processor.offset:
-                await self._commit(processor.topic, processor.partition, processor.offset)
-            return
-        await self.drain()  # the snapshot below reflects effects that must be stored first
-        snapshot = processor.state.capture()
-        self._checkpointed[processor.partition] = processor.offset
-        self._checkpointing = asyncio.create_task(
-            self._write_checkpoint(processor.topic, processor.partition, processor.offset, snapshot)
-        )
-
-    async def _write_checkpoint(
-        self, topic: str, partition: int, offset: int, snapshot: Snapshot
-    ) -> None:
-        def write() -> None:
-            self.checkpoints.save(topic, partition, Checkpoint(offset, snapshot.encode()))
-
-        await asyncio.to_thread(write)
-        await self._commit(topic, partition, offset)
-
-    async def _commit(self, topic: str, partition: int, offset: int) -> None:
+    async def _commit(self, topic: str, partition: int, offset: int) -> bool:
         """Commit the offset after ``offset``, whose effects a checkpoint on disk holds."""
-        if offset < 0:
-            return
         assert self._consumer is not None
         try:
             await self._consumer.commit({TopicPartition(topic, partition): offset + 1})
         except KafkaError as exc:  # informational only (lag); the checkpoint is the truth
             log.warning("offset commit failed (the checkpoint is written): %s", exc)
-            return
-        if partition in self._committed:  # not if revoked meanwhile
-            self._committed[partition] = max(self._committed[partition], offset)
-
-    async def _settle_checkpoints(self) -> None:
-        """Wait for the checkpoint files being written (and raise their error, if any)."""
-        task = self._checkpointing
-        if task is None:
-            return
-        try:
-            await task
-        finally:
-            if self._checkpointing is task:
-                self._checkpointing = None
+            return False
+        return True
 
 
-def build_app(settings: Settings, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES):
+def build_app(config: WorkerConfig, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES):
     """The faust app hosting a :class:`FeatureWorker` as a service."""
     import faust
     from mode import Service
 
     app = faust.App(
-        f"{settings.consumer_group}-faust",  # its own group: the DLQ watcher
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        datadir=str(settings.home / "faust"),
-        web_enabled=settings.worker_web_port > 0,
-        web_port=max(settings.worker_web_port, 1),
+        f"{config.group}-faust",  # its own group: the DLQ watcher
+        broker=f"kafka://{config.kafka.bootstrap}",
+        datadir=str(config.stores.faust_dir),
+        web_enabled=config.web_port > 0,
+        web_port=max(config.web_port, 1),
         web_host="127.0.0.1",
         topic_disable_leader=True,
-        broker_session_timeout=settings.group_session_timeout_s,
-        broker_heartbeat_interval=max(settings.group_session_timeout_s / 6, 0.1),
-        broker_rebalance_timeout=settings.group_session_timeout_s * 2,
+        broker_session_timeout=config.session_timeout_s,
+        broker_heartbeat_interval=max(config.session_timeout_s / 6, 0.1),
+        broker_rebalance_timeout=config.session_timeout_s * 2,
     )
-    worker = FeatureWorker(settings, specs)
+    worker = FeatureWorker(config, specs)
 
     class FeatureService(Service):
         async def on_start(self) -> None:
@@ -379,8 +320,8 @@ def build_app(settings: Settings, specs: Sequence[FeatureSpec] = DEFAULT_FEATURE
     # Events are acked only after their batch is written (at-least-once; readers
     # keep the last label per event_id). A timer flushes the tail of the stream:
     # faust's take_events held the last records back until more arrived.
-    outcomes = app.topic(settings.outcomes_topic, key_serializer="raw", value_serializer="raw")
-    store = OutcomeStore(settings, worker)
+    outcomes = app.topic(config.topics.outcomes, key_serializer="raw", value_serializer="raw")
+    store = OutcomeStore(config, worker)
 
     @app.agent(outcomes)
     async def store_outcomes(stream):
@@ -394,12 +335,12 @@ def build_app(settings: Settings, specs: Sequence[FeatureSpec] = DEFAULT_FEATURE
         if worker.started.is_set():
             await store.flush()
 
-    if settings.worker_web_port > 0:
-        from streams.metrics import render_metrics
+    if config.web_port > 0:
 
         @app.page("/metrics")
         async def metrics(web, request):
-            return web.text(render_metrics(worker), content_type="text/plain; version=0.0.4")
+            text = render_metrics(worker.stats())
+            return web.text(text, content_type="text/plain; version=0.0.4")
 
     return app, worker
 
@@ -407,11 +348,11 @@ def build_app(settings: Settings, specs: Sequence[FeatureSpec] = DEFAULT_FEATURE
 class OutcomeStore:
     """Buffers outcome events, writes them as one part file, then acks them."""
 
-    def __init__(self, settings: Settings, worker: FeatureWorker, max_batch: int = 1000):
-        self.settings = settings
+    def __init__(self, config: WorkerConfig, worker: FeatureWorker, max_batch: int = 1000):
+        self.config = config
         self.worker = worker
         self.max_batch = max_batch
-        self.writer = OfflineWriter(settings.outcomes_dir)
+        self.writer = OfflineWriter(config.stores.outcomes_dir)
         self._events: list = []
         self._lock = asyncio.Lock()
 
@@ -426,19 +367,19 @@ class OutcomeStore:
             events, self._events = self._events, []
             if not events:
                 return
-            settings = self.settings
+            config = self.config
             table, dead = decode_outcomes(
                 [e.value for e in events],
                 partitions=[e.message.partition for e in events],
                 offsets=[e.message.offset for e in events],
-                topic=settings.outcomes_topic,
-                rules=settings.event_rules,
+                topic=config.topics.outcomes,
+                rules=config.rules,
             )
             first = events[0].message
             tag = f"{first.partition:04d}-{first.offset:012d}"
             await asyncio.to_thread(self.writer.write, table, tag=tag)
             if dead:
-                await self.worker.send_dead_letters(f"{settings.outcomes_topic}.dlq", dead)
+                await self.worker.send_dead_letters(config.topics.outcomes_dlq, dead)
             self.worker.outcomes_stored += table.num_rows
             for event in events:
                 event.ack()

@@ -19,8 +19,8 @@ from featflow.settings import Settings
 from features.backfill import backfill
 from features.event_files import from_records
 from features.offline import OfflineWriter
+from infra.outcomes import decode_outcomes
 from streams.generator import generate_events, generate_outcomes
-from streams.outcomes import decode_outcomes
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -37,14 +37,14 @@ def test_readme_query_on_the_offline_store(tmp_path: Path, monkeypatch: pytest.M
     settings = Settings()  # the default home, ./.featflow, as the README's paths assume
     events = generate_events(3000, users=40, start_ms=1_767_225_600_000, mean_gap_ms=2000, seed=4)
     table = backfill(from_records([v for _, v in events.records()]), lateness_ms=60_000).table
-    writer = OfflineWriter(settings.offline_dir)
+    writer = OfflineWriter(settings.stores.offline_dir)
     writer.write(table, tag="a")
     writer.write(table.slice(100, 500), tag="b")  # a replay after a crash: same records again
     labels = generate_outcomes(events, seed=4)
     raw = [v for _, v in labels.records()]
     outcomes, dead = decode_outcomes(raw, partitions=[0] * len(raw), offsets=range(len(raw)))
     assert dead == []
-    OfflineWriter(settings.outcomes_dir).write(outcomes, tag="0")
+    OfflineWriter(settings.stores.outcomes_dir).write(outcomes, tag="0")
     # The label of the busiest user's last event sent again later, corrected: the later counts.
     busiest = np.bincount(np.unique(events.user_id, return_inverse=True)[1]).argmax()
     last = int(np.flatnonzero(events.user_id == np.unique(events.user_id)[busiest])[-1])
@@ -52,7 +52,7 @@ def test_readme_query_on_the_offline_store(tmp_path: Path, monkeypatch: pytest.M
     flipped = outcomes.slice(last, 1).to_pandas()
     flipped["label"] = 1 - flipped["label"]
     flipped["kafka_offset"] = len(raw)
-    OfflineWriter(settings.outcomes_dir).write(
+    OfflineWriter(settings.stores.outcomes_dir).write(
         outcomes.from_pandas(flipped, schema=outcomes.schema), tag="1"
     )
 

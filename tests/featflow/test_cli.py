@@ -98,7 +98,7 @@ def test_backfill_cli(fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         }
     )
     hist = (
-        open_store(Settings())
+        open_store(Settings().stores)
         .get_historical_features(entity_df=entity, features=[f"{FEATURE_VIEW}:txn_count_24h"])
         .to_df()
     )

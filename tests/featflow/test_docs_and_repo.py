@@ -26,12 +26,12 @@ def test_readme_feature_table_is_current() -> None:
 
 def test_generated_repo_opens_with_plain_feast(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
-    apply_repo(settings)
-    store = open_store(settings)
+    apply_repo(settings.stores)
+    store = open_store(settings.stores)
     view = store.get_feature_view(FEATURE_VIEW)
     assert [f.name for f in view.features] == [s.name for s in DEFAULT_FEATURES]
     assert store.config.entity_key_serialization_version == ENTITY_KEY_SERIALIZATION_VERSION == 3
-    assert (settings.feature_repo / "feature_store.yaml").exists()
+    assert (settings.stores.feature_repo / "feature_store.yaml").exists()
 
 
 def test_sqlite_online_key_layout_is_pinned(tmp_path: Path) -> None:
@@ -66,4 +66,4 @@ def test_yaml_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("FEATFLOW_TOPIC_PARTITIONS", "5")
     settings = Settings()
     assert settings.topic_partitions == 5  # env beats the file
-    assert settings.online_store_kind == "redis"
+    assert settings.stores.online_store_kind == "redis"

@@ -13,8 +13,8 @@ from features import kernels as K
 from features.apply import apply_events
 from features.spec import DEFAULT_FEATURES
 from features.state import WindowState
-from streams.dead_letter import Reason
-from streams.events import AMOUNT_LIMIT, EventBatch
+from infra.dead_letter import Reason
+from infra.events import AMOUNT_LIMIT, EventBatch
 from streams.processor import PartitionProcessor
 from tests.features.oracle import Stream, make_hot_stream, pandas_oracle
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.event_files import EVENT_COLUMNS, read_events
-from streams.events import decode_events
+from infra.events import decode_events
 
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 T0 = NOW_MS - 3_600_000

@@ -43,7 +43,7 @@ def _rows(seed: int, n: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _sqlite_dump(settings: Settings) -> list[tuple]:
-    path = settings.feature_repo / "data" / "online_store.db"
+    path = settings.stores.feature_repo / "data" / "online_store.db"
     with sqlite3.connect(path) as conn:
         return sorted(
             conn.execute(
@@ -69,7 +69,7 @@ def test_writer_matches_feast(backend: str, tmp_path: Path, request: pytest.Fixt
             redis.Redis.from_url(url).flushall()
             online = url
         settings = Settings(home=tmp_path / who, online_store=online)
-        store = apply_repo(settings)
+        store = apply_repo(settings.stores)
         if who == "feast":
             frame = online_frame(
                 DEFAULT_FEATURES, user_id=users, event_time_ms=times, features=features
@@ -79,7 +79,7 @@ def test_writer_matches_feast(backend: str, tmp_path: Path, request: pytest.Fixt
             writer = open_online_writer(store, DEFAULT_FEATURES)
             assert writer.write(user_id=users, event_time_ms=times, features=features) == len(users)
 
-        got = read_online(settings, users.tolist())
+        got = read_online(settings.stores, users.tolist())
         assert got["user_id"].tolist() == users.tolist()
         expected = features.copy()
         np.testing.assert_array_equal(got[NAMES].to_numpy(float), expected)
@@ -102,7 +102,7 @@ def test_writers_refuse_non_finite_features(
     backend: str, feature: str, value: float, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     settings = _settings(backend, tmp_path, request)
-    store = apply_repo(settings)
+    store = apply_repo(settings.stores)
     users, times, features = _rows(seed=2, n=4)
     features[1, NAMES.index(feature)] = value
     message = f"refusing to store {feature} = {value}"
@@ -120,7 +120,7 @@ def test_writers_refuse_non_finite_features(
             partition=np.zeros(len(users), np.int32),
             offset=np.arange(len(users)),
         )
-    assert read_online(settings, users.tolist())[NAMES].isna().all(axis=None)
+    assert read_online(settings.stores, users.tolist())[NAMES].isna().all(axis=None)
 
 
 FLOAT_FEATURES = [s.name for s in DEFAULT_FEATURES if feast_type_name(s) == "Float64"]
@@ -132,7 +132,7 @@ def test_a_non_finite_row_from_another_writer_is_served_as_missing(
     backend: str, feature: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Feast's own write path stores inf; featflow's reader never serves it (or null)."""
-    store = apply_repo(_settings(backend, tmp_path, request))
+    store = apply_repo(_settings(backend, tmp_path, request).stores)
     users, times, features = _rows(seed=2, n=4)
     bad = features.copy()
     bad[1, NAMES.index(feature)] = np.inf

@@ -34,7 +34,7 @@ from inference.publisher import PredictionPublisher
 from inference.registry import ModelRegistry
 from inference.service import FEATURE_NAMES, create_app
 from infra.process import free_port
-from streams.topics import ensure_topics
+from infra.topics import ensure_topics
 
 F = len(FEATURE_NAMES)
 USERS = np.arange(1, 51, dtype=np.int64) * 1000
@@ -54,7 +54,7 @@ def _model(seed: int) -> tuple[bytes, LogisticRegression]:
 def _setup(
     settings: Settings, n_models: int = 1
 ) -> tuple[dict[str, LogisticRegression], np.ndarray]:
-    store = apply_repo(settings)
+    store = apply_repo(settings.stores)
     rng = np.random.default_rng(0)
     features = rng.normal(10, 5, size=(len(USERS), F))
     for j, spec in enumerate(DEFAULT_FEATURES):
@@ -64,7 +64,7 @@ def _setup(
     open_online_writer(store, DEFAULT_FEATURES).write(
         user_id=USERS, event_time_ms=times, features=features
     )
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry(settings.stores.models_dir)
     models = {}
     for seed in range(1, n_models + 1):
         blob, model = _model(seed)
@@ -74,10 +74,10 @@ def _setup(
 
 
 def _app(settings: Settings, publisher: PredictionPublisher | None = None, interval: float = 1.0):
-    store = apply_repo(settings)
-    predictor = Predictor(ModelRegistry(settings.models_dir), FEATURE_NAMES)
+    store = apply_repo(settings.stores)
+    predictor = Predictor(ModelRegistry(settings.stores.models_dir), FEATURE_NAMES)
     reader = open_feature_reader(store, DEFAULT_FEATURES)
-    return create_app(settings, predictor, reader, publisher, refresh_interval_s=interval)
+    return create_app(predictor, reader, publisher, refresh_interval_s=interval)
 
 
 @contextmanager
@@ -103,10 +103,10 @@ def test_reader_equals_feast(backend: str, tmp_path: Path, request: pytest.Fixtu
     online = request.getfixturevalue("redis_url") if backend == "redis" else "sqlite"
     settings = Settings(home=tmp_path, online_store=online)
     _, features = _setup(settings)
-    reader = open_feature_reader(apply_repo(settings), DEFAULT_FEATURES)
+    reader = open_feature_reader(apply_repo(settings.stores), DEFAULT_FEATURES)
     ids = [*USERS.tolist(), -7]
     got, found = reader.read(ids)
-    feast = read_online(settings, ids)
+    feast = read_online(settings.stores, ids)
     np.testing.assert_array_equal(got[:-1], feast[FEATURE_NAMES].to_numpy(float)[:-1])
     np.testing.assert_array_equal(got[:-1], features)
     assert found.tolist() == [True] * len(USERS) + [False]
@@ -159,7 +159,7 @@ def test_http_contract(tmp_path: Path) -> None:
 
 def test_health_is_503_without_a_model(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
-    apply_repo(settings)
+    apply_repo(settings.stores)
     with TestClient(_app(settings)) as client:
         openapi = client.get("/openapi.json").json()
         for path, method, request in (
@@ -177,8 +177,10 @@ def test_health_is_503_without_a_model(tmp_path: Path) -> None:
 
 def test_predictions_are_published(settings: Settings) -> None:
     _setup(settings)
-    ensure_topics(settings)
-    with TestClient(_app(settings, PredictionPublisher(settings))) as client:
+    ensure_topics(settings.kafka, settings.topics)
+    with TestClient(
+        _app(settings, PredictionPublisher(settings.kafka, settings.topics.predictions))
+    ) as client:
         sent = [
             client.post("/predict", json={"user_id": int(u), "event_id": f"ev{u}"}).json()
             for u in USERS[:5]
@@ -228,7 +230,7 @@ def test_hot_swap_under_http_load(tmp_path: Path) -> None:
         clients = [threading.Thread(target=client, args=(url,)) for _ in range(4)]
         for c in clients:
             c.start()
-        registry = ModelRegistry(settings.models_dir)
+        registry = ModelRegistry(settings.stores.models_dir)
         try:
             for version in ["v0002", "v0003", "v0001", "v0002", "v0003"]:
                 time.sleep(0.4)
@@ -245,7 +247,7 @@ def test_hot_swap_under_http_load(tmp_path: Path) -> None:
 def test_metrics_is_documented_as_prometheus_text(tmp_path: Path) -> None:
     """Scrapers and schema-driven clients read the media type from the schema."""
     settings = Settings(home=tmp_path)
-    apply_repo(settings)
+    apply_repo(settings.stores)
     with TestClient(_app(settings)) as client:
         documented = client.get("/openapi.json").json()["paths"]["/metrics"]["get"]["responses"]
         assert list(documented["200"]["content"]) == ["text/plain"]
@@ -255,7 +257,7 @@ def test_metrics_is_documented_as_prometheus_text(tmp_path: Path) -> None:
 def test_every_malformed_body_is_a_documented_422(tmp_path: Path) -> None:
     """The README promises 422 with a reason for any malformed request, not FastAPI's bare 400."""
     settings = Settings(home=tmp_path)
-    apply_repo(settings)
+    apply_repo(settings.stores)
     with TestClient(_app(settings)) as client:
         documented = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["responses"]
         assert "application/json" in documented["422"]["content"]
@@ -309,7 +311,7 @@ def test_whole_numbers_are_user_ids_as_json_schema_says(tmp_path: Path) -> None:
 def test_validation_errors_do_not_echo_large_inputs(tmp_path: Path) -> None:
     """A 422 names what is wrong (loc, msg, type); it must not send a 1,001-id batch back."""
     settings = Settings(home=tmp_path)
-    apply_repo(settings)
+    apply_repo(settings.stores)
     with TestClient(_app(settings)) as client:
         for bad in (
             {"user_ids": list(range(1001))},

@@ -40,12 +40,12 @@ def _offline_rows(rows: list[tuple[int, pd.Timestamp, float]]) -> pa.Table:
 
 def test_point_in_time_against_hand_built_oracle(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
-    store = apply_repo(settings)
+    store = apply_repo(settings.stores)
     s = pd.Timedelta(seconds=1)
     # user 1 updates at T0, T0+10s, T0+20s; user 2 once at T0+5s.
     rows = [(1, T0, 1.0), (1, T0 + 10 * s, 2.0), (2, T0 + 5 * s, 7.0), (1, T0 + 20 * s, 3.0)]
-    OfflineWriter(settings.offline_dir).write(_offline_rows(rows[:2]), tag="a")
-    OfflineWriter(settings.offline_dir).write(_offline_rows(rows[2:]), tag="b")
+    OfflineWriter(settings.stores.offline_dir).write(_offline_rows(rows[:2]), tag="a")
+    OfflineWriter(settings.stores.offline_dir).write(_offline_rows(rows[2:]), tag="b")
     labels = pd.DataFrame(
         {
             "user_id": [1, 1, 1, 1, 1, 2, 2],
@@ -79,8 +79,8 @@ def test_train_learns_the_hidden_rule_and_onnx_agrees(tmp_path: Path) -> None:
     events = generate_events(12_000, users=300, start_ms=1_767_225_600_000, mean_gap_ms=2_000)
     outcomes = generate_outcomes(events, seed=2)
     result = backfill(from_records([v for _, v in events.records()]), lateness_ms=60_000)
-    store = apply_repo(settings)
-    OfflineWriter(settings.offline_dir).write(result.table, tag="backfill")
+    store = apply_repo(settings.stores)
+    OfflineWriter(settings.stores.offline_dir).write(result.table, tag="backfill")
     labels = labelled_events(
         pd.DataFrame({"event_id": outcomes.event_id, "label": outcomes.label}),
         result.table.to_pandas(),

@@ -52,7 +52,7 @@ def oracle(events: GeneratedEvents) -> Expected:
 def read_dead_letters(settings: Settings, expected: int, timeout: float = 30.0) -> list[dict]:
     """Every record on the DLQ topic, with its headers decoded."""
     consumer = KafkaConsumer(
-        settings.dlq_topic,
+        settings.topics.dlq,
         bootstrap_servers=settings.kafka_bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -72,7 +72,7 @@ def read_dead_letters(settings: Settings, expected: int, timeout: float = 30.0) 
 
 def read_offline(settings: Settings) -> pd.DataFrame:
     """All offline rows, replayed duplicates dropped by (partition, offset)."""
-    frame = pd.read_parquet(settings.offline_dir)
+    frame = pd.read_parquet(settings.stores.offline_dir)
     return frame.drop_duplicates(["kafka_partition", "kafka_offset"]).reset_index(drop=True)
 
 

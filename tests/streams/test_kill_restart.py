@@ -15,9 +15,9 @@ import numpy as np
 from featflow.processes import start_worker, stop_process, wait_caught_up, wait_lag_at_most
 from featflow.settings import Settings
 from features.reader import read_online
-from streams.lag import group_lag
-from streams.producer import publish
-from streams.topics import ensure_topics
+from infra.lag import group_lag
+from infra.producer import publish
+from infra.topics import ensure_topics
 from tests.streams.pipeline_helpers import (
     FEATURE_NAMES,
     Expected,
@@ -36,7 +36,7 @@ def _wait_progress(
 
 def _check(settings: Settings, expected: Expected) -> None:
     latest = expected.latest_per_user()
-    got = read_online(settings, latest.index.tolist()).set_index("user_id")
+    got = read_online(settings.stores, latest.index.tolist()).set_index("user_id")
     np.testing.assert_allclose(
         got[FEATURE_NAMES].to_numpy(float), latest[FEATURE_NAMES].to_numpy(float), rtol=1e-9
     )
@@ -50,8 +50,8 @@ def _check(settings: Settings, expected: Expected) -> None:
 def test_sigkill_mid_stream_then_restart(settings: Settings, tmp_path: Path) -> None:
     events = make_events(12_000, users=400, seed=11)
     expected = oracle(events)
-    ensure_topics(settings)
-    publish(settings, events.records())
+    ensure_topics(settings.kafka, settings.topics)
+    publish(settings.kafka, settings.topics.events, events.records())
 
     log = tmp_path / "worker.log"
     for fraction in (0.25, 0.6):  # kill twice, at different points
@@ -78,8 +78,8 @@ def test_checkpoint_whose_commit_was_lost_is_committed_on_restart(
     timed out) although every event was in the stores."""
     events = make_events(2_000, users=50, seed=14)
     expected = oracle(events)
-    ensure_topics(settings)
-    publish(settings, events.records())
+    ensure_topics(settings.kafka, settings.topics)
+    publish(settings.kafka, settings.topics.events, events.records())
     worker = start_worker(settings, tmp_path / "w1.log")
     try:
         wait_caught_up(settings, [worker], timeout=120)
@@ -87,7 +87,7 @@ def test_checkpoint_whose_commit_was_lost_is_committed_on_restart(
         stop_process(worker)
     # The lost commits: a group with no committed offset at all, over the same checkpoints.
     settings = settings.model_copy(update={"consumer_group": f"{settings.consumer_group}-b"})
-    assert group_lag(settings) == len(events)
+    assert group_lag(settings.kafka, settings.consumer_group, settings.topics.events) == len(events)
     worker = start_worker(settings, tmp_path / "w2.log")
     try:
         wait_caught_up(settings, [worker], timeout=60)
@@ -101,16 +101,16 @@ def test_second_worker_takes_partitions_with_their_state(
 ) -> None:
     events = make_events(12_000, users=400, seed=12)
     expected = oracle(events)
-    ensure_topics(settings)
+    ensure_topics(settings.kafka, settings.topics)
     half = len(events) // 2
     records = list(events.records())
-    publish(settings, records[:half])
+    publish(settings.kafka, settings.topics.events, records[:half])
     first = start_worker(settings, tmp_path / "w1.log")
     second = None
     try:
         _wait_progress(settings, first, half, 0.5)
         second = start_worker(settings, tmp_path / "w2.log")
-        publish(settings, records[half:])
+        publish(settings.kafka, settings.topics.events, records[half:])
         wait_caught_up(settings, [first, second], timeout=180)
     finally:
         stop_process(first)
@@ -124,10 +124,10 @@ def test_checkpoint_ahead_of_the_log_stops_the_worker(settings: Settings, tmp_pa
     from features.state import WindowState
     from streams.checkpoint import Checkpoint, CheckpointStore
 
-    ensure_topics(settings)
+    ensure_topics(settings.kafka, settings.topics)
     events = make_events(200, users=10, seed=13)
-    publish(settings, events.records())
-    store = CheckpointStore(settings.checkpoint_dir)
+    publish(settings.kafka, settings.topics.events, events.records())
+    store = CheckpointStore(settings.stores.checkpoint_dir)
     state = WindowState(lateness_ms=int(settings.allowed_lateness_s * 1000)).snapshot()
     for partition in range(settings.topic_partitions):
         store.save(settings.events_topic, partition, Checkpoint(offset=10**6, state=state))

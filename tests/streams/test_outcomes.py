@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 
 from featflow.processes import start_worker, stop_process, wait_caught_up
 from featflow.settings import Settings
+from featflow.training import train_with
 from inference.registry import ModelRegistry
-from inference.workflow import train_and_register
+from infra.outcomes import decode_outcomes
+from infra.producer import publish
+from infra.topics import ensure_topics
 from streams.generator import generate_outcomes
-from streams.outcomes import decode_outcomes
-from streams.producer import publish
-from streams.topics import ensure_topics
 from tests.streams.pipeline_helpers import assert_clean_log, make_events, read_dead_letters
 
 NOW = 1_767_225_600_000
@@ -92,10 +92,10 @@ def test_outcomes_stream_to_training(settings: Settings, tmp_path: Path) -> None
         b'{"x": ' + b"[" * 1000 + b"]" * 1000 + b"}",  # once crashed the outcome agent
         json.dumps({"event_id": "x", "user_id": 1, "label": 7, "outcome_time": NOW}).encode(),
     ]
-    ensure_topics(settings)
-    publish(settings, events.records())
+    ensure_topics(settings.kafka, settings.topics)
+    publish(settings.kafka, settings.topics.events, events.records())
     publish(
-        settings, [*outcomes.records(), *((b"1", v) for v in bad)], topic=settings.outcomes_topic
+        settings.kafka, settings.topics.outcomes, [*outcomes.records(), *((b"1", v) for v in bad)]
     )
     worker = start_worker(settings, tmp_path / "worker.log")
     try:
@@ -104,19 +104,19 @@ def test_outcomes_stream_to_training(settings: Settings, tmp_path: Path) -> None
         stored = 0
         while stored < len(events) and time.monotonic() < deadline:
             time.sleep(0.5)
-            if any(settings.outcomes_dir.glob("*.parquet")):
-                stored = len(pd.read_parquet(settings.outcomes_dir))
+            if any(settings.stores.outcomes_dir.glob("*.parquet")):
+                stored = len(pd.read_parquet(settings.stores.outcomes_dir))
     finally:
         stop_process(worker)
     assert_clean_log(tmp_path / "worker.log")
-    frame = pd.read_parquet(settings.outcomes_dir)
+    frame = pd.read_parquet(settings.stores.outcomes_dir)
     assert sorted(frame["event_id"].unique()) == sorted(events.event_id)
     dead = read_dead_letters(
         settings.model_copy(update={"events_topic": settings.outcomes_topic}), expected=3
     )
     assert sorted(d["featflow.reason"] for d in dead) == ["malformed_json"] * 2 + ["schema"]
 
-    report = train_and_register(settings)  # labels from the store, features via Feast
+    report = train_with(settings)  # labels from the store, features via Feast
     assert report.promoted and report.version == "v0001"
-    assert ModelRegistry(settings.models_dir).champion_version() == "v0001"
+    assert ModelRegistry(settings.stores.models_dir).champion_version() == "v0001"
     assert report.metrics["auc"] > 0.55

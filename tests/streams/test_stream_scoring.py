@@ -13,8 +13,8 @@ from sklearn.linear_model import LogisticRegression
 from featflow.processes import start_worker, stop_process, wait_caught_up
 from featflow.settings import Settings
 from inference.registry import ModelRegistry
-from streams.producer import publish
-from streams.topics import ensure_topics
+from infra.producer import publish
+from infra.topics import ensure_topics
 from tests.streams.pipeline_helpers import FEATURE_NAMES, assert_clean_log, make_events, oracle
 
 
@@ -26,13 +26,13 @@ def test_worker_scores_every_event(settings: Settings, tmp_path: Path) -> None:
     # Scale-free coefficients keep scores away from 0/1 on real feature magnitudes.
     model.coef_ = model.coef_ / 1000.0
     blob = to_onnx(model, x[:1], options={"zipmap": False}, target_opset=17).SerializeToString()
-    registry = ModelRegistry(settings.models_dir)
+    registry = ModelRegistry(settings.stores.models_dir)
     registry.promote(registry.register(blob, {"feature_names": FEATURE_NAMES}).version)
 
     events = make_events(2000, users=50, seed=21)
     expected = oracle(events)
-    ensure_topics(settings)
-    publish(settings, events.records())
+    ensure_topics(settings.kafka, settings.topics)
+    publish(settings.kafka, settings.topics.events, events.records())
     worker = start_worker(settings, tmp_path / "worker.log")
     try:
         wait_caught_up(settings, [worker], timeout=180)

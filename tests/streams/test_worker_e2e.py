@@ -23,8 +23,8 @@ from features.event_files import from_records
 from features.feast_repo import FEATURE_VIEW, open_store
 from features.reader import read_online
 from infra.process import free_port
-from streams.producer import publish
-from streams.topics import ensure_topics
+from infra.producer import publish
+from infra.topics import ensure_topics
 from tests.streams.pipeline_helpers import (
     FEATURE_NAMES,
     assert_clean_log,
@@ -103,10 +103,14 @@ def test_stream_to_feast_matches_oracle(
     now_ms = int(events.event_time_ms.max())
     bad = _bad_records(events, now_ms)
 
-    ensure_topics(settings)
+    ensure_topics(settings.kafka, settings.topics)
     records = list(events.records())
-    publish(settings, records[:2000] + [(k, v) for k, v, _ in bad[:-1]] + records[2000:])
-    publish(settings, [(k, v) for k, v, _ in bad[-1:]])
+    publish(
+        settings.kafka,
+        settings.topics.events,
+        records[:2000] + [(k, v) for k, v, _ in bad[:-1]] + records[2000:],
+    )
+    publish(settings.kafka, settings.topics.events, [(k, v) for k, v, _ in bad[-1:]])
     port = free_port()
     settings = settings.model_copy(update={"worker_web_port": port})
     worker = start_worker(settings, tmp_path / "worker.log")
@@ -128,11 +132,11 @@ def test_stream_to_feast_matches_oracle(
 
     # Online: every user's newest row, through Feast.
     latest = expected.latest_per_user()
-    got = read_online(settings, latest.index.tolist()).set_index("user_id")
+    got = read_online(settings.stores, latest.index.tolist()).set_index("user_id")
     np.testing.assert_allclose(
         got[FEATURE_NAMES].to_numpy(float), latest[FEATURE_NAMES].to_numpy(float), rtol=RTOL
     )
-    unknown = read_online(settings, [-1])
+    unknown = read_online(settings.stores, [-1])
     assert unknown[FEATURE_NAMES].isna().all(axis=None)
 
     # Dead letters: exactly the bad records, each with its reason and original bytes.
@@ -158,7 +162,7 @@ def test_stream_to_feast_matches_oracle(
         }
     )
     hist = (
-        open_store(settings)
+        open_store(settings.stores)
         .get_historical_features(
             entity_df=entity_df, features=[f"{FEATURE_VIEW}:{n}" for n in FEATURE_NAMES]
         )

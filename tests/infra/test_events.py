@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.dead_letter import Reason
-from streams.events import AMOUNT_LIMIT, EventRules, decode_events
+from infra.dead_letter import Reason
+from infra.events import AMOUNT_LIMIT, EventRules, decode_events
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 

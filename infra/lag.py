@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from kafka import KafkaConsumer, TopicPartition
 
-from featflow.settings import Settings
+from infra.config import KafkaConfig
 
 
 def log_end_offsets(
@@ -51,13 +51,12 @@ def log_end_offsets(
     return {tp: consumer.highwater(tp) for tp in tps}
 
 
-def group_lag(settings: Settings, topic: str | None = None) -> int:
-    """Records in ``topic`` (default: events) not yet covered by the group's committed offsets."""
-    topic = topic or settings.events_topic
+def group_lag(kafka: KafkaConfig, group: str, topic: str) -> int:
+    """Records in ``topic`` not yet covered by consumer ``group``'s committed offsets."""
     # A consumer that never subscribes only reads the group's offsets; it does not join it.
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.consumer_group,
+        bootstrap_servers=kafka.bootstrap,
+        group_id=group,
         enable_auto_commit=False,
     )
     try:

@@ -10,8 +10,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from featflow.settings import Settings
-from streams.lag import group_lag, log_end_offsets
-from streams.topics import ensure_topics
+from infra.lag import group_lag, log_end_offsets
+from infra.topics import ensure_topics
 
 # Record batches per partition, each flushed on its own so the broker stores it as
 # one batch: sizes vary, and the last batch of most partitions holds many records
@@ -58,7 +58,7 @@ def _read_all(settings: Settings, tps: list[TopicPartition]) -> dict[TopicPartit
 
 
 def test_log_end_and_lag_match_what_is_read(settings: Settings) -> None:
-    ensure_topics(settings)
+    ensure_topics(settings.kafka, settings.topics)
     _produce(settings)
     tps = [TopicPartition(settings.events_topic, p) for p in BATCHES]
     read = _read_all(settings, tps)
@@ -70,7 +70,9 @@ def test_log_end_and_lag_match_what_is_read(settings: Settings) -> None:
     finally:
         consumer.close()
 
-    assert group_lag(settings) == sum(read.values()), "no commit yet: everything is lag"
+    assert group_lag(settings.kafka, settings.consumer_group, settings.topics.events) == sum(
+        read.values()
+    ), "no commit yet: everything is lag"
     committer = KafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=settings.consumer_group,
@@ -86,23 +88,23 @@ def test_log_end_and_lag_match_what_is_read(settings: Settings) -> None:
     finally:
         committer.close()
     behind = sum(read[tp] - COMMITTED.get(tp.partition, 0) for tp in tps)
-    assert group_lag(settings) == behind
+    assert group_lag(settings.kafka, settings.consumer_group, settings.topics.events) == behind
 
 
 def test_log_end_of_an_empty_topic_is_zero(settings: Settings) -> None:
-    ensure_topics(settings)
+    ensure_topics(settings.kafka, settings.topics)
     tps = [TopicPartition(settings.events_topic, p) for p in range(settings.topic_partitions)]
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     try:
         assert log_end_offsets(consumer, tps) == dict.fromkeys(tps, 0)
     finally:
         consumer.close()
-    assert group_lag(settings) == 0
+    assert group_lag(settings.kafka, settings.consumer_group, settings.topics.events) == 0
 
 
 def test_log_end_returns_while_records_keep_arriving(settings: Settings) -> None:
     """Under live load the probe answers with an end between the acked counts around it."""
-    ensure_topics(settings)
+    ensure_topics(settings.kafka, settings.topics)
     tp = TopicPartition(settings.events_topic, 0)
     acked = 0
     stop = threading.Event()

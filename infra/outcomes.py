@@ -20,8 +20,8 @@ from typing import Annotated, Literal
 import msgspec
 import pyarrow as pa
 
-from streams.dead_letter import DeadLetter, Reason
-from streams.events import MIN_EVENT_TIME_MS, EventRules, Int64, epoch_ms, judge
+from infra.dead_letter import DeadLetter, Reason
+from infra.events import MIN_EVENT_TIME_MS, EventRules, Int64, epoch_ms, judge
 
 
 class Outcome(msgspec.Struct, frozen=True):

@@ -7,35 +7,35 @@ from collections.abc import Iterable
 
 from kafka import KafkaProducer
 
-from featflow.settings import Settings
-from streams.topics import client_timeouts
+from infra.config import KafkaConfig
+from infra.topics import client_timeouts
 
 
-def make_producer(settings: Settings) -> KafkaProducer:
+def make_producer(kafka: KafkaConfig) -> KafkaProducer:
+    """A kafka-python producer as featflow's own tools send with."""
     # acks=all and no idempotence: the embedded broker (Tansu) does not support
     # idempotent producers; retries may duplicate, which offsets make visible.
     # Bootstrap gives up after connect_timeout_s; max_block_ms stays at its default,
     # as it also bounds waiting for buffer space, where a slow broker is not a missing one.
     return KafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        bootstrap_servers=kafka.bootstrap,
         acks="all",
         linger_ms=5,
         batch_size=256 * 1024,
         enable_idempotence=False,
-        **client_timeouts(settings.connect_timeout_s),
+        **client_timeouts(kafka.connect_timeout_s),
     )
 
 
 def publish(
-    settings: Settings,
+    kafka: KafkaConfig,
+    topic: str,
     records: Iterable[tuple[bytes, bytes]],
     *,
-    topic: str | None = None,
     rate: float = 0.0,
 ) -> int:
     """Send (key, value) records; ``rate`` > 0 paces them in events/s. Returns the count."""
-    producer = make_producer(settings)
-    topic = topic or settings.events_topic
+    producer = make_producer(kafka)
     sent = 0
     start = time.monotonic()
     try:

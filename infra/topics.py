@@ -11,7 +11,7 @@ from kafka.admin import NewTopic
 from kafka.cluster import collect_hosts
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from featflow.settings import Settings
+from infra.config import KafkaConfig, Topics
 
 
 class BrokerUnavailable(ConnectionError):
@@ -53,31 +53,20 @@ def client_timeouts(timeout_s: float) -> dict[str, int]:
     return {key: int(timeout_s * 1000)}
 
 
-def catalogue(settings: Settings) -> dict[str, int]:
-    """Topic name -> partition count. Events are keyed by user_id."""
-    return {
-        settings.events_topic: settings.topic_partitions,
-        settings.dlq_topic: 1,
-        settings.outcomes_topic: settings.topic_partitions,
-        f"{settings.outcomes_topic}.dlq": 1,
-        settings.predictions_topic: settings.topic_partitions,
-    }
-
-
-def ensure_topics(settings: Settings, timeout: float | None = None) -> None:
+def ensure_topics(kafka: KafkaConfig, topics: Topics, timeout: float | None = None) -> None:
     """Create missing topics; existing ones are left as they are.
 
-    Retries the connection for ``timeout`` seconds (default ``connect_timeout_s``:
+    Retries the connection for ``timeout`` seconds (default ``kafka.connect_timeout_s``:
     a broker that has just opened its port may not answer yet), then raises
     ``BrokerUnavailable``.
     """
-    timeout = settings.connect_timeout_s if timeout is None else timeout
+    timeout = kafka.connect_timeout_s if timeout is None else timeout
     deadline = time.monotonic() + timeout
     while True:
         left = max(deadline - time.monotonic(), 0.1)
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=settings.kafka_bootstrap,
+                bootstrap_servers=kafka.bootstrap,
                 client_id="featflow-admin",
                 **client_timeouts(left),
             )
@@ -85,14 +74,14 @@ def ensure_topics(settings: Settings, timeout: float | None = None) -> None:
         except KafkaError as exc:
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(
-                    settings.kafka_bootstrap, f"{type(exc).__name__} after {timeout:g}s"
+                    kafka.bootstrap, f"{type(exc).__name__} after {timeout:g}s"
                 ) from exc
             time.sleep(0.2)
     try:
         existing = set(admin.list_topics())
         wanted = [
             NewTopic(name, num_partitions=parts, replication_factor=1)
-            for name, parts in catalogue(settings).items()
+            for name, parts in topics.catalogue().items()
             if name not in existing
         ]
         if wanted:

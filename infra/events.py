@@ -28,8 +28,8 @@ from typing import Annotated
 import msgspec
 import numpy as np
 
-from streams.dead_letter import DeadLetter, Reason
-from streams.isolation import describe
+from infra.dead_letter import DeadLetter, Reason
+from infra.isolation import describe
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: older stamps are unit mistakes

@@ -1,0 +1,123 @@
+"""The small configs that components below the CLI take instead of the whole ``Settings``.
+
+``featflow.settings.Settings`` (the top layer) reads the environment and the YAML file and
+composes these; a worker, a reader or a test builds only the parts it needs, as Quix
+Streams composes its ``ApplicationConfig`` from smaller ones. Each fact that two processes
+must agree on (a topic name, where a store lives) is defined here, once.
+
+>>> Topics(events="clicks").dlq
+'clicks.dlq'
+>>> Stores(Path("/srv/ff"), "redis://127.0.0.1:6390").online_store_kind
+'redis'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def check_online_store(value: str) -> str:
+    """``value`` if it names an online store featflow can use, else ``ValueError``.
+
+    >>> check_online_store("sqlite")
+    'sqlite'
+    """
+    if value != "sqlite" and not value.startswith(("redis://", "rediss://")):
+        raise ValueError("online_store must be 'sqlite' or a redis:// URL")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    """Where the broker is and how long a new client waits for it to answer."""
+
+    bootstrap: str = DEFAULT_BOOTSTRAP
+    connect_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The topic names and the partition count of the keyed topics.
+
+    Events, outcomes and predictions are keyed by user id and share one partition count,
+    so a user's records of all three land on the same partition number.
+    """
+
+    events: str = "events"
+    outcomes: str = "outcomes"
+    predictions: str = "predictions"
+    partitions: int = 8
+
+    @property
+    def dlq(self) -> str:
+        """Dead letters of the events topic."""
+        return f"{self.events}.dlq"
+
+    @property
+    def outcomes_dlq(self) -> str:
+        """Dead letters of the outcomes topic."""
+        return f"{self.outcomes}.dlq"
+
+    def catalogue(self) -> dict[str, int]:
+        """Topic name -> partition count, every topic featflow reads or writes.
+
+        >>> Topics(partitions=3).catalogue()["events.dlq"]
+        1
+        """
+        return {
+            self.events: self.partitions,
+            self.dlq: 1,
+            self.outcomes: self.partitions,
+            self.outcomes_dlq: 1,
+            self.predictions: self.partitions,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    """Where featflow keeps its data under one home directory, and which online store."""
+
+    home: Path
+    online_store: str = "sqlite"  # or a redis:// URL
+
+    def __post_init__(self) -> None:
+        check_online_store(self.online_store)
+
+    @property
+    def online_store_kind(self) -> Literal["sqlite", "redis"]:
+        """Which Feast online store type the repo declares."""
+        return "sqlite" if self.online_store == "sqlite" else "redis"
+
+    @property
+    def feature_repo(self) -> Path:
+        """The generated Feast repository (``feature_store.yaml``, definitions, registry)."""
+        return self.home / "feature_repo"
+
+    @property
+    def offline_dir(self) -> Path:
+        """Parquet part files of the feature rows (Feast's file offline store)."""
+        return self.home / "offline" / "user_txn_features"
+
+    @property
+    def outcomes_dir(self) -> Path:
+        """Parquet part files of the outcomes (labels)."""
+        return self.home / "outcomes"
+
+    @property
+    def models_dir(self) -> Path:
+        """The model registry."""
+        return self.home / "models"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Per-partition window state checkpoints."""
+        return self.home / "checkpoints"
+
+    @property
+    def faust_dir(self) -> Path:
+        """The faust app's own data directory."""
+        return self.home / "faust"

@@ -1,0 +1,31 @@
+"""What a stream worker needs to run, as plain values (composed by ``Settings.worker``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from features.spec import DEFAULT_LATENESS_MS
+from infra.config import KafkaConfig, Stores, Topics
+from infra.events import EventRules
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """A stream worker's configuration.
+
+    ``session_timeout_s`` also sets the heartbeat (a sixth of it) and the rebalance
+    timeout (twice it): a SIGKILLed member must leave the group quickly.
+    """
+
+    kafka: KafkaConfig
+    topics: Topics
+    stores: Stores
+    rules: EventRules = EventRules()
+    lateness_ms: int = DEFAULT_LATENESS_MS
+    group: str = "featflow-worker"
+    session_timeout_s: float = 6.0
+    batch_max_records: int = 10_000
+    batch_max_wait_ms: int = 20
+    checkpoint_interval_s: float = 5.0
+    stream_scoring: bool = False
+    web_port: int = 0  # faust web (/metrics); 0 disables it
