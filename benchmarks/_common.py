@@ -105,29 +105,11 @@ def make_events(
 
 
 def warm_up_kernels() -> None:
-    """Compile (or load from numba's disk cache) every kernel path before anything is timed.
+    """Compile (or load from numba's disk cache) every kernel path before anything is timed
+    (``features.warm``; the cache then serves worker subprocesses too)."""
+    from features.warm import warm
 
-    A plain small update would miss paths that only large runs reach (arena growth and
-    compaction, long windows, eviction, restore), and their first use would compile inside
-    the timed region. A tiny initial arena plus one very busy user over two days hits them.
-    The compiled code is cached on disk, so worker subprocesses benefit too.
-    """
-    from features.spec import DEFAULT_FEATURES
-    from features.state import WindowState
-
-    rng = np.random.default_rng(0)
-    n = 6000
-    users = np.where(rng.random(n) < 0.5, 1, rng.integers(2, 300, size=n)).astype(np.int64)
-    times = 1_767_225_600_000 + np.sort(rng.integers(0, 2 * 86_400_000, size=n))
-    amounts = np.round(rng.lognormal(3.0, 1.0, size=n), 2)
-    merchants = rng.integers(1, 50, size=n).astype(np.int64)
-    state = WindowState(DEFAULT_FEATURES, initial_entities=1, initial_arena=8)
-    for lo in range(0, n, 1000):
-        hi = lo + 1000
-        state.update(users[lo:hi], times[lo:hi], amounts[lo:hi], merchants[lo:hi])
-    state.compact()
-    restored = WindowState.restore(state.snapshot(), DEFAULT_FEATURES)
-    restored.update(users[:10], times[-10:], amounts[:10], merchants[:10])
+    warm()
 
 
 def describe_activity(events: GeneratedEvents, span_ms: float) -> str:

@@ -33,11 +33,10 @@ from benchmarks._common import header, scratch_dir, verdict
 from featflow.settings import Settings
 from features.feast_repo import FEATURE_VIEW, JOIN_KEY, apply_repo
 from features.online import open_online_writer
-from features.spec import DEFAULT_FEATURES
+from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
 from inference.feature_reader import open_feature_reader
 from inference.predictor import Predictor
 from inference.registry import ModelRegistry
-from inference.service import FEATURE_NAMES
 from infra.redis_server import embedded_redis
 
 if TYPE_CHECKING:

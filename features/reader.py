@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from features.feast_repo import FEATURE_VIEW, JOIN_KEY, open_store
-from features.spec import DEFAULT_FEATURES
+from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
 from infra.config import Stores
 
 
@@ -20,4 +20,4 @@ def read_online(stores: Stores, user_ids: list[int]) -> pd.DataFrame:
         features=feature_refs(), entity_rows=[{JOIN_KEY: u} for u in user_ids]
     )
     frame = response.to_df()
-    return frame[[JOIN_KEY, *(s.name for s in DEFAULT_FEATURES)]]
+    return frame[[JOIN_KEY, *FEATURE_NAMES]]

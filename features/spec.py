@@ -156,3 +156,6 @@ DEFAULT_FEATURES: tuple[FeatureSpec, ...] = validate_specs(
     FeatureSpec(name=name, agg=agg, column=column, window_ms=window, description=text)
     for name, agg, column, window, text in _DEFAULT_TABLE
 )
+
+#: The default features' names, in the column order of every feature matrix and model input.
+FEATURE_NAMES: tuple[str, ...] = feature_names(DEFAULT_FEATURES)

@@ -30,13 +30,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from features.spec import DEFAULT_FEATURES
+from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
 from inference.feature_reader import FeatureReader
 from inference.predictor import Predictor
 from inference.publisher import PredictionPublisher
 from infra.config import Stores
 
-FEATURE_NAMES = [s.name for s in DEFAULT_FEATURES]
 MAX_BATCH = 1000
 #: Latency buckets from 50 us to 1 s (seconds).
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)

@@ -16,12 +16,11 @@ import numpy as np
 import pandas as pd
 
 from features.feast_repo import FEATURE_VIEW, JOIN_KEY, TIMESTAMP_FIELD
-from features.spec import DEFAULT_FEATURES
+from features.spec import FEATURE_NAMES
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-FEATURE_NAMES = [s.name for s in DEFAULT_FEATURES]
 ONNX_ATOL = 1e-5  # ONNX vs scikit-learn probability agreement required before registering
 HIST_BINS = 10
 
@@ -40,8 +39,8 @@ def training_set(store: FeatureStore, labelled: pd.DataFrame) -> TrainingSet:
     entity_df[TIMESTAMP_FIELD] = pd.to_datetime(entity_df[TIMESTAMP_FIELD], utc=True)
     refs = [f"{FEATURE_VIEW}:{name}" for name in FEATURE_NAMES]
     frame = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
-    frame = frame.dropna(subset=FEATURE_NAMES).sort_values(TIMESTAMP_FIELD, kind="stable")
-    features = frame[FEATURE_NAMES].to_numpy(np.float64)
+    frame = frame.dropna(subset=list(FEATURE_NAMES)).sort_values(TIMESTAMP_FIELD, kind="stable")
+    features = frame[list(FEATURE_NAMES)].to_numpy(np.float64)
     label = frame["label"].to_numpy(np.int8)
     digest = hashlib.sha256(features.tobytes() + label.tobytes()).hexdigest()
     return TrainingSet(features, label, frame[TIMESTAMP_FIELD].reset_index(drop=True), digest)

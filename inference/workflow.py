@@ -77,9 +77,10 @@ def train_and_register(
     from features.backfill import backfill
     from features.event_files import read_events
     from features.offline import OfflineWriter
+    from features.spec import FEATURE_NAMES
     from inference.predictor import load_model
     from inference.registry import ModelRegistry
-    from inference.train import FEATURE_NAMES, labelled_events, train, training_set
+    from inference.train import labelled_events, train, training_set
 
     with tempfile.TemporaryDirectory() as scratch:
         source = stores

@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from features.spec import DEFAULT_FEATURES
+from features.spec import FEATURE_NAMES
 from inference.predictor import Predictor
 from inference.registry import ModelRegistry
 from infra.events import EventBatch
@@ -27,7 +27,7 @@ class StreamScorer:
     """Scores a batch's accepted events with the registry's champion."""
 
     def __init__(self, models_dir: Path, refresh_interval_s: float = 1.0):
-        self.feature_names = [s.name for s in DEFAULT_FEATURES]
+        self.feature_names = FEATURE_NAMES
         self.predictor = Predictor(ModelRegistry(models_dir), self.feature_names)
         self.refresh_interval_s = refresh_interval_s
         self._next_refresh = 0.0

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from featflow.cli import main
 from featflow.settings import Settings
 from features.feast_repo import FEATURE_VIEW, open_store
-from features.spec import DEFAULT_FEATURES
+from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
 from streams.generator import generate_events
 from tests.features.oracle import Stream, pandas_oracle
 
-NAMES = [s.name for s in DEFAULT_FEATURES]
+NAMES = list(FEATURE_NAMES)
 
 
 @pytest.mark.parametrize(
@@ -140,3 +140,17 @@ def test_train_and_models_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     bad_labels.write_text("event_id,label\ne1,2\n")
     result = runner.invoke(main, ["train", "--labels", str(bad_labels)])
     assert result.exit_code != 0 and "not 0 or 1" in result.output
+
+
+def test_help_imports_nothing_heavy() -> None:
+    """`featflow --help` must start at once: the CLI module loads click, not the stack."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, featflow.cli\n"
+        "heavy = {'numpy', 'pandas', 'kafka', 'feast', 'numba', 'pydantic', 'faust'}\n"
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

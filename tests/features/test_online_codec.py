@@ -20,10 +20,10 @@ from features.feast_repo import FEATURE_VIEW, PROJECT, apply_repo, feast_type_na
 from features.online import open_online_writer
 from features.reader import read_online
 from features.rows import offline_table, online_frame
-from features.spec import DEFAULT_FEATURES
+from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
 from inference.feature_reader import default_features, open_feature_reader
 
-NAMES = [s.name for s in DEFAULT_FEATURES]
+NAMES = list(FEATURE_NAMES)
 
 
 def _rows(seed: int, n: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -27,12 +27,12 @@ from featflow.settings import Settings
 from features.feast_repo import apply_repo
 from features.online import open_online_writer
 from features.reader import read_online
-from features.spec import DEFAULT_FEATURES
+from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
 from inference.feature_reader import default_features, open_feature_reader
 from inference.predictor import Predictor
 from inference.publisher import PredictionPublisher
 from inference.registry import ModelRegistry
-from inference.service import FEATURE_NAMES, create_app
+from inference.service import create_app
 from infra.process import free_port
 from infra.topics import ensure_topics
 
@@ -107,7 +107,7 @@ def test_reader_equals_feast(backend: str, tmp_path: Path, request: pytest.Fixtu
     ids = [*USERS.tolist(), -7]
     got, found = reader.read(ids)
     feast = read_online(settings.stores, ids)
-    np.testing.assert_array_equal(got[:-1], feast[FEATURE_NAMES].to_numpy(float)[:-1])
+    np.testing.assert_array_equal(got[:-1], feast[list(FEATURE_NAMES)].to_numpy(float)[:-1])
     np.testing.assert_array_equal(got[:-1], features)
     assert found.tolist() == [True] * len(USERS) + [False]
     np.testing.assert_array_equal(got[-1], default_features(DEFAULT_FEATURES))

@@ -15,8 +15,8 @@ from features.event_files import from_records
 from features.feast_repo import apply_repo
 from features.offline import OfflineWriter
 from features.rows import offline_table
-from features.spec import DEFAULT_FEATURES
-from inference.train import FEATURE_NAMES, labelled_events, train, training_set
+from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
+from inference.train import labelled_events, train, training_set
 from streams.generator import fraud_probability, generate_events, generate_outcomes
 
 T0 = pd.Timestamp("2026-03-01T12:00:00Z")

@@ -11,11 +11,9 @@ import pandas as pd
 from kafka import KafkaConsumer
 
 from featflow.settings import Settings
-from features.spec import DEFAULT_FEATURES
+from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
 from streams.generator import GeneratedEvents, generate_events
 from tests.features.oracle import Stream, pandas_oracle
-
-FEATURE_NAMES = [s.name for s in DEFAULT_FEATURES]
 
 
 @dataclass(frozen=True)
@@ -26,7 +24,7 @@ class Expected:
     features: np.ndarray  # [n, F]
 
     def frame(self) -> pd.DataFrame:
-        frame = pd.DataFrame(self.features, columns=FEATURE_NAMES)
+        frame = pd.DataFrame(self.features, columns=list(FEATURE_NAMES))
         frame.insert(0, "event_id", self.events.event_id)
         frame.insert(1, "user_id", self.events.user_id)
         frame.insert(2, "event_time_ms", self.events.event_time_ms)

@@ -15,11 +15,11 @@ import numpy as np
 from featflow.processes import start_worker, stop_process, wait_caught_up, wait_lag_at_most
 from featflow.settings import Settings
 from features.reader import read_online
+from features.spec import FEATURE_NAMES
 from infra.lag import group_lag
 from infra.producer import publish
 from infra.topics import ensure_topics
 from tests.streams.pipeline_helpers import (
-    FEATURE_NAMES,
     Expected,
     make_events,
     oracle,
@@ -38,13 +38,17 @@ def _check(settings: Settings, expected: Expected) -> None:
     latest = expected.latest_per_user()
     got = read_online(settings.stores, latest.index.tolist()).set_index("user_id")
     np.testing.assert_allclose(
-        got[FEATURE_NAMES].to_numpy(float), latest[FEATURE_NAMES].to_numpy(float), rtol=1e-9
+        got[list(FEATURE_NAMES)].to_numpy(float),
+        latest[list(FEATURE_NAMES)].to_numpy(float),
+        rtol=1e-9,
     )
     offline = read_offline(settings)
     # Exactly one row per event once replays are dropped: none lost, none double counted.
     assert sorted(offline["event_id"]) == sorted(expected.events.event_id)
     rows = offline.set_index("event_id").loc[expected.events.event_id]
-    np.testing.assert_allclose(rows[FEATURE_NAMES].to_numpy(float), expected.features, rtol=1e-9)
+    np.testing.assert_allclose(
+        rows[list(FEATURE_NAMES)].to_numpy(float), expected.features, rtol=1e-9
+    )
 
 
 def test_sigkill_mid_stream_then_restart(settings: Settings, tmp_path: Path) -> None:

@@ -12,10 +12,11 @@ from sklearn.linear_model import LogisticRegression
 
 from featflow.processes import start_worker, stop_process, wait_caught_up
 from featflow.settings import Settings
+from features.spec import FEATURE_NAMES
 from inference.registry import ModelRegistry
 from infra.producer import publish
 from infra.topics import ensure_topics
-from tests.streams.pipeline_helpers import FEATURE_NAMES, assert_clean_log, make_events, oracle
+from tests.streams.pipeline_helpers import assert_clean_log, make_events, oracle
 
 
 def test_worker_scores_every_event(settings: Settings, tmp_path: Path) -> None:

@@ -22,11 +22,11 @@ from features.backfill import backfill
 from features.event_files import from_records
 from features.feast_repo import FEATURE_VIEW, open_store
 from features.reader import read_online
+from features.spec import FEATURE_NAMES
 from infra.process import free_port
 from infra.producer import publish
 from infra.topics import ensure_topics
 from tests.streams.pipeline_helpers import (
-    FEATURE_NAMES,
     assert_clean_log,
     make_events,
     oracle,
@@ -134,10 +134,12 @@ def test_stream_to_feast_matches_oracle(
     latest = expected.latest_per_user()
     got = read_online(settings.stores, latest.index.tolist()).set_index("user_id")
     np.testing.assert_allclose(
-        got[FEATURE_NAMES].to_numpy(float), latest[FEATURE_NAMES].to_numpy(float), rtol=RTOL
+        got[list(FEATURE_NAMES)].to_numpy(float),
+        latest[list(FEATURE_NAMES)].to_numpy(float),
+        rtol=RTOL,
     )
     unknown = read_online(settings.stores, [-1])
-    assert unknown[FEATURE_NAMES].isna().all(axis=None)
+    assert unknown[list(FEATURE_NAMES)].isna().all(axis=None)
 
     # Dead letters: exactly the bad records, each with its reason and original bytes.
     dead = read_dead_letters(settings, expected=len(bad))
@@ -148,7 +150,9 @@ def test_stream_to_feast_matches_oracle(
 
     # Offline: one row per accepted event, equal to the oracle.
     offline = read_offline(settings).set_index("event_id").loc[events.event_id]
-    np.testing.assert_allclose(offline[FEATURE_NAMES].to_numpy(float), expected.features, rtol=RTOL)
+    np.testing.assert_allclose(
+        offline[list(FEATURE_NAMES)].to_numpy(float), expected.features, rtol=RTOL
+    )
 
     # Offline through Feast: point-in-time rows at a sample of event times.
     frame = expected.frame()
@@ -173,7 +177,7 @@ def test_stream_to_feast_matches_oracle(
     assert len(merged) == len(unique)
     np.testing.assert_allclose(
         merged[[f"{n}_feast" for n in FEATURE_NAMES]].to_numpy(float),
-        merged[FEATURE_NAMES].to_numpy(float),
+        merged[list(FEATURE_NAMES)].to_numpy(float),
         rtol=RTOL,
     )
 
@@ -181,4 +185,4 @@ def test_stream_to_feast_matches_oracle(
     result = backfill(from_records([v for _, v in records]), lateness_ms=60_000)
     back = result.table.to_pandas().set_index("event_id").loc[events.event_id]
     assert result.rejected == []
-    assert (back[FEATURE_NAMES].to_numpy() == offline[FEATURE_NAMES].to_numpy()).all()
+    assert (back[list(FEATURE_NAMES)].to_numpy() == offline[list(FEATURE_NAMES)].to_numpy()).all()
