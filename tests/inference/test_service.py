@@ -120,7 +120,7 @@ def test_http_contract(tmp_path: Path) -> None:
     with TestClient(_app(settings)) as client:
         one = client.post("/predict", json={"user_id": int(USERS[3])}).json()
         assert one["model_version"] == "v0001" and one["features_found"] is True
-        assert list(one["features"]) == FEATURE_NAMES
+        assert tuple(one["features"]) == FEATURE_NAMES
         np.testing.assert_allclose(list(one["features"].values()), features[3])
         expected = models["v0001"].predict_proba(features[3:4].astype(np.float32))[0, 1]
         assert one["score"] == pytest.approx(expected, abs=1e-5)
