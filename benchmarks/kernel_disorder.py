@@ -3,8 +3,8 @@
 Real producers interleave, so a busy user's events arrive a little out of event-time order.
 Each out-of-order event of a promoted (long-history) user is inserted in time order and
 its features are derived from the incremental state anchored at the user's max time
-(cost: the rows between it and that time, see features/kernels.py); forcing the window
-scan instead (``TUNING["late_scan_factor"]`` huge, the behaviour before that path existed)
+(cost: the rows between it and that time, see features/kernels/late.py); forcing the window
+scan instead (``Tuning.late_scan_factor`` huge, the behaviour before that path existed)
 shows what it saves. Every case runs in this one process, side by side.
 
     python -m benchmarks.kernel_disorder [--events 400000] [--users 20000] [--days 1]
@@ -20,9 +20,7 @@ event is accepted. ``--days`` sets the event-time span, hence how many rows a bu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -35,7 +33,7 @@ from benchmarks._common import (
     table,
     warm_up_kernels,
 )
-from features import kernels as K
+from features.kernels import DEFAULT_TUNING, Tuning
 from features.spec import DAY_MS, DEFAULT_FEATURES, DEFAULT_LATENESS_MS
 from features.state import WindowState
 from tests.features.oracle import Stream
@@ -44,15 +42,8 @@ START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 RTOL = ATOL = 1e-9  # as tests/features/test_kernels.py
 
 
-@contextlib.contextmanager
-def late_rows_scanned() -> Iterator[None]:
-    """Out-of-order rows of promoted entities scan their windows (the path before)."""
-    saved = K.TUNING
-    K.TUNING = {**saved, "late_scan_factor": 1 << 40}
-    try:
-        yield
-    finally:
-        K.TUNING = saved
+# out-of-order rows of promoted entities scan their windows (the path before)
+LATE_ROWS_SCANNED = DEFAULT_TUNING._replace(late_scan_factor=1 << 40)
 
 
 def shuffled(stream: Stream, max_delay_ms: int, seed: int) -> Stream:
@@ -80,11 +71,13 @@ def out_of_order_share(stream: Stream) -> float:
     return float(behind.mean()) if len(stream) else 0.0
 
 
-def timed_update(stream: Stream, repeats: int) -> tuple[float, np.ndarray]:
+def timed_update(
+    stream: Stream, repeats: int, tuning: Tuning = DEFAULT_TUNING
+) -> tuple[float, np.ndarray]:
     """Best of ``repeats`` fresh-state WindowState.update calls over the whole stream."""
     best, feats = float("inf"), np.empty(0)
     for _ in range(repeats):
-        state = WindowState(DEFAULT_FEATURES, lateness_ms=DEFAULT_LATENESS_MS)
+        state = WindowState(DEFAULT_FEATURES, lateness_ms=DEFAULT_LATENESS_MS, tuning=tuning)
         start = time.perf_counter()
         res = state.update(stream.users, stream.times, stream.amounts, stream.merchants)
         best = min(best, time.perf_counter() - start)
@@ -128,7 +121,7 @@ disorder: arrival = event time + uniform delay in [0, D] ms, D in
 featflow: WindowState.update, all {len(DEFAULT_FEATURES)} default features, one call over
   numpy columns from a fresh state, best of {args.repeats}; JIT warmed up first.
 derived: out-of-order rows of promoted users derived from the incremental state (default);
-  scanned: TUNING["late_scan_factor"] = 2**40, i.e. their windows scanned as before that
+  scanned: Tuning.late_scan_factor = 2**40, i.e. their windows scanned as before that
   path (run once each; results checked equal to the derived ones at rtol/atol {RTOL:g}).""",
     )
     span_ms = args.days * DAY_MS
@@ -158,8 +151,7 @@ derived: out-of-order rows of promoted users derived from the incremental state 
         rows.append((label, "derived", share, t_derived, n / t_derived, t_in_order / t_derived))
         figures[f"{label} derived events/s"] = n / t_derived
         if delay and not args.no_scan:
-            with late_rows_scanned():
-                t_scan, scanned = timed_update(stream, 1)
+            t_scan, scanned = timed_update(stream, 1, LATE_ROWS_SCANNED)
             np.testing.assert_allclose(derived, scanned, rtol=RTOL, atol=ATOL)
             rows.append(("", "scanned", share, t_scan, n / t_scan, t_in_order / t_scan))
             figures[f"{label} scanned events/s"] = n / t_scan

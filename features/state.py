@@ -1,11 +1,11 @@
 """Per-partition window state with a river-style ``update`` API.
 
 One :class:`WindowState` per Kafka partition (or per backfill shard). It owns the dense-id
-table, the per-entity arrays and the history arena used by :mod:`features.kernels`, grows
-them as needed, and snapshots only live data (plus the running sums of entities on the
-kernels' incremental path; the rest of that state is rebuilt from the rows on restore).
-Validation lives here so the kernels can stay plain loops.
-"""
+table, the per-entity arrays and the history arena used by :mod:`features.kernels` (one
+:class:`~features.kernels.KernelState`), grows them as needed, and snapshots only live data
+(plus the running sums of entities on the kernels' incremental path; the rest of that state
+is rebuilt from the rows on restore). Validation lives here so the kernels can stay plain
+loops."""
 
 from __future__ import annotations
 
@@ -109,26 +109,27 @@ class WindowState:
         initial_entities: int = 1024,
         initial_arena: int = 1 << 16,
         min_segment: int = 4,
+        tuning: K.Tuning = K.DEFAULT_TUNING,
     ) -> None:
+        """``tuning`` moves work between the kernels' paths (performance only; tests force
+        each path with it); the default is the production constant stream and backfill share.
+        """
         if isinstance(lateness_ms, bool) or not isinstance(lateness_ms, int) or lateness_ms < 0:
             raise ValueError(f"lateness_ms must be a non-negative int, got {lateness_ms!r}")
         if initial_entities < 1 or initial_arena < 1 or min_segment < 1:
             raise ValueError("initial_entities, initial_arena and min_segment must be >= 1")
+        if not isinstance(tuning, K.Tuning) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in tuning
+        ):
+            raise ValueError(f"tuning must be a features.kernels.Tuning of ints >= 0: {tuning!r}")
         self._specs = validate_specs(specs)
         self._enc = K.encode_specs(self._specs)
         self._lateness_ms = lateness_ms
         self._min_seg = int(min_segment)
+        self._tuning = tuning
+        self._cfg = K.Config(lateness_ms=lateness_ms, min_seg=self._min_seg, tuning=tuning)
         self._n = 0
-        self._table = K.new_id_table()
-        self._keys = np.empty(initial_entities, dtype=np.int64)
-        self._seg = K.new_seg(initial_entities)
-        self._ewm = np.zeros((initial_entities, 2 * len(self._enc.halflife)), dtype=np.float64)
-        self._arena_t = np.empty(initial_arena, dtype=np.int64)
-        self._arena_a = np.empty(initial_arena, dtype=np.float64)
-        self._arena_m = np.empty(initial_arena, dtype=np.int64)
-        self._meta = np.zeros(K.META_SIZE, dtype=np.int64)
-        self._dmap = K.new_dist_map()
-        self._side = K.new_side()  # (xi, xf, xr, free slots) of promoted entities
+        self._st = K.new_state(initial_entities, initial_arena, len(self._enc.halflife))
 
     # ------------------------------------------------------------------ properties
 
@@ -152,24 +153,25 @@ class WindowState:
     def nbytes(self) -> int:
         """Approximate state memory: arrays (incl. arena slack), side storage of promoted
         entities, hash-table estimates."""
-        arrays = (self._keys, self._seg, self._ewm, self._arena_t, self._arena_a, self._arena_m)
+        st = self._st
+        arrays = (st.keys, st.seg, st.ewm, st.arena_t, st.arena_a, st.arena_m)
         return (
             sum(a.nbytes for a in arrays)
             + self._n * _ID_TABLE_BYTES_PER_ENTRY
-            + int(self._meta[K.META_XBYTES])
-            + len(self._side[0]) * _SIDE_BYTES_PER_SLOT
-            + len(self._dmap) * _DIST_MAP_BYTES_PER_ENTRY
+            + int(st.meta[K.META_XBYTES])
+            + len(st.xi) * _SIDE_BYTES_PER_SLOT
+            + len(st.dmap) * _DIST_MAP_BYTES_PER_ENTRY
         )
 
     @property
     def n_promoted(self) -> int:
         """Entities currently on the kernels' incremental path (long histories)."""
-        return int((self._seg[: self._n, K.XSLOT] >= 0).sum())
+        return int((self._st.seg[: self._n, K.XSLOT] >= 0).sum())
 
     @property
     def n_live_rows(self) -> int:
         """Retained history rows over all entities."""
-        return int(self._seg[: self._n, K.LEN].sum())
+        return int(self._st.seg[: self._n, K.LEN].sum())
 
     # ------------------------------------------------------------------ update
 
@@ -204,33 +206,26 @@ class WindowState:
 
         self._ensure_entities(self._n + n)
         ent = np.empty(n, dtype=np.int64)
-        self._n = K.assign_dense_ids(self._table, users, self._keys, self._n, ent)
+        self._n = K.assign_dense_ids(self._st.table, users, self._st.keys, self._n, ent)
 
-        enc = self._enc
+        events = K.Events(ent=ent, t=times, amt=amts, mer=mers)
         out = np.empty((n, len(self._specs)), dtype=np.float64)
         late = np.zeros(n, dtype=np.bool_)
         i = 0
-        tune = K.tuning_array()
         failed: list[tuple[int, str]] = []
         while True:
-            i = K.process_events(
-                ent, times, amts, mers, i,
-                enc.agg, enc.win_id, enc.uwin, enc.wlay, enc.glay, enc.slot, enc.halflife, tune,
-                self._lateness_ms, enc.retention_ms, self._min_seg,
-                self._seg, self._ewm, self._arena_t, self._arena_a, self._arena_m,
-                *self._side, self._dmap, self._meta, out, late,
-            )  # fmt: skip
+            i = K.process_events(events, i, self._enc, self._cfg, self._st, out, late)
             if i >= n:
                 break
             try:
-                self._make_room(int(self._meta[K.META_REQUEST]))
+                self._make_room(int(self._st.meta[K.META_REQUEST]))
             except (OverflowError, MemoryError) as exc:  # the kernel stopped before event i
                 failed.append((i, f"{type(exc).__name__}: {exc}"))
                 out[i] = np.nan
                 late[i] = False
                 i += 1
 
-        tmax_after = self._seg[ent, K.TMAX]
+        tmax_after = self._st.seg[ent, K.TMAX]
         refused = late.copy()
         for row, _ in failed:
             refused[row] = True
@@ -251,43 +246,34 @@ class WindowState:
     # ------------------------------------------------------------------ memory management
 
     def _ensure_entities(self, needed: int) -> None:
-        cap = self._seg.shape[0]
-        if needed <= cap:
-            return
-        new = max(needed, cap * 2)
-        seg = K.new_seg(new)
-        seg[:cap] = self._seg
-        ewm = np.zeros((new, self._ewm.shape[1]), dtype=np.float64)
-        ewm[:cap] = self._ewm
-        keys = np.empty(new, dtype=np.int64)
-        keys[:cap] = self._keys
-        self._seg, self._ewm, self._keys = seg, ewm, keys
+        cap = self._st.seg.shape[0]
+        if needed > cap:
+            self._st = K.with_entities(self._st, max(needed, cap * 2))
 
     def compact(self) -> None:
         """Drop dead arena space in place and trim block slack to ~12% (never grows a block)."""
-        seg = self._seg[: self._n]
+        st = self._st
+        seg = st.seg[: self._n]
         length = seg[:, K.LEN]
         cap = seg[:, K.CAP]
         new_cap = np.minimum(cap, _trimmed_caps(length, self._min_seg))
         order = np.flatnonzero(cap > 0)
         order = order[np.argsort(seg[order, K.BASE])].astype(np.int64)  # bases are unique
-        used = K.compact_arena(
-            self._seg, order, new_cap.astype(np.int64), self._arena_t, self._arena_a, self._arena_m
-        )
-        self._meta[K.META_USED] = used
-        self._meta[K.META_GARBAGE] = 0
+        st.meta[K.META_USED] = K.compact_arena(st, order, new_cap.astype(np.int64))
+        st.meta[K.META_GARBAGE] = 0
 
     def _make_room(self, request: int) -> None:
         """Called when a block of ``request`` rows did not fit: compact, then grow if tight."""
         if request > K.MAX_BLOCK:
             raise OverflowError(f"one entity would need more than {K.MAX_BLOCK} history rows")
         self.compact()
-        used = int(self._meta[K.META_USED])
-        size = self._arena_t.shape[0]
+        st = self._st
+        used = int(st.meta[K.META_USED])
+        size = st.arena_t.shape[0]
         if size - used < max(request, used >> 2):
             new_size = used + max(request, used >> 1, 1024)
             # in-place realloc: no views of the arena are held anywhere
-            for a in (self._arena_t, self._arena_a, self._arena_m):
+            for a in (st.arena_t, st.arena_a, st.arena_m):
                 a.resize(new_size, refcheck=False)
 
     # ------------------------------------------------------------------ snapshot
@@ -304,18 +290,17 @@ class WindowState:
         ``benchmarks/state_memory.py``), a stall of the fetch loop if done there.
         """
         n = self._n
-        seg = self._seg[:n]
+        st = self._st
+        seg = st.seg[:n]
         lengths = seg[:, K.LEN].copy()
         total = int(lengths.sum())
         hist_t = np.empty(total, dtype=np.int64)
         hist_a = np.empty(total, dtype=np.float64)
         hist_m = np.empty(total, dtype=np.int64)
-        K.gather_live(
-            self._seg, n, self._arena_t, self._arena_a, self._arena_m, hist_t, hist_a, hist_m
-        )
+        K.gather_live(st, n, hist_t, hist_a, hist_m)
         promoted = np.flatnonzero(seg[:, K.XSLOT] >= 0).astype(np.int64)
         sums = np.empty((promoted.shape[0], int(self._enc.glay[K.GL_NXF])), dtype=np.float64)
-        K.gather_sums(self._seg, promoted, self._side[1], sums)
+        K.gather_sums(st, promoted, sums)
         header = {
             "version": SNAPSHOT_VERSION,
             "specs": spec_fingerprint(self._specs),
@@ -324,11 +309,11 @@ class WindowState:
         }
         return Snapshot(
             header=np.array(json.dumps(header)),
-            keys=self._keys[:n].copy(),
+            keys=st.keys[:n].copy(),
             tmax=seg[:, K.TMAX].copy(),
             evicted=seg[:, K.EVICTED].copy(),
             lengths=lengths,
-            ewm=self._ewm[:n].copy(),
+            ewm=st.ewm[:n].copy(),
             hist_t=hist_t,
             hist_a=hist_a,
             hist_m=hist_m,
@@ -343,6 +328,7 @@ class WindowState:
         specs: Sequence[FeatureSpec] = DEFAULT_FEATURES,
         *,
         lateness_ms: int | None = None,
+        tuning: K.Tuning = K.DEFAULT_TUNING,
     ) -> WindowState:
         """Rebuild a state from :meth:`snapshot`; ``specs`` must equal the snapshot's specs.
 
@@ -383,11 +369,13 @@ class WindowState:
             initial_entities=max(n, 1),
             initial_arena=arena_size,
             min_segment=min_seg,
+            tuning=tuning,
         )
         st._n = n
-        st._keys[:n] = keys
-        K.fill_id_table(st._table, st._keys[:n])
-        seg = st._seg
+        ks = st._st
+        ks.keys[:n] = keys
+        K.fill_id_table(ks.table, ks.keys[:n])
+        seg = ks.seg
         seg[:n, K.TMAX] = z["tmax"]
         seg[:n, K.EVICTED] = z["evicted"]
         seg[:n, K.LEN] = lengths
@@ -395,18 +383,14 @@ class WindowState:
         seg[:n, K.HEAD] = 0
         bases = np.concatenate(([0], np.cumsum(caps)[:-1])) if n else np.zeros(0, np.int64)
         seg[:n, K.BASE] = bases
-        st._ewm[:n] = z["ewm"]
+        ks.ewm[:n] = z["ewm"]
         # scatter contiguous history into the blocks
         if total:
             starts = np.repeat(bases - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
             dest = np.arange(total, dtype=np.int64) + starts
-            st._arena_t[dest] = z["hist_t"]
-            st._arena_a[dest] = z["hist_a"]
-            st._arena_m[dest] = z["hist_m"]
-        st._meta[K.META_USED] = int(caps.sum())
-        enc = st._enc
-        K.restore_promoted(
-            z["promoted"], z["sums"], enc.uwin, enc.wlay, enc.glay, K.tuning_array(),
-            st._seg, st._arena_t, st._arena_a, st._arena_m, *st._side, st._dmap, st._meta,
-        )  # fmt: skip
+            ks.arena_t[dest] = z["hist_t"]
+            ks.arena_a[dest] = z["hist_a"]
+            ks.arena_m[dest] = z["hist_m"]
+        ks.meta[K.META_USED] = int(caps.sum())
+        K.restore_promoted(z["promoted"], z["sums"], st._enc, tuning, ks)
         return st

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from features import kernels as K
+from features.kernels import DEFAULT_TUNING, Tuning
 from features.spec import (
     DAY_MS,
     DEFAULT_FEATURES,
@@ -20,7 +20,7 @@ from features.spec import (
     validate_specs,
 )
 from features.state import WindowState
-from tests.features.conftest import TUNINGS, use_tuning
+from tests.features.conftest import TUNINGS
 from tests.features.oracle import (
     Stream,
     bruteforce_oracle,
@@ -56,31 +56,24 @@ EXTRA_SPECS: tuple[FeatureSpec, ...] = (
 
 
 def run_kernel(
-    stream: Stream, specs: Sequence[FeatureSpec], lateness_ms: int = 0
+    stream: Stream,
+    specs: Sequence[FeatureSpec],
+    lateness_ms: int = 0,
+    tuning: Tuning = DEFAULT_TUNING,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Drive ``process_events`` directly (dense ids, arena big enough to never run out)."""
-    enc = K.encode_specs(specs)
-    _, ent = np.unique(stream.users, return_inverse=True)
-    ent = ent.astype(np.int64)
+    """One ``WindowState.update`` over the whole stream, its arena big enough to never run
+    out (batching, growth and compaction are the state tests' business)."""
     n = len(stream)
-    n_ent = int(ent.max()) + 1 if n else 1
-    seg = K.new_seg(n_ent)
-    ewm = np.zeros((n_ent, 2 * len(enc.halflife)))
-    size = 8 * n + 1024
-    arena_t = np.empty(size, dtype=np.int64)
-    arena_a = np.empty(size)
-    arena_m = np.empty(size, dtype=np.int64)
-    meta = np.zeros(K.META_SIZE, dtype=np.int64)
-    out = np.empty((n, len(specs)))
-    late = np.zeros(n, dtype=bool)
-    done = K.process_events(
-        ent, stream.times, stream.amounts, stream.merchants, 0,
-        enc.agg, enc.win_id, enc.uwin, enc.wlay, enc.glay, enc.slot, enc.halflife,
-        K.tuning_array(), lateness_ms, enc.retention_ms, 4,
-        seg, ewm, arena_t, arena_a, arena_m, *K.new_side(), K.new_dist_map(), meta, out, late,
-    )  # fmt: skip
-    assert done == n
-    return out, late
+    state = WindowState(
+        specs,
+        lateness_ms=lateness_ms,
+        initial_entities=max(len(np.unique(stream.users)), 1),
+        initial_arena=8 * n + 1024,
+        tuning=tuning,
+    )
+    res = state.update(stream.users, stream.times, stream.amounts, stream.merchants)
+    assert not res.failed
+    return res.features, res.late
 
 
 def assert_features_close(actual: np.ndarray, expected: np.ndarray, names: Sequence[str]) -> None:
@@ -113,9 +106,9 @@ def _in_order_case(seed: int, extra: bool) -> tuple[Stream, tuple[FeatureSpec, .
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("extra", [False, True], ids=["default", "extra_specs"])
-def test_in_order_matches_pandas(seed: int, extra: bool, tuning: str) -> None:
+def test_in_order_matches_pandas(seed: int, extra: bool, tuning: Tuning) -> None:
     stream, specs, expected = _in_order_case(seed, extra)
-    got, late = run_kernel(stream, specs, lateness_ms=0)
+    got, late = run_kernel(stream, specs, lateness_ms=0, tuning=tuning)
     assert not late.any()
     assert_features_close(got, expected, feature_names(specs))
 
@@ -141,10 +134,10 @@ def _out_of_order_case(seed: int, lateness_ms: int) -> tuple[Stream, np.ndarray,
 
 @pytest.mark.parametrize("seed", [10, 11, 12])
 @pytest.mark.parametrize("lateness_ms", [0, 5 * MINUTE_MS])
-def test_out_of_order_vs_bruteforce(seed: int, lateness_ms: int, tuning: str) -> None:
+def test_out_of_order_vs_bruteforce(seed: int, lateness_ms: int, tuning: Tuning) -> None:
     specs = DEFAULT_FEATURES + EXTRA_SPECS
     stream, exp, exp_late = _out_of_order_case(seed, lateness_ms)
-    got, late = run_kernel(stream, specs, lateness_ms=lateness_ms)
+    got, late = run_kernel(stream, specs, lateness_ms=lateness_ms, tuning=tuning)
     np.testing.assert_array_equal(late, exp_late)
     assert 0 < late.sum() < len(stream) // 2
     assert np.isnan(got[late]).all()
@@ -158,9 +151,9 @@ def test_lateness_is_per_entity() -> None:
     assert late.tolist() == [False, False, False, True, False]
 
 
-def test_out_of_order_excludes_future_rows(tuning: str) -> None:
+def test_out_of_order_excludes_future_rows(tuning: Tuning) -> None:
     s = single(t=[5_000, 1_000, 3_000], a=[100.0, 1.0, 2.0], m=[1, 2, 3])
-    got, late = run_kernel(s, DEFAULT_FEATURES, lateness_ms=10_000)
+    got, late = run_kernel(s, DEFAULT_FEATURES, lateness_ms=10_000, tuning=tuning)
     assert not late.any()
     col = {n: i for i, n in enumerate(feature_names(DEFAULT_FEATURES))}
     assert got[2, col["txn_count_5m"]] == 2  # 1_000 and 3_000, not 5_000
@@ -174,12 +167,12 @@ def test_out_of_order_excludes_future_rows(tuning: str) -> None:
 
 
 @pytest.mark.parametrize("batch", [1, 7, 1000])
-def test_batch_size_does_not_change_results(batch: int, tuning: str) -> None:
+def test_batch_size_does_not_change_results(batch: int, tuning: Tuning) -> None:
     stream = make_stream(5, n_users=20, n_events=1500, disorder=0.2)
-    whole = WindowState(lateness_ms=5 * MINUTE_MS).update(
+    whole = WindowState(lateness_ms=5 * MINUTE_MS, tuning=tuning).update(
         stream.users, stream.times, stream.amounts, stream.merchants
     )
-    st = WindowState(lateness_ms=5 * MINUTE_MS, initial_entities=2, initial_arena=16)
+    st = WindowState(lateness_ms=5 * MINUTE_MS, initial_entities=2, initial_arena=16, tuning=tuning)
     feats, lates = [], []
     for lo in range(0, len(stream), batch):
         part = stream.slice(lo, lo + batch)
@@ -193,8 +186,8 @@ def test_batch_size_does_not_change_results(batch: int, tuning: str) -> None:
 # ------------------------------------------------------------------------ edge cases
 
 
-def test_single_event(tuning: str) -> None:
-    got, _ = run_kernel(single(t=[123], a=[42.5], m=[9]), DEFAULT_FEATURES)
+def test_single_event(tuning: Tuning) -> None:
+    got, _ = run_kernel(single(t=[123], a=[42.5], m=[9]), DEFAULT_FEATURES, tuning=tuning)
     expected = {
         "txn_count_5m": 1.0,
         "txn_count_1h": 1.0,
@@ -211,10 +204,10 @@ def test_single_event(tuning: str) -> None:
     assert dict(zip(feature_names(DEFAULT_FEATURES), got[0].tolist(), strict=True)) == expected
 
 
-def test_all_events_same_time(tuning: str) -> None:
+def test_all_events_same_time(tuning: Tuning) -> None:
     a = [3.0, 5.0, 5.0, 11.0]
     s = single(t=[1000] * 4, a=a, m=[1, 2, 1, 3])
-    got, _ = run_kernel(s, DEFAULT_FEATURES)
+    got, _ = run_kernel(s, DEFAULT_FEATURES, tuning=tuning)
     col = {n: i for i, n in enumerate(feature_names(DEFAULT_FEATURES))}
     assert got[:, col["txn_count_5m"]].tolist() == [1, 2, 3, 4]
     assert got[:, col["seconds_since_last_txn"]].tolist() == [-1.0, 0.0, 0.0, 0.0]
@@ -227,27 +220,27 @@ def test_all_events_same_time(tuning: str) -> None:
 
 
 @pytest.mark.parametrize("w", [5 * MINUTE_MS, HOUR_MS, DAY_MS])
-def test_window_boundary(w: int, tuning: str) -> None:
+def test_window_boundary(w: int, tuning: Tuning) -> None:
     """Window is (t - w, t]: an event at exactly t - w is out, at t - w + 1 is in."""
     specs = [s for s in DEFAULT_FEATURES if s.agg == "count" and s.window_ms == w]
-    got, _ = run_kernel(single(t=[0, w, 10 * w, 11 * w - 1]), specs)
+    got, _ = run_kernel(single(t=[0, w, 10 * w, 11 * w - 1]), specs, tuning=tuning)
     assert got[:, 0].tolist() == [1, 1, 1, 2]
 
 
-def test_state_retention_keeps_since_last_exact_after_eviction(tuning: str) -> None:
+def test_state_retention_keeps_since_last_exact_after_eviction(tuning: Tuning) -> None:
     # second event is 3 days later: history evicted, since_last must still see the first
     s = single(t=[0, 3 * DAY_MS, 3 * DAY_MS + 1_000])
-    got, _ = run_kernel(s, DEFAULT_FEATURES)
+    got, _ = run_kernel(s, DEFAULT_FEATURES, tuning=tuning)
     col = feature_names(DEFAULT_FEATURES).index("seconds_since_last_txn")
     assert got[:, col].tolist() == [-1.0, 3 * DAY_MS / 1000.0, 1.0]
 
 
-def test_late_row_breaks_constant_run(tuning: str) -> None:
+def test_late_row_breaks_constant_run(tuning: Tuning) -> None:
     """A late row inside a constant run ends the run right after itself: the window that
     starts exactly at the late row is not constant (std != 0)."""
     specs = [s for s in EXTRA_SPECS if s.name in ("amount_std_2s", "txn_count_2s")]
     s = single(t=[1000, 2000, 3000, 1500, 3400, 3600], a=[10.0, 10.0, 10.0, 20.0, 10.0, 10.0])
-    got, late = run_kernel(s, specs, lateness_ms=10_000)
+    got, late = run_kernel(s, specs, lateness_ms=10_000, tuning=tuning)
     exp, _ = bruteforce_oracle(s, specs, 10_000)
     assert not late.any()
     assert got[4, 0] == 4  # (1400, 3400] holds the late row first
@@ -255,7 +248,7 @@ def test_late_row_breaks_constant_run(tuning: str) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the oracle's np.std
-def test_huge_amount_does_not_poison_sums(tuning: str) -> None:
+def test_huge_amount_does_not_poison_sums(tuning: Tuning) -> None:
     """x*x overflows for |x| > ~1.3e154: the running sums become inf while such a row is in
     the window and must be finite again once it leaves (no inf - inf = NaN residue)."""
     specs = [
@@ -264,7 +257,7 @@ def test_huge_amount_does_not_poison_sums(tuning: str) -> None:
     ]
     amounts = [1.0, 2.0, 1e200, 3.0, 4.0, 5.0, 6.0, 1.5e308, 7.0, 8.0, 9.0, 9.0, 9.5, 9.0]
     s = single(t=[500 * k for k in range(len(amounts))], a=amounts)
-    got, _ = run_kernel(s, specs)
+    got, _ = run_kernel(s, specs, tuning=tuning)
     exp, _ = bruteforce_oracle(s, specs, 0)
     assert np.isinf(got[3, 2]) and np.isfinite(got[-1]).all()
     assert_features_close(got, exp, feature_names(specs))
@@ -327,14 +320,16 @@ def test_hot_user_matches_pandas(name: str) -> None:
     """20k events of one user in a day (heavy tails, 1e9 spikes, long constant and
     nearly-constant runs, monotone ramps, 5 or 1e9 merchants) among small users."""
     stream, expected = _hot_in_order_case()
-    with use_tuning(name):
-        got, late = run_kernel(stream, HOT_SPECS)
-        state = WindowState(HOT_SPECS, lateness_ms=0, initial_entities=1, initial_arena=64)
-        parts = []
-        for lo in range(0, len(stream), 4_999):
-            p = stream.slice(lo, lo + 4_999)
-            parts.append(state.update(p.users, p.times, p.amounts, p.merchants).features)
-            state.compact()
+    tuning = TUNINGS[name]
+    got, late = run_kernel(stream, HOT_SPECS, tuning=tuning)
+    state = WindowState(
+        HOT_SPECS, lateness_ms=0, initial_entities=1, initial_arena=64, tuning=tuning
+    )
+    parts = []
+    for lo in range(0, len(stream), 4_999):
+        p = stream.slice(lo, lo + 4_999)
+        parts.append(state.update(p.users, p.times, p.amounts, p.merchants).features)
+        state.compact()
     assert not late.any()
     assert state.n_promoted >= 1
     assert_features_close(got, expected, feature_names(HOT_SPECS))
@@ -359,8 +354,7 @@ def _hot_out_of_order_case() -> tuple[Stream, np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("name", list(TUNINGS))
 def test_hot_users_out_of_order_vs_bruteforce(name: str) -> None:
     stream, exp, exp_late = _hot_out_of_order_case()
-    with use_tuning(name):
-        got, late = run_kernel(stream, HOT_SPECS, lateness_ms=5 * MINUTE_MS)
+    got, late = run_kernel(stream, HOT_SPECS, lateness_ms=5 * MINUTE_MS, tuning=TUNINGS[name])
     np.testing.assert_array_equal(late, exp_late)
     assert 0 < late.sum() < len(stream) // 10
     assert_features_close(got, exp, feature_names(HOT_SPECS))
@@ -455,16 +449,16 @@ def test_shuffled_hot_stream_has_what_the_late_tests_need() -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_promoted_late_rows_derived_from_state(seed: int, tuning: str) -> None:
+def test_promoted_late_rows_derived_from_state(seed: int, tuning: Tuning) -> None:
     """Out-of-order rows of promoted users: their windows derived from the state at TMAX
     (corrected by the rows after them and the rows that left the window since), checked
     against brute force; constant windows give exactly 0.0 like pandas."""
     stream, exp, exp_late = _shuffled_hot_case(seed)
-    got, late = run_kernel(stream, SHORT_SPECS, lateness_ms=SHORT_LATENESS)
+    got, late = run_kernel(stream, SHORT_SPECS, lateness_ms=SHORT_LATENESS, tuning=tuning)
     np.testing.assert_array_equal(late, exp_late)
     names = feature_names(SHORT_SPECS)
     assert_features_close(got, exp, names)
-    if TUNINGS[tuning]["promote_above"] == 0 and TUNINGS[tuning]["late_scan_factor"] == 0:
+    if tuning.promote_above == 0 and tuning.late_scan_factor == 0:
         # every row from the state (a two-pass scan leaves ~1e-17 for runs of 0.1)
         col = {n: i for i, n in enumerate(names)}
         for w in (2_000, 10_000):

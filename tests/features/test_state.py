@@ -8,9 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features import state as state_mod
+from features.kernels import Tuning
 from features.spec import DEFAULT_FEATURES, MINUTE_MS, FeatureSpec
 from features.state import BatchResult, WindowState
-from tests.features.conftest import TUNINGS, use_tuning
+from tests.features.conftest import TUNINGS
 from tests.features.oracle import (
     Stream,
     bruteforce_oracle,
@@ -35,14 +36,14 @@ def cat(results: list[BatchResult], field: str) -> np.ndarray:
     return np.concatenate([getattr(r, field) for r in results])
 
 
-def test_snapshot_restore_mid_stream_is_exact(tuning: str) -> None:
+def test_snapshot_restore_mid_stream_is_exact(tuning: Tuning) -> None:
     stream = make_stream(21, n_users=30, n_events=2000, disorder=0.25)
-    ref = cat(feed(WindowState(lateness_ms=LATENESS), stream, 250), "features")
+    ref = cat(feed(WindowState(lateness_ms=LATENESS, tuning=tuning), stream, 250), "features")
 
-    first = WindowState(lateness_ms=LATENESS)
+    first = WindowState(lateness_ms=LATENESS, tuning=tuning)
     part1 = feed(first, stream.slice(0, 1100), 250)
     blob = first.snapshot()
-    restored = WindowState.restore(blob, DEFAULT_FEATURES)
+    restored = WindowState.restore(blob, DEFAULT_FEATURES, tuning=tuning)
     assert restored.n_entities == first.n_entities
     assert restored.lateness_ms == LATENESS
     assert restored.feature_names == first.feature_names
@@ -83,12 +84,14 @@ def test_restore_rejects_other_format_version(monkeypatch: pytest.MonkeyPatch) -
         WindowState.restore(blob)
 
 
-def test_tiny_capacities_grow_and_compact_exactly(tuning: str) -> None:
+def test_tiny_capacities_grow_and_compact_exactly(tuning: Tuning) -> None:
     stream = make_stream(22, n_users=40, n_events=3000, disorder=0.2)
-    ref = WindowState(lateness_ms=LATENESS).update(
+    ref = WindowState(lateness_ms=LATENESS, tuning=tuning).update(
         stream.users, stream.times, stream.amounts, stream.merchants
     )
-    tiny = WindowState(lateness_ms=LATENESS, initial_entities=1, initial_arena=1, min_segment=1)
+    tiny = WindowState(
+        lateness_ms=LATENESS, initial_entities=1, initial_arena=1, min_segment=1, tuning=tuning
+    )
     res = []
     for k, lo in enumerate(range(0, len(stream), 97)):
         p = stream.slice(lo, lo + 97)
@@ -109,21 +112,21 @@ def test_hot_users_exact_across_batches_compaction_and_restore(name: str) -> Non
         3, hot_users=2, hot_events=3_000, span_ms=2 * 3_600_000, small_users=30,
         small_events=1_500, disorder=0.1, max_delay_ms=8 * MINUTE_MS,
     )  # fmt: skip
-    with use_tuning(name):
-        whole = WindowState(lateness_ms=LATENESS)
-        ref = whole.update(stream.users, stream.times, stream.amounts, stream.merchants)
-        assert whole.n_promoted >= 2
-        state = WindowState(lateness_ms=LATENESS, initial_entities=1, initial_arena=8)
-        feats, lates = [], []
-        for k, lo in enumerate(range(0, len(stream), 313)):
-            p = stream.slice(lo, lo + 313)
-            r = state.update(p.users, p.times, p.amounts, p.merchants)
-            feats.append(r.features)
-            lates.append(r.late)
-            if k % 3 == 1:
-                state.compact()
-            if k % 4 == 2:
-                state = WindowState.restore(state.snapshot())
+    tuning = TUNINGS[name]
+    whole = WindowState(lateness_ms=LATENESS, tuning=tuning)
+    ref = whole.update(stream.users, stream.times, stream.amounts, stream.merchants)
+    assert whole.n_promoted >= 2
+    state = WindowState(lateness_ms=LATENESS, initial_entities=1, initial_arena=8, tuning=tuning)
+    feats, lates = [], []
+    for k, lo in enumerate(range(0, len(stream), 313)):
+        p = stream.slice(lo, lo + 313)
+        r = state.update(p.users, p.times, p.amounts, p.merchants)
+        feats.append(r.features)
+        lates.append(r.late)
+        if k % 3 == 1:
+            state.compact()
+        if k % 4 == 2:
+            state = WindowState.restore(state.snapshot(), tuning=tuning)
     assert ref.late.any()
     np.testing.assert_array_equal(np.concatenate(lates), ref.late)
     np.testing.assert_array_equal(np.concatenate(feats), ref.features)
@@ -131,16 +134,16 @@ def test_hot_users_exact_across_batches_compaction_and_restore(name: str) -> Non
     assert whole.nbytes > WindowState(initial_entities=1, initial_arena=1).nbytes
 
 
-def test_promoted_late_rows_exact_across_restore(tuning: str) -> None:
+def test_promoted_late_rows_exact_across_restore(tuning: Tuning) -> None:
     """Out-of-order rows of promoted entities read distinct flags, previous-occurrence links
     and run lengths, which a restore rebuilds from the rows (links to evicted rows dropped,
     where a live state keeps them unused): bit-identical across batching, compaction and
     restore, also while rows are evicted."""
     stream = make_shuffled_hot_stream(2)
-    whole = WindowState(SHORT_SPECS, lateness_ms=SHORT_LATENESS)
+    whole = WindowState(SHORT_SPECS, lateness_ms=SHORT_LATENESS, tuning=tuning)
     ref = whole.update(stream.users, stream.times, stream.amounts, stream.merchants)
     assert whole.n_promoted >= 2
-    state = WindowState(SHORT_SPECS, lateness_ms=SHORT_LATENESS, initial_entities=1)
+    state = WindowState(SHORT_SPECS, lateness_ms=SHORT_LATENESS, initial_entities=1, tuning=tuning)
     feats, lates = [], []
     for k, lo in enumerate(range(0, len(stream), 257)):
         p = stream.slice(lo, lo + 257)
@@ -150,7 +153,7 @@ def test_promoted_late_rows_exact_across_restore(tuning: str) -> None:
         if k % 3 == 1:
             state.compact()
         if k % 2 == 0:
-            state = WindowState.restore(state.snapshot(), SHORT_SPECS)
+            state = WindowState.restore(state.snapshot(), SHORT_SPECS, tuning=tuning)
     assert ref.late.any()
     np.testing.assert_array_equal(np.concatenate(lates), ref.late)
     np.testing.assert_array_equal(np.concatenate(feats), ref.features)
@@ -244,16 +247,16 @@ def test_property_matches_bruteforce(
         merchants=np.array(cols[3], dtype=np.int64),
     )
     exp, exp_late = bruteforce_oracle(stream, SMALL_SPECS, lateness)
-    for name in TUNINGS:
-        with use_tuning(name):
-            state = WindowState(
-                SMALL_SPECS,
-                lateness_ms=lateness,
-                initial_entities=1,
-                initial_arena=2,
-                min_segment=1,
-            )
-            res = feed(state, stream, batch)
+    for name, tuning in TUNINGS.items():
+        state = WindowState(
+            SMALL_SPECS,
+            lateness_ms=lateness,
+            initial_entities=1,
+            initial_arena=2,
+            min_segment=1,
+            tuning=tuning,
+        )
+        res = feed(state, stream, batch)
         np.testing.assert_array_equal(cat(res, "late"), exp_late, err_msg=name)
         np.testing.assert_allclose(
             cat(res, "features"), exp, rtol=1e-9, atol=1e-9, equal_nan=True, err_msg=name
