@@ -35,9 +35,7 @@ def feature_sql(specs: list[list[object]]) -> tuple[str, str, str]:
     order = "PARTITION BY user_id ORDER BY t, arr"
     for name, agg, column, window in specs:
         if agg == "since_last":
-            selects.append(
-                f"coalesce((t - lag(t) OVER ({order})) / 1000.0, -1.0) AS {name}"
-            )
+            selects.append(f"coalesce((t - lag(t) OVER ({order})) / 1000.0, -1.0) AS {name}")
             continue
         if agg == "ewm_mean":
             w = f"wt_{name}"

@@ -84,7 +84,9 @@ def main(argv: list[str]) -> None:
             num = (pl.col(column) * wt).cum_sum().over(USER)
             exprs.append((num / wt.cum_sum().over(USER)).alias(name))
         elif agg == "distinct":
-            rolled = df.rolling(index_column=TIME, period=f"{window}i", closed="none", group_by=USER)
+            rolled = df.rolling(
+                index_column=TIME, period=f"{window}i", closed="none", group_by=USER
+            )
             parts = rolled.agg(pl.col(column).n_unique().alias("part"))
             if not parts[USER].equals(df[USER]) or not parts[TIME].equals(df[TIME]):
                 raise RuntimeError("rolling group-by rows are not in the frame's order")
