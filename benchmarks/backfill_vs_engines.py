@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,9 +88,8 @@ def featflow_env(**extra: str) -> dict[str, str]:
 
 def command(engine: str, source: Path, output: Path) -> list[str]:
     if engine == "featflow":
-        return [*featflow_cmd(), "backfill", "--input", str(source), "--output", str(output)] + [
-            "--no-store"
-        ]
+        io = ["--input", str(source), "--output", str(output)]
+        return [*featflow_cmd(), "backfill", *io, "--no-store"]
     script = ROOT / "benchmarks" / f"engine_{engine}.py"
     specs = json.dumps(spec_fingerprint(DEFAULT_FEATURES))
     return [sys.executable, str(script), str(source), str(output), specs]
@@ -210,8 +210,10 @@ cold: featflow on the {check_size:,} file with NUMBA_CACHE_DIR an empty director
   first run after `make install` meets unless install warms the cache), then again warm
 help: `featflow --help`, {args.help_repeats} runs""",
     )
-    print("\nwhat each engine computes:")
-    table(HOW, ["engine", "features", "how"])
+    print("\nwhat each engine computes (exactly, checked below):")
+    for engine, features, how in HOW:
+        lines = textwrap.wrap(f"{engine}: {features}; {how}", 92, subsequent_indent="    ")
+        print("\n".join(f"  {line}" for line in lines))
 
     with tempfile.TemporaryDirectory(prefix="featflow-bench-engines-") as tmp:
         scratch = Path(tmp)

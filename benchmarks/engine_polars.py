@@ -30,39 +30,18 @@ import polars as pl
 
 USER, TIME = "user_id", "event_time"
 PEERS = [USER, TIME]
+# An ``over`` nested in another ``over`` is evaluated within each outer partition (slow,
+# and wrong when the partitions differ), so every windowed intermediate is its own column,
+# built in stages: per-row inputs, then window/cumulative parts, then plain arithmetic.
 
 
-def _window_exprs(agg: str, column: str | None, w: int) -> pl.Expr:
-    """One windowed feature (not distinct) as the ``(t - w, t)`` part plus the peers' part."""
+def _rolling(agg: str, column: str, w: int) -> pl.Expr:
+    """``agg`` of ``column`` over the user's rows in ``(t - w, t)`` (null when empty)."""
+    x = pl.col(column)
     size = f"{w}i"
-    x = pl.col(column or "one")  # count reads no column
-    n_a = pl.col("one").rolling_sum_by(TIME, size, closed="none").over(USER).fill_null(0.0)
-    k = pl.col("one").cum_sum().over(PEERS)
-    if agg == "count":
-        return (n_a + k).cast(pl.Int64)
-    s_a = x.rolling_sum_by(TIME, size, closed="none").over(USER).fill_null(0.0)
-    s_b = x.cum_sum().over(PEERS)
-    if agg == "sum":
-        return s_a + s_b
-    if agg == "mean":
-        return (s_a + s_b) / (n_a + k)
-    if agg in ("max", "min"):
-        part = getattr(x, f"rolling_{agg}_by")(TIME, size, closed="none").over(USER)
-        peers = getattr(x, f"cum_{agg}")().over(PEERS)
-        return getattr(pl, f"{agg}_horizontal")(part, peers)
-    if agg == "std":
-        mean_a = x.rolling_mean_by(TIME, size, closed="none").over(USER).fill_null(0.0)
-        var_a = x.rolling_var_by(TIME, size, closed="none", ddof=0).over(USER).fill_null(0.0)
-        ref = x.first().over(PEERS)
-        d = x - ref
-        mean_d = d.cum_sum().over(PEERS) / k
-        var_b = ((d * d).cum_sum().over(PEERS) / k - mean_d * mean_d).clip(lower_bound=0.0)
-        mean_b = ref + mean_d
-        n = n_a + k
-        delta = mean_b - mean_a
-        var = (n_a * var_a + k * var_b + n_a * k / n * delta * delta) / n
-        return var.sqrt()
-    raise ValueError(f"no Polars construction for {agg!r}")
+    if agg == "var":
+        return x.rolling_var_by(TIME, size, closed="none", ddof=0).over(USER)
+    return getattr(x, f"rolling_{agg}_by")(TIME, size, closed="none").over(USER)
 
 
 def main(argv: list[str]) -> None:
@@ -74,39 +53,85 @@ def main(argv: list[str]) -> None:
         .with_columns(one=pl.lit(1.0))
         .sort([USER, TIME, "arr"])
     )
-    exprs: list[pl.Expr] = []
+    t = pl.col(TIME)
+    # stage 1: per-row inputs
+    first: dict[str, pl.Expr] = {
+        "k": pl.col("one").cum_sum().over(PEERS),  # rank among the row's peers, from 1
+        "ref": pl.col("amount").first().over(PEERS),
+        "t0": t.first().over(USER),
+    }
+    for _, agg, column, _ in specs:
+        if agg == "distinct":  # previous occurrence of the row's merchant (same user)
+            first[f"prev_{column}"] = t.shift(1).over([USER, column])
+    df = df.with_columns(**first)
+    # stage 2: window and cumulative parts
+    parts: dict[str, pl.Expr] = {
+        "d": pl.col("amount") - pl.col("ref"),
+        "s_b": pl.col("amount").cum_sum().over(PEERS),
+        "max_b": pl.col("amount").cum_max().over(PEERS),
+        "min_b": pl.col("amount").cum_min().over(PEERS),
+        "gap": ((t - t.shift(1)).over(USER) / 1000.0).fill_null(-1.0),
+    }
+    final: dict[str, pl.Expr] = {}
+    later: dict[str, pl.Expr] = {}
     for name, agg, column, window in specs:
+        w = int(window) if window is not None else 0
         if agg == "since_last":
-            gap = (pl.col(TIME) - pl.col(TIME).shift(1)).over(USER) / 1000.0
-            exprs.append(gap.fill_null(-1.0).alias(name))
+            final[name] = pl.col("gap")
         elif agg == "ewm_mean":
-            wt = (2.0 ** ((pl.col(TIME) - pl.col(TIME).first()) / float(window))).over(USER)
-            num = (pl.col(column) * wt).cum_sum().over(USER)
-            exprs.append((num / wt.cum_sum().over(USER)).alias(name))
+            wt = 2.0 ** ((t - pl.col("t0")) / float(w))
+            parts[f"num_{name}"] = (pl.col(column) * wt).cum_sum().over(USER)
+            parts[f"den_{name}"] = wt.cum_sum().over(USER)
+            final[name] = pl.col(f"num_{name}") / pl.col(f"den_{name}")
         elif agg == "distinct":
-            rolled = df.rolling(
-                index_column=TIME, period=f"{window}i", closed="none", group_by=USER
-            )
-            parts = rolled.agg(pl.col(column).n_unique().alias("part"))
-            if not parts[USER].equals(df[USER]) or not parts[TIME].equals(df[TIME]):
+            rolled = df.rolling(index_column=TIME, period=f"{w}i", closed="none", group_by=USER)
+            got = rolled.agg(pl.col(column).n_unique().alias("part"))
+            if not got[USER].equals(df[USER]) or not got[TIME].equals(df[TIME]):
                 raise RuntimeError("rolling group-by rows are not in the frame's order")
-            part = parts["part"]
-            # previous occurrence of the row's merchant (same user), as its own column: an
-            # ``over`` nested in another ``over`` would see only the outer partition's rows
-            prev = pl.col(TIME).shift(1).over([USER, column])
-            new = (prev.is_null() | (prev != pl.col(TIME))) & (
-                prev.is_null() | (prev <= pl.col(TIME) - window)
-            )
-            df = df.with_columns(part.alias(f"_part_{name}"), new.alias(f"_new_{name}"))
-            peers = pl.col(f"_new_{name}").cast(pl.Int64).cum_sum().over(PEERS)
-            exprs.append((pl.col(f"_part_{name}").cast(pl.Int64) + peers).alias(name))
+            df = df.with_columns(got["part"].cast(pl.Int64).alias(f"part_{name}"))
+            # a peer adds its merchant when first among the peers and absent from (t - w, t)
+            prev = pl.col(f"prev_{column}")
+            parts[f"new_{name}"] = (
+                (prev.is_null() | (prev != t)) & (prev.is_null() | (prev <= t - w))
+            ).cast(pl.Int64)
+            later[f"newk_{name}"] = pl.col(f"new_{name}").cum_sum().over(PEERS)
+            final[name] = pl.col(f"part_{name}") + pl.col(f"newk_{name}")
         else:
-            exprs.append(_window_exprs(agg, column, int(window)).alias(name))
-    out = df.with_columns(exprs).sort("arr")
+            parts[f"n_{w}"] = _rolling("sum", "one", w).fill_null(0.0)
+            n_a, k = pl.col(f"n_{w}"), pl.col("k")
+            if agg == "count":
+                final[name] = (n_a + k).cast(pl.Int64)
+                continue
+            parts[f"s_{w}"] = _rolling("sum", column, w).fill_null(0.0)
+            total = pl.col(f"s_{w}") + pl.col("s_b")
+            if agg == "sum":
+                final[name] = total
+            elif agg == "mean":
+                final[name] = total / (n_a + k)
+            elif agg in ("max", "min"):
+                parts[f"{agg}_{w}"] = _rolling(agg, column, w)
+                pick = getattr(pl, f"{agg}_horizontal")
+                final[name] = pick(pl.col(f"{agg}_{w}"), pl.col(f"{agg}_b"))
+            elif agg == "std":
+                # Chan et al.: (t - w, t) and the peers up to the row, shifted by ``ref``
+                parts[f"mean_{w}"] = _rolling("mean", column, w).fill_null(0.0)
+                parts[f"var_{w}"] = _rolling("var", column, w).fill_null(0.0)
+                later["sd_b"] = pl.col("d").cum_sum().over(PEERS)
+                later["sdd_b"] = (pl.col("d") * pl.col("d")).cum_sum().over(PEERS)
+                mean_d = pl.col("sd_b") / k
+                var_b = (pl.col("sdd_b") / k - mean_d * mean_d).clip(lower_bound=0.0)
+                delta = pl.col("ref") + mean_d - pl.col(f"mean_{w}")
+                n = n_a + k
+                var = (n_a * pl.col(f"var_{w}") + k * var_b + n_a * k / n * delta * delta) / n
+                final[name] = var.sqrt()
+            else:
+                raise ValueError(f"no Polars construction for {agg!r}")
+    df = df.with_columns(**parts).with_columns(**later)
+    out = df.with_columns(**final).sort("arr")
     out = out.select(
         "event_id",
         USER,
-        pl.col(TIME).cast(pl.Datetime("ms", "UTC")).alias("event_timestamp"),
+        t.cast(pl.Datetime("ms", "UTC")).alias("event_timestamp"),
         *[name for name, *_ in specs],
     )
     out.write_parquet(output)
