@@ -89,11 +89,18 @@ def fresh_settings(srv: Servers, name: str, **overrides: object) -> Settings:
 
 
 def make_events(
-    n: int, *, users: int, start_ms: int, span_ms: float, activity: str, seed: int
+    n: int,
+    *,
+    users: int,
+    start_ms: int,
+    span_ms: float,
+    activity: str,
+    seed: int,
+    zipf: float = 1.1,
 ) -> GeneratedEvents:
     """``generate_events`` over ``span_ms``; ``activity="uniform"`` redraws the user ids."""
     events = generate_events(
-        n, users=users, start_ms=start_ms, mean_gap_ms=span_ms / max(n, 1), seed=seed
+        n, users=users, start_ms=start_ms, mean_gap_ms=span_ms / max(n, 1), seed=seed, zipf=zipf
     )
     if activity == "uniform":
         rng = np.random.default_rng(seed + 1)

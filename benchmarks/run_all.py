@@ -5,7 +5,7 @@ servers from skewing the next, and lets one crash without hiding the others' res
 
     python -m benchmarks.run_all [--quick] [--only NAME ...]
 
-Default sizes take ~9 minutes on 2 cores; ``--quick`` uses smaller ones (~2 minutes), which
+Default sizes take ~13 minutes on 2 cores; ``--quick`` uses smaller ones (~2 minutes), which
 change the absolute figures, so quote the flags with any number.
 """
 
@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "stream_throughput": [],
     "freshness": [],
     "backfill_vs_pandas": [],
+    "backfill_vs_engines": [],
     "kernel_disorder": [],
     "state_memory": [],
     "predict_latency": [],
@@ -31,6 +32,10 @@ QUICK: dict[str, list[str]] = {
     ],
     "freshness": ["--seconds", "8", "--ramp-seconds", "3"],
     "backfill_vs_pandas": ["--events", "200000", "--users", "20000"],
+    "backfill_vs_engines": [
+        "--sizes", "10000", "100000", "--repeats", "1", "--cold-repeats", "1",
+        "--help-repeats", "5",
+    ],
     "kernel_disorder": ["--events", "100000", "--users", "5000", "--repeats", "1"],
     "state_memory": ["--users", "100000"],
     "predict_latency": ["--n", "2000"],

@@ -51,13 +51,18 @@ def generate_events(
     seed: int = 0,
     merchants: int = 10_000,
     disorder_ms: int = 0,
+    zipf: float = 1.1,
 ) -> GeneratedEvents:
-    """``n`` events over ``users`` users starting at ``start_ms``."""
+    """``n`` events over ``users`` users starting at ``start_ms``.
+
+    ``zipf`` is the activity exponent: the k-th most active user's weight is ``1 / k**zipf``
+    (1.1: the busiest of 100k users has ~13% of the events; 1.5: ~38%).
+    """
     if n < 0 or users < 1 or merchants < 1:
         raise ValueError("need n >= 0, users >= 1 and merchants >= 1")
     rng = np.random.default_rng(seed)
-    # Zipf-like activity: weight of the k-th most active user ~ 1 / k^1.1.
-    weights = 1.0 / np.arange(1, users + 1) ** 1.1
+    # Zipf-like activity: weight of the k-th most active user ~ 1 / k^zipf.
+    weights = 1.0 / np.arange(1, users + 1) ** zipf
     weights /= weights.sum()
     user_id = rng.permutation(users)[rng.choice(users, size=n, p=weights)].astype(np.int64) + 1
     typical = np.exp(rng.normal(3.0, 0.8, size=users + 1))  # per-user typical spend
