@@ -27,6 +27,7 @@ from featflow.settings import Settings
 
 
 def run_demo(settings: Settings, *, n_events: int, users: int, timeout_s: float = 300.0) -> None:
+    """The whole loop on embedded servers: produce, stream, read back, train, serve, score."""
     import uvicorn
 
     from featflow.processes import start_worker, stop_process, wait_caught_up

@@ -96,6 +96,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Precedence: keyword arguments, then ``FEATFLOW_*`` variables, then the YAML file."""
         return init_settings, env_settings, _YamlSource(settings_cls)
 
     @property

@@ -28,10 +28,13 @@ from infra.dead_letter import DeadLetter
 
 @dataclass(frozen=True, slots=True)
 class BackfillResult:
+    """Features of the accepted rows and the refused ones with their reasons."""
+
     table: pa.Table  # offline schema: kafka_partition = -1, kafka_offset = input row number
     rejected: list[DeadLetter]
 
     def reasons(self) -> dict[str, int]:
+        """Refused rows per reason."""
         return dict(Counter(d.reason.value for d in self.rejected))
 
 

@@ -48,6 +48,7 @@ def feature_table(specs: Sequence[FeatureSpec] = DEFAULT_FEATURES) -> str:
 
 
 def render_readme(text: str) -> str:
+    """The README table of the features, generated from the specs."""
     block = f"{BEGIN}\n{feature_table()}\n{END}"
     pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
     if not pattern.search(text):

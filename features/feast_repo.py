@@ -42,6 +42,7 @@ def feast_type_name(spec: FeatureSpec) -> str:
 
 
 def feature_store_yaml(stores: Stores) -> dict[str, object]:
+    """The ``feature_store.yaml`` contents for ``stores`` (SQLite or Redis online, file offline)."""
     if stores.online_store_kind == "sqlite":
         online: dict[str, object] = {"type": "sqlite", "path": "data/online_store.db"}
     else:

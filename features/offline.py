@@ -24,6 +24,8 @@ PARQUET_OPTIONS: dict[str, object] = {"compression": "snappy", "use_dictionary":
 
 
 class OfflineWriter:
+    """Writes feature rows as parquet part files under one folder (Feast's file offline store)."""
+
     def __init__(self, directory: Path):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)

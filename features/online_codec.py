@@ -122,6 +122,7 @@ class RedisHsetPacker:
         self._row_bound = fixed + 25 * (len(self._int_heads) + 1)
 
     def pack(self, user_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray) -> bytes:
+        """The RESP bytes of one HSET per row, as Feast's Redis writer would send them."""
         n = len(user_id)
         out = np.empty(n * self._row_bound, dtype=np.uint8)
         used = _pack_hsets(

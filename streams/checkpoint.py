@@ -21,6 +21,8 @@ _HEADER_LEN = struct.Struct(">I")
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
+    """A partition's encoded window state and the last offset whose effects it includes."""
+
     offset: int  # last offset whose effects the state includes; -1 before any
     state: bytes
 
@@ -40,6 +42,7 @@ class CheckpointStore:
         return self.root / f"{topic}-{partition}.ckpt"
 
     def load(self, topic: str, partition: int) -> Checkpoint | None:
+        """The partition's checkpoint, or None if it has none; ValueError for a foreign file."""
         path = self._path(topic, partition)
         try:
             data = path.read_bytes()
@@ -54,6 +57,7 @@ class CheckpointStore:
         return Checkpoint(offset=int(header["offset"]), state=data[start + header_len :])
 
     def save(self, topic: str, partition: int, checkpoint: Checkpoint) -> None:
+        """Replace the partition's checkpoint atomically (temp file, fsync, rename, dir fsync)."""
         path = self._path(topic, partition)
         header = json.dumps({"offset": checkpoint.offset}).encode()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

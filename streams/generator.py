@@ -19,6 +19,8 @@ _encoder = msgspec.json.Encoder()
 
 @dataclass(frozen=True, slots=True)
 class GeneratedEvents:
+    """Synthetic events as columns, in publication order."""
+
     event_id: list[str]
     user_id: np.ndarray
     merchant_id: np.ndarray
@@ -84,6 +86,8 @@ def generate_events(
 
 @dataclass(frozen=True, slots=True)
 class GeneratedOutcomes:
+    """Late labels for generated events, in publication order."""
+
     event_id: list[str]
     user_id: np.ndarray
     label: np.ndarray  # int8, 1 = fraud

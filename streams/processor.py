@@ -42,6 +42,7 @@ class Counters:
     skipped_replays: int = 0
 
     def add(self, other: Counters) -> None:
+        """Add ``other``'s counts to these."""
         self.accepted += other.accepted
         self.skipped_replays += other.skipped_replays
 

@@ -99,6 +99,8 @@ class FeatureWorker:
 
     # -- partition ownership -------------------------------------------------
     async def acquire(self, partitions: list[TopicPartition]) -> None:
+        """Take over ``partitions``: restore each from its checkpoint (or replay from the
+        start) and seek past what the state holds."""
         assert self._consumer is not None
         for tp in partitions:
             if tp.topic != self.config.topics.events or tp.partition in self.processors:
@@ -149,6 +151,7 @@ class FeatureWorker:
             probe.close()
 
     async def release(self, partitions: list[TopicPartition]) -> None:
+        """Give up ``partitions`` (revoked or stopping): drain the stores, then checkpoint each."""
         await self.drain()  # a checkpoint must not get ahead of the stores
         await self.checkpointer.settle()  # nor be overtaken by an older one
         for tp in partitions:
@@ -160,6 +163,7 @@ class FeatureWorker:
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
+        """Create topics, apply the Feast repo, connect the producer and join the consumer group."""
         config = self.config
         await asyncio.to_thread(ensure_topics, config.kafka, config.topics)
         store = await asyncio.to_thread(apply_repo, config.stores, self.specs)
@@ -188,6 +192,7 @@ class FeatureWorker:
         self.started.set()
 
     async def stop(self) -> None:
+        """Checkpoint every owned partition and close the Kafka clients."""
         self._stopping.set()
         if self._consumer is not None:
             await self.release(
@@ -357,11 +362,13 @@ class OutcomeStore:
         self._lock = asyncio.Lock()
 
     async def add(self, event) -> None:
+        """Buffer one outcome event; a full buffer is flushed."""
         self._events.append(event)
         if len(self._events) >= self.max_batch:
             await self.flush()
 
     async def flush(self) -> None:
+        """Decode the buffered outcomes, write one part file, dead-letter the bad ones, ack all."""
         await self.worker.started.wait()  # faust may start agents before our service
         async with self._lock:
             events, self._events = self._events, []
