@@ -2,7 +2,7 @@
 
 Why: ``/predict`` must answer within 1 ms (p99) before HTTP, and cost no more than 1.5x
 what Feast alone needs to read the same feature row. How: one Redis online store
-(embedded, 127.0.0.1) holds ``--users`` rows written with ``open_online_writer``; a
+(embedded, 127.0.0.1) holds ``--users`` rows written with ``open_online``; a
 GradientBoostingClassifier(150 trees, depth 3), trained on random data over the 11
 features and exported like ``inference/train.py`` does, is registered and promoted. Then,
 in this one process, each of ``--n`` iterations picks a random user and times (in a
@@ -32,9 +32,8 @@ import numpy as np
 from benchmarks._common import header, scratch_dir, verdict
 from featflow.settings import Settings
 from features.feast_repo import FEATURE_VIEW, JOIN_KEY, apply_repo
-from features.online import open_online_writer
+from features.online import open_online
 from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
-from inference.feature_reader import open_feature_reader
 from inference.predictor import Predictor
 from inference.registry import ModelRegistry
 from infra.redis_server import embedded_redis
@@ -60,7 +59,7 @@ def populate(settings: Settings, users: int, seed: int) -> tuple[FeatureStore, n
     for j, spec in enumerate(DEFAULT_FEATURES):
         if spec.agg in ("count", "distinct"):
             features[:, j] = rng.integers(1, 50, size=users)
-    writer = open_online_writer(store, DEFAULT_FEATURES)
+    writer = open_online(store, DEFAULT_FEATURES)
     for lo in range(0, users, 5000):
         hi = min(lo + 5000, users)
         writer.write(
@@ -118,7 +117,7 @@ def measure(store: FeatureStore, settings: Settings, ids: np.ndarray, n: int, se
     predictor = Predictor(ModelRegistry(settings.stores.models_dir), FEATURE_NAMES)
     if not predictor.refresh():
         raise RuntimeError(f"no champion loaded: {predictor.last_error}")
-    reader = open_feature_reader(store, DEFAULT_FEATURES)
+    reader = open_online(store, DEFAULT_FEATURES)
     row, found = reader.read([int(ids[0])])
     assert found.all(), "benchmark user has no stored row"
 

@@ -30,8 +30,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from features.online import OnlineStore
 from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
-from inference.feature_reader import FeatureReader
 from inference.predictor import Predictor
 from inference.publisher import PredictionPublisher
 from infra.config import Stores
@@ -301,7 +301,7 @@ async def _validation_failed(_: Request, exc: RequestValidationError) -> Respons
 
 def create_app(
     predictor: Predictor,
-    reader: FeatureReader,
+    reader: OnlineStore,
     publisher: PredictionPublisher | None,
     *,
     refresh_interval_s: float = 1.0,
@@ -437,10 +437,10 @@ def build_app(stores: Stores, publisher: PredictionPublisher | None = None) -> F
     """The service over ``stores``: the registry's champion scoring features read from the
     configured online store; predictions go to ``publisher`` if given."""
     from features.feast_repo import apply_repo
-    from inference.feature_reader import open_feature_reader
+    from features.online import open_online
     from inference.registry import ModelRegistry
 
     store = apply_repo(stores)
     predictor = Predictor(ModelRegistry(stores.models_dir), FEATURE_NAMES)
-    reader = open_feature_reader(store, DEFAULT_FEATURES)
+    reader = open_online(store, DEFAULT_FEATURES)
     return create_app(predictor, reader, publisher)

@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError
 
 from features.feast_repo import apply_repo
 from features.offline import OfflineWriter
-from features.online import OnlineWriter, open_online_writer
+from features.online import OnlineStore, open_online
 from features.spec import DEFAULT_FEATURES, FeatureSpec
 from features.state import WindowState
 from infra.dead_letter import DeadLetter
@@ -70,7 +70,7 @@ class FeatureWorker:
         self.specs = tuple(specs)
         self.checkpoints = CheckpointStore(config.stores.checkpoint_dir)
         self.offline = OfflineWriter(config.stores.offline_dir)
-        self.online: OnlineWriter | None = None
+        self.online: OnlineStore | None = None
         self.scorer = StreamScorer(config.stores.models_dir) if config.stream_scoring else None
         self.processors: dict[int, PartitionProcessor] = {}
         self.totals = Counters()
@@ -167,7 +167,7 @@ class FeatureWorker:
         config = self.config
         await asyncio.to_thread(ensure_topics, config.kafka, config.topics)
         store = await asyncio.to_thread(apply_repo, config.stores, self.specs)
-        self.online = open_online_writer(store, self.specs)
+        self.online = open_online(store, self.specs)
         self._producer = AIOKafkaProducer(bootstrap_servers=config.kafka.bootstrap, acks="all")
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(

@@ -17,11 +17,10 @@ import redis
 
 from featflow.settings import Settings
 from features.feast_repo import FEATURE_VIEW, PROJECT, apply_repo, feast_type_name
-from features.online import open_online_writer
+from features.online import default_features, open_online
 from features.reader import read_online
 from features.rows import offline_table, online_frame
 from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
-from inference.feature_reader import default_features, open_feature_reader
 
 NAMES = list(FEATURE_NAMES)
 
@@ -76,7 +75,7 @@ def test_writer_matches_feast(backend: str, tmp_path: Path, request: pytest.Fixt
             )
             store.write_to_online_store(FEATURE_VIEW, frame)
         else:
-            writer = open_online_writer(store, DEFAULT_FEATURES)
+            writer = open_online(store, DEFAULT_FEATURES)
             assert writer.write(user_id=users, event_time_ms=times, features=features) == len(users)
 
         got = read_online(settings.stores, users.tolist())
@@ -107,7 +106,7 @@ def test_writers_refuse_non_finite_features(
     features[1, NAMES.index(feature)] = value
     message = f"refusing to store {feature} = {value}"
     with pytest.raises(ValueError, match=message):
-        open_online_writer(store, DEFAULT_FEATURES).write(
+        open_online(store, DEFAULT_FEATURES).write(
             user_id=users, event_time_ms=times, features=features
         )
     with pytest.raises(ValueError, match=message):
@@ -138,7 +137,7 @@ def test_a_non_finite_row_from_another_writer_is_served_as_missing(
     bad[1, NAMES.index(feature)] = np.inf
     frame = online_frame(DEFAULT_FEATURES, user_id=users, event_time_ms=times, features=bad)
     store.write_to_online_store(FEATURE_VIEW, frame)
-    values, found = open_feature_reader(store, DEFAULT_FEATURES).read(users.tolist())
+    values, found = open_online(store, DEFAULT_FEATURES).read(users.tolist())
     assert found.tolist() == [True, False, True, True]
     assert np.isfinite(values).all()
     np.testing.assert_array_equal(values[1], default_features(DEFAULT_FEATURES))

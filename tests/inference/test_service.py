@@ -25,10 +25,9 @@ from sklearn.linear_model import LogisticRegression
 
 from featflow.settings import Settings
 from features.feast_repo import apply_repo
-from features.online import open_online_writer
+from features.online import default_features, open_online
 from features.reader import read_online
 from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
-from inference.feature_reader import default_features, open_feature_reader
 from inference.predictor import Predictor
 from inference.publisher import PredictionPublisher
 from inference.registry import ModelRegistry
@@ -61,7 +60,7 @@ def _setup(
         if spec.agg in ("count", "distinct"):
             features[:, j] = rng.integers(1, 50, size=len(USERS))
     times = np.full(len(USERS), 1_767_225_600_000, dtype=np.int64)
-    open_online_writer(store, DEFAULT_FEATURES).write(
+    open_online(store, DEFAULT_FEATURES).write(
         user_id=USERS, event_time_ms=times, features=features
     )
     registry = ModelRegistry(settings.stores.models_dir)
@@ -76,7 +75,7 @@ def _setup(
 def _app(settings: Settings, publisher: PredictionPublisher | None = None, interval: float = 1.0):
     store = apply_repo(settings.stores)
     predictor = Predictor(ModelRegistry(settings.stores.models_dir), FEATURE_NAMES)
-    reader = open_feature_reader(store, DEFAULT_FEATURES)
+    reader = open_online(store, DEFAULT_FEATURES)
     return create_app(predictor, reader, publisher, refresh_interval_s=interval)
 
 
@@ -103,7 +102,7 @@ def test_reader_equals_feast(backend: str, tmp_path: Path, request: pytest.Fixtu
     online = request.getfixturevalue("redis_url") if backend == "redis" else "sqlite"
     settings = Settings(home=tmp_path, online_store=online)
     _, features = _setup(settings)
-    reader = open_feature_reader(apply_repo(settings.stores), DEFAULT_FEATURES)
+    reader = open_online(apply_repo(settings.stores), DEFAULT_FEATURES)
     ids = [*USERS.tolist(), -7]
     got, found = reader.read(ids)
     feast = read_online(settings.stores, ids)

@@ -1,0 +1,91 @@
+"""Feast's SQLite online store: table ``<project>_<view>``, one row per (entity, feature)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from features import online_codec as codec
+from features.feast_repo import FEATURE_VIEW, PROJECT
+from features.online import default_features, number, only_usable
+from features.rows import require_finite
+from features.spec import FeatureSpec
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+_EPOCH = datetime(1970, 1, 1)  # naive UTC, as Feast's SQLite store keeps event_ts
+
+
+class SqliteOnline:
+    """Upserts and reads Feast's SQLite rows; a connection per thread for reads."""
+
+    def __init__(self, store: FeatureStore, specs: Sequence[FeatureSpec]):
+        from feast.infra.online_stores.sqlite import SqliteOnlineStore, _table_id
+
+        self.specs = tuple(specs)
+        table = _table_id(PROJECT, store.get_feature_view(FEATURE_VIEW))
+        self._path = SqliteOnlineStore._get_db_path(store.config)
+        self._upsert = (
+            f'INSERT INTO "{table}" (entity_key, feature_name, value, value_text, event_ts, '
+            "created_ts) VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT(entity_key, feature_name) "
+            "DO UPDATE SET value = excluded.value, value_text = excluded.value_text, "
+            "event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+        )
+        self._select = f'SELECT feature_name, value FROM "{table}" WHERE entity_key = ?'
+        self._column = {s.name: j for j, s in enumerate(self.specs)}
+        self._defaults = default_features(self.specs)
+        self._local = threading.local()  # sqlite connections are per thread
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, check_same_thread=False, timeout=30)
+            self._local.conn = conn
+        return conn
+
+    def write(self, *, user_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray) -> int:
+        """Upsert one row per user and feature; returns the users written."""
+        if len(user_id) == 0:
+            return 0
+        require_finite(self.specs, features)
+        keys = codec.entity_keys(user_id)
+        # Naive UTC datetimes, stored through the sqlite3 adapter Feast registers.
+        stamps = [_EPOCH + timedelta(milliseconds=ms) for ms in event_time_ms.tolist()]
+        rows = []
+        for j, spec in enumerate(self.specs):
+            values, texts = codec.encode_column(spec, features[:, j])
+            name = spec.name
+            rows.extend(zip(keys, [name] * len(keys), values, texts, stamps, strict=True))
+        conn = self._conn()
+        with conn:
+            conn.executemany(self._upsert, rows)
+        return len(user_id)
+
+    def read(self, user_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(features [n, F] with defaults for unknown users, found [n])."""
+        keys = codec.entity_keys(np.asarray(user_ids, dtype=np.int64))
+        out = np.tile(self._defaults, (len(keys), 1))
+        found = np.zeros(len(keys), dtype=bool)
+        conn = self._conn()
+        for i, key in enumerate(keys):
+            for name, blob in conn.execute(self._select, (key,)):
+                j = self._column.get(name)
+                if j is not None:
+                    out[i, j] = number(blob)
+                    found[i] = True
+        only_usable(out, found, self._defaults)
+        return out, found
+
+    def ping(self) -> bool:
+        """Whether the database file answers a query."""
+        try:
+            self._conn().execute("SELECT 1")
+            return True
+        except sqlite3.Error:
+            return False
