@@ -165,6 +165,7 @@ def value_faults(
 
 
 def amount_rule(rules: EventRules) -> str:
+    """The dead-letter detail of an amount out of range (one wording for every path)."""
     return f"amount must be finite, >= 0 and <= {rules.max_amount:g}"
 
 

@@ -26,11 +26,19 @@ class Record(Protocol):
     """What the processor needs of a Kafka record (aiokafka's ConsumerRecord fits)."""
 
     @property
-    def offset(self) -> int: ...
+    def offset(self) -> int:
+        """Position in the partition."""
+        ...
+
     @property
-    def key(self) -> bytes | None: ...
+    def key(self) -> bytes | None:
+        """The record key (the user id as producers send it)."""
+        ...
+
     @property
-    def value(self) -> bytes | None: ...
+    def value(self) -> bytes | None:
+        """The JSON event."""
+        ...
 
 
 @dataclass(slots=True)
