@@ -42,6 +42,17 @@ def _port_free(port: int) -> bool:
     return False
 
 
+def _wait_port_free(port: int, timeout: float = 10.0) -> bool:
+    """Until nothing listens on the port. A killed multithreaded process shows as a zombie
+    once its main thread is gone, while its other threads may still be closing sockets."""
+    deadline = time.monotonic() + timeout
+    while not _port_free(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _gone(proc: psutil.Process) -> bool:
     """Exited (a zombie counts: it holds no socket, and it may have no reaper here)."""
     try:
@@ -87,7 +98,7 @@ def test_a_termination_signal_stops_the_tansu_child(
     parent.send_signal(sig)  # to the parent only, as a supervisor does (not the group)
     assert parent.wait(15) == 0
     assert _wait_gone(tansu), f"tansu pid {tansu.pid} still running after {sig.name}"
-    assert _port_free(port)
+    assert _wait_port_free(port), f"port {port} still listening after {sig.name}"
 
 
 def test_the_tansu_child_dies_with_a_killed_parent(
@@ -97,7 +108,7 @@ def test_the_tansu_child_dies_with_a_killed_parent(
     parent.kill()
     parent.wait(15)
     assert _wait_gone(tansu), f"tansu pid {tansu.pid} outlived its SIGKILLed parent"
-    assert _port_free(port)
+    assert _wait_port_free(port), f"port {port} still listening after its broker died"
 
 
 @pytest.mark.parametrize("occupant", ["tansu", "plain socket"])
