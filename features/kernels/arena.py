@@ -146,7 +146,13 @@ def compact_arena(
     destination is <= its source (no second arena => peak memory stays ~1x). Side storage
     is indexed by logical row numbers, so it does not care where rows live.
     """
-    seg, arena_t, arena_a, arena_m = st.seg, st.arena_t, st.arena_a, st.arena_m
+    return _compact(st.seg, order, new_cap, st.arena_t, st.arena_a, st.arena_m)
+
+
+@njit(cache=True)
+def _compact(seg, order, new_cap, arena_t, arena_a, arena_m) -> int:
+    """:func:`compact_arena` on the arrays (loops over arrays bound from tuple fields ran
+    slower, see driver.py)."""
     cursor = 0
     for r in range(order.shape[0]):
         e = order[r]

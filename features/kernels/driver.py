@@ -123,15 +123,28 @@ def process_events(
     On an early return ``meta[META_REQUEST]`` holds the block size that did not fit (more
     than ``MAX_BLOCK`` if the entity cannot grow at all).
     """
-    ent, t, amt, mer = ev.ent, ev.t, ev.amt, ev.mer
-    agg, win_id, uwin, wlay, glay, slot, halflife = (
-        enc.agg, enc.win_id, enc.uwin, enc.wlay, enc.glay, enc.slot, enc.halflife
+    # The loop below takes the arrays one by one rather than reading them from the tuples:
+    # bound from tuple fields inside the kernel, the same loop ran ~25% slower (uniform
+    # activity, every row on the scan path; interleaved A/B against the previous module).
+    return _event_loop(
+        ev.ent, ev.t, ev.amt, ev.mer, start,
+        enc.agg, enc.win_id, enc.uwin, enc.wlay, enc.glay, enc.slot, enc.halflife,
+        st.seg, st.ewm, st.meta, st.arena_t, st.arena_a, st.arena_m, st.xi, st.xf, st.xr,
+        st.dmap, enc, cfg, st, out, late,
     )  # fmt: skip
+
+
+@njit(cache=True)
+def _event_loop(
+    ent, t, amt, mer, start,  # the batch (Events), resume point
+    agg, win_id, uwin, wlay, glay, slot, halflife,  # EncodedSpecs' arrays
+    seg, ewm, meta, arena_t, arena_a, arena_m, xi, xf, xr, dmap,  # KernelState's
+    enc, cfg, st,  # the tuples themselves, for the calls off the per-event path
+    out, late,
+) -> int:  # fmt: skip
+    """The per-event loop of :func:`process_events` (same arguments, unpacked)."""
     retention_ms = enc.retention_ms
     lateness_ms, min_seg, tuning = cfg.lateness_ms, cfg.min_seg, cfg.tuning
-    seg, ewm, meta = st.seg, st.ewm, st.meta
-    arena_t, arena_a, arena_m = st.arena_t, st.arena_a, st.arena_m
-    xi, xf, xr, dmap = st.xi, st.xf, st.xr, st.dmap
     n = ent.shape[0]
     nf = agg.shape[0]
     nk = halflife.shape[0]
@@ -299,7 +312,10 @@ def process_events(
             # -- scan path: a small entity. Which path computes a row changes only its
             # rounding; every path is checked against the oracles
             # (tests/features/conftest.py::TUNINGS forces each one)
-            scratch = scan_features(i, e, ti, first, pos, enc, st, lo_cache, scratch, out)
+            scratch = scan_features(
+                i, e, ti, first, pos, agg, win_id, uwin, slot, seg, ewm,
+                arena_t, arena_a, arena_m, lo_cache, scratch, out,
+            )  # fmt: skip
             if length > tuning.promote_above:
                 promote(e, enc, tuning, st)
             continue

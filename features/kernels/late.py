@@ -66,8 +66,20 @@ from features.kernels.layout import (
 from features.kernels.scan import first_after, scan_value, two_pass_std
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def insert_late(e: int, pos: int, enc: EncodedSpecs, tuning: Tuning, st: KernelState) -> None:
+    """Fold an out-of-order row into a promoted entity's state: :func:`_insert_late` on the
+    tuples' arrays (loops over arrays bound from tuple fields ran slower, see driver.py)."""
+    _insert_late(
+        e, pos, enc.uwin, enc.wlay, enc.glay, tuning, st.seg, st.arena_t, st.arena_a,
+        st.arena_m, st.xi, st.xf, st.xr, st.dmap, st.meta,
+    )  # fmt: skip
+
+
+@njit(cache=True)
+def _insert_late(
+    e, pos, uwin, wlay, glay, tuning, seg, arena_t, arena_a, arena_m, xi, xf, xr, dmap, meta
+) -> None:  # fmt: skip
     """Fold an out-of-order row (already inserted at arena index ``pos``, before the row of
     time TMAX) into a promoted entity's state, anchored at TMAX.
 
@@ -75,12 +87,9 @@ def insert_late(e: int, pos: int, enc: EncodedSpecs, tuning: Tuning, st: KernelS
     O(rows after pos + popped stack rows), the same order as the arena insert itself
     (test_kernels::test_out_of_order_vs_bruteforce, test_hot_users_out_of_order_vs_bruteforce).
     """
-    uwin, wlay, glay = enc.uwin, enc.wlay, enc.glay
-    seg, arena_t, arena_a, arena_m = st.seg, st.arena_t, st.arena_a, st.arena_m
-    dmap = st.dmap
     xs = seg[e, XSLOT]
-    ci = st.xi[xs]
-    cf = st.xf[xs]
+    ci = xi[xs]
+    cf = xf[xs]
     length = seg[e, LEN]
     seq = ci[X_SEQ]
     off = seg[e, BASE] + seg[e, HEAD] - seq
@@ -90,7 +99,7 @@ def insert_late(e: int, pos: int, enc: EncodedSpecs, tuning: Tuning, st: KernelS
     x = arena_a[pos]
     mm = arena_m[pos]
     tm = seg[e, TMAX]
-    ring = ring_fit(st.xr, xs, ci, st.xr[xs], seq, end - 1, length, st.meta)
+    ring = ring_fit(xr, xs, ci, xr[xs], seq, end - 1, length, meta)
     mask = ci[X_MASK]
     nrc = ring.shape[1]
     fcol = nrc - 1
@@ -227,7 +236,7 @@ def insert_late(e: int, pos: int, enc: EncodedSpecs, tuning: Tuning, st: KernelS
             dist_unindex(e, ci, ring, mask, fcol, arena_m, dmap, seq, end, off)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def late_features(
     i: int,
     e: int,
@@ -239,6 +248,20 @@ def late_features(
     scratch: np.ndarray,
     out: np.ndarray,
 ) -> np.ndarray:
+    """Features of an out-of-order row of a promoted entity: :func:`_late_features` on the
+    tuples' arrays; returns the (possibly regrown) scratch buffer."""
+    return _late_features(
+        i, e, pos, enc.agg, enc.win_id, enc.uwin, enc.wlay, enc.glay, enc.slot, tuning,
+        st.seg, st.ewm, st.arena_t, st.arena_a, st.arena_m, st.xi, st.xf, st.xr,
+        work.lo_cache, work.derive, work.acc, scratch, out,
+    )  # fmt: skip
+
+
+@njit(cache=True)
+def _late_features(
+    i, e, pos, agg, win_id, uwin, wlay, glay, slot, tuning, seg, ewm, arena_t, arena_a,
+    arena_m, xi, xf, xr, lo_cache, derive, acc, scratch, out,
+) -> np.ndarray:  # fmt: skip
     """Features of an out-of-order row of a promoted entity (arena index ``pos``, already
     folded in by :func:`insert_late`), derived from the state anchored at TMAX.
 
@@ -249,15 +272,10 @@ def late_features(
     sums are not finite, and max/min when T's max/min lies in R. Returns the (possibly
     regrown) scratch buffer (test_kernels::test_promoted_late_rows_derived_from_state).
     """
-    agg, win_id, uwin, wlay, glay, slot = (
-        enc.agg, enc.win_id, enc.uwin, enc.wlay, enc.glay, enc.slot
-    )  # fmt: skip
-    seg, ewm, arena_t, arena_a, arena_m = st.seg, st.ewm, st.arena_t, st.arena_a, st.arena_m
-    lo_cache, derive, acc = work.lo_cache, work.derive, work.acc
     xs = seg[e, XSLOT]
-    ci = st.xi[xs]
-    cf = st.xf[xs]
-    ring = st.xr[xs]
+    ci = xi[xs]
+    cf = xf[xs]
+    ring = xr[xs]
     mask = ci[X_MASK]
     seq = ci[X_SEQ]
     first = seg[e, BASE] + seg[e, HEAD]

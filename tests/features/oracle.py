@@ -4,7 +4,7 @@
 * :func:`bruteforce_oracle`: O(n * events-per-user) direct transcription of the arrival-order
   semantics in ``features.kernels`` (per-entity lateness, out-of-order exclusion);
   :func:`bruteforce_oracle_np` is the same transcription on numpy arrays, fast enough for
-  users with thousands of events.
+  users with thousands of events, one reference per aggregation (:data:`REFERENCES`).
 * :func:`make_stream`: synthetic streams with ties, bursts and >24h silences;
   :func:`make_hot_stream`: a few users with tens of thousands of events in one day;
   :func:`make_shuffled_hot_stream`: dense users on a coarse time grid, shuffled within a
@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,47 @@ import pandas as pd
 from features.spec import DAY_MS, HOUR_MS, MINUTE_MS, FeatureSpec
 
 WINDOWED = ("count", "sum", "mean", "std", "max", "min", "distinct")
+
+
+@dataclass(frozen=True)
+class History:
+    """One entity's accepted events in arrival order, the current one last."""
+
+    t: np.ndarray  # int64 ms
+    a: np.ndarray  # float64 amounts
+    m: np.ndarray  # int64 merchants
+    tmax: int  # the entity's max accepted time, this event included
+
+    def window(self, w: int) -> np.ndarray:
+        """Rows in the current event's window (t - w, t]: earlier-arrived rows only."""
+        t = self.t[-1]
+        return (self.t > t - w) & (self.t <= t)
+
+
+def _since_last(h: History, _: int | None) -> float:
+    prev = h.t[:-1][h.t[:-1] <= h.t[-1]]
+    return (h.t[-1] - prev.max()) / 1000.0 if prev.size else -1.0
+
+
+def _ewm_mean(h: History, halflife: int) -> float:
+    w = 0.5 ** ((h.tmax - h.t) / halflife)
+    return float((w * h.a).sum() / w.sum())
+
+
+# One reference per aggregation (numbagg's COMPARISONS): the definition written with numpy
+# over the entity's history, window_ms (or halflife) as the second argument. It drives
+# :func:`bruteforce_oracle_np` and test_kernels::test_each_aggregation_matches_its_reference.
+REFERENCES: dict[str, Callable[[History, int], float]] = {
+    "count": lambda h, w: float(h.window(w).sum()),
+    "sum": lambda h, w: float(np.sum(h.a[h.window(w)])),
+    "mean": lambda h, w: float(np.mean(h.a[h.window(w)])),
+    "std": lambda h, w: float(np.std(h.a[h.window(w)], ddof=0)),
+    "max": lambda h, w: float(np.max(h.a[h.window(w)])),
+    "min": lambda h, w: float(np.min(h.a[h.window(w)])),
+    "distinct": lambda h, w: float(np.unique(h.m[h.window(w)]).shape[0]),
+    "since_last": _since_last,
+    "ewm_mean": _ewm_mean,
+}
 
 
 @dataclass(frozen=True)
@@ -388,22 +429,7 @@ def bruteforce_oracle_np(
         hist[u][0][k], hist[u][1][k], hist[u][2][k] = t, stream.amounts[i], stream.merchants[i]
         size[u] = k = k + 1
         tmax[u] = max(tmax.get(u, t), t)
-        ht, ha, hm = (h[:k] for h in hist[u])
+        h = History(*(col[:k] for col in hist[u]), tmax=tmax[u])
         for f, s in enumerate(specs):
-            if s.agg == "since_last":
-                prev = ht[:-1][ht[:-1] <= t]
-                out[i, f] = (t - prev.max()) / 1000.0 if prev.size else -1.0
-            elif s.agg == "ewm_mean":
-                w = 0.5 ** ((tmax[u] - ht) / s.window_ms)
-                out[i, f] = float((w * ha).sum() / w.sum())
-            else:
-                rows = (ht > t - s.window_ms) & (ht <= t)
-                if s.agg == "count":
-                    out[i, f] = rows.sum()
-                elif s.agg == "distinct":
-                    out[i, f] = np.unique(hm[rows]).shape[0]
-                elif s.agg == "std":
-                    out[i, f] = float(np.std(ha[rows], ddof=0))
-                else:
-                    out[i, f] = float(getattr(np, s.agg)(ha[rows]))
+            out[i, f] = REFERENCES[s.agg](h, s.window_ms)
     return out, late

@@ -10,6 +10,7 @@ import pytest
 
 from features.kernels import DEFAULT_TUNING, Tuning
 from features.spec import (
+    AGGS,
     DAY_MS,
     DEFAULT_FEATURES,
     HOUR_MS,
@@ -22,6 +23,7 @@ from features.spec import (
 from features.state import WindowState
 from tests.features.conftest import TUNINGS
 from tests.features.oracle import (
+    REFERENCES,
     Stream,
     bruteforce_oracle,
     bruteforce_oracle_np,
@@ -465,6 +467,20 @@ def test_promoted_late_rows_derived_from_state(seed: int, tuning: Tuning) -> Non
             constant = ~late & (exp[:, col[f"max_{w}"]] == exp[:, col[f"min_{w}"]])
             assert constant.sum() > 1_000
             assert (got[constant, col[f"std_{w}"]] == 0.0).all()
+
+
+@pytest.mark.parametrize("agg", AGGS)
+def test_each_aggregation_matches_its_reference(agg: str, tuning: Tuning) -> None:
+    """numbagg's shape: every aggregation, alone in its spec list (so with its own state
+    layout), against its entry in oracle.REFERENCES, on the shuffled hot stream (promoted
+    users, late rows, ties, evictions) under every tuning mode."""
+    assert set(REFERENCES) == set(AGGS)  # a new aggregation needs its reference
+    stream, exp, exp_late = _shuffled_hot_case(0)
+    cols = [f for f, s in enumerate(SHORT_SPECS) if s.agg == agg]
+    specs = [SHORT_SPECS[f] for f in cols]
+    got, late = run_kernel(stream, specs, lateness_ms=SHORT_LATENESS, tuning=tuning)
+    np.testing.assert_array_equal(late, exp_late)
+    assert_features_close(got, exp[:, cols], feature_names(specs))
 
 
 def test_numpy_oracles_match_reference_oracles() -> None:
