@@ -16,7 +16,7 @@ figure is printed.
         [--activity zipf|uniform] [--batched] [--distinct-user-frac 0.05]
 
 The kernels scan the window's rows for users with short histories and keep O(1) running
-state for the rest (see features/kernels.py), so ``--days`` and ``--activity`` move both
+state for the rest (see features/kernels/), so ``--days`` and ``--activity`` move both
 sides' figures; report the flags with the figures.
 """
 

@@ -4,7 +4,7 @@ Run as a script (``python benchmarks/engine_duckdb.py IN OUT SPECS_JSON``) so th
 imports DuckDB and nothing of featflow: ``backfill_vs_engines`` times the whole process.
 SPECS_JSON is ``features.spec.spec_fingerprint(DEFAULT_FEATURES)``.
 
-Semantics as featflow's kernels (features/kernels.py) for in-order input: a row's window is
+Semantics as featflow's kernels (features/kernels/driver.py) for in-order input: a row's window is
 the user's rows in ``(t - w, t]`` that arrived no later than it. ``RANGE ... PRECEDING AND
 CURRENT ROW`` takes in every peer (equal time), later arrivals too, so the RANGE count only
 sizes the window: the frame is ``ROWS BETWEEN back PRECEDING AND CURRENT ROW`` over

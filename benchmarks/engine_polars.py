@@ -4,7 +4,7 @@ Run as a script (``python benchmarks/engine_polars.py IN OUT SPECS_JSON``) so th
 imports Polars and nothing of featflow: ``backfill_vs_engines`` times the whole process.
 SPECS_JSON is ``features.spec.spec_fingerprint(DEFAULT_FEATURES)``.
 
-Semantics as featflow's kernels (features/kernels.py) for in-order input: a row's window is
+Semantics as featflow's kernels (features/kernels/driver.py) for in-order input: a row's window is
 the user's rows in ``(t - w, t]`` that arrived no later than it. Polars' ``rolling_*_by``
 windows hold every row with an equal time (later arrivals too) and there is no per-row
 ``ROWS`` frame, so each window is split in two exact parts: ``closed="none"``, the rows in
