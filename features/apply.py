@@ -14,6 +14,7 @@ stores is sound, whatever the input:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,37 +33,65 @@ class Applied:
     newest: np.ndarray  # bool [len(rows)]: each user's newest row (what the online store holds)
     refused: list[tuple[int, Reason, str]]  # (batch row, reason, detail), by row
 
+    @staticmethod
+    def merge(parts: list[tuple[np.ndarray, Applied]]) -> Applied:
+        """One :class:`Applied` of a batch from those of its parts, each given with the
+        batch rows it was made of (``features/shards.py``: disjoint sets of entities, so
+        each part's verdicts, including each user's newest row, hold for the whole)."""
+        rows = np.concatenate([taken[a.rows] for taken, a in parts])
+        order = np.argsort(rows, kind="stable")
+        features = np.concatenate([a.features for _, a in parts])[order]
+        newest = np.concatenate([a.newest for _, a in parts])[order]
+        refused = [(int(taken[r]), why, d) for taken, a in parts for r, why, d in a.refused]
+        refused.sort(key=lambda r: r[0])
+        return Applied(rows[order], features, newest, refused)
 
-def apply_events(state: WindowState, batch: EventBatch) -> Applied:
+
+class Columns(NamedTuple):
+    """The four event columns the window state reads, in arrival order."""
+
+    user_id: np.ndarray  # int64
+    event_time_ms: np.ndarray  # int64
+    amount: np.ndarray  # float64
+    merchant_id: np.ndarray  # int64
+
+    @staticmethod
+    def of(batch: EventBatch) -> Columns:
+        """The columns of ``batch`` (no copy)."""
+        return Columns(batch.user_id, batch.event_time_ms, batch.amount, batch.merchant_id)
+
+    def take(self, rows: np.ndarray) -> Columns:
+        """These rows (an index array), in the order given."""
+        return Columns(*(c[rows] for c in self))
+
+
+def apply_events(state: WindowState, batch: EventBatch | Columns) -> Applied:
     """Update ``state`` with ``batch`` in arrival order; see the module docstring."""
+    cols = batch if isinstance(batch, Columns) else Columns.of(batch)
     refused: list[tuple[int, Reason, str]] = []
 
     def step(lo: int, hi: int) -> BatchResult:
-        return state.update(
-            batch.user_id[lo:hi],
-            batch.event_time_ms[lo:hi],
-            batch.amount[lo:hi],
-            batch.merchant_id[lo:hi],
-        )
+        return state.update(*(c[lo:hi] for c in cols))
 
     def failed(row: int, exc: Exception) -> None:
         refused.append((row, Reason.PROCESSING_ERROR, describe(exc)))
 
-    parts = isolate(len(batch), step, failed)
-    if len(parts) == 1 and parts[0][:2] == (0, len(batch)):  # the common case
+    n = len(cols.user_id)
+    parts = isolate(n, step, failed)
+    if len(parts) == 1 and parts[0][:2] == (0, n):  # the common case
         result = parts[0][2]
-        rows = np.arange(len(batch), dtype=np.int64)
+        rows = np.arange(n, dtype=np.int64)
         features, late, newest = result.features, result.late, result.latest_mask
-        unheld = np.zeros(len(batch), dtype=bool)
+        unheld = np.zeros(n, dtype=bool)
         for j, why in result.failed:
             unheld[j] = True
             refused.append((j, Reason.PROCESSING_ERROR, why))
     else:
-        rows, features, late, unheld, newest = _join(parts, batch, len(state.specs), refused)
+        rows, features, late, unheld, newest = _join(parts, cols, len(state.specs), refused)
 
     lateness_s = state.lateness_ms / 1000
     for j in np.flatnonzero(late).tolist():
-        t_ms = int(batch.event_time_ms[rows[j]])
+        t_ms = int(cols.event_time_ms[rows[j]])
         detail = (
             f"event_time {t_ms} ms is more than {lateness_s:g} s behind the user's newest event"
         )
@@ -81,7 +110,7 @@ def apply_events(state: WindowState, batch: EventBatch) -> Applied:
 
 def _join(
     parts: list[tuple[int, int, BatchResult]],
-    batch: EventBatch,
+    cols: Columns,
     width: int,
     refused: list[tuple[int, Reason, str]],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -98,7 +127,7 @@ def _join(
             refused.append((lo + j, Reason.PROCESSING_ERROR, why))
         start += hi - lo
     rows = rows.astype(np.int64)
-    users, times = batch.user_id[rows], batch.event_time_ms[rows]
+    users, times = cols.user_id[rows], cols.event_time_ms[rows]
     return rows, features, late, unheld, _newest(users, times, late | unheld, tmax)
 
 

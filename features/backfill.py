@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,13 +18,15 @@ import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.apply import apply_events
+from features.apply import Applied, Columns, apply_events
 from features.event_files import SOURCE_TOPIC, EventRows
 from features.offline import PARQUET_OPTIONS
 from features.rows import offline_table
+from features.shards import balanced_shards
 from features.spec import DEFAULT_FEATURES, FeatureSpec
 from features.state import WindowState
 from infra.dead_letter import DeadLetter
+from infra.events import EventBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +46,28 @@ def backfill(
     *,
     lateness_ms: int,
     specs: Sequence[FeatureSpec] = DEFAULT_FEATURES,
+    threads: int = 1,
 ) -> BackfillResult:
     """Features for every accepted row of ``rows`` (in input order); late rows join the
-    rejects."""
+    rejects.
+
+    With ``threads > 1`` the users are split into that many shards of near-equal rows
+    (``features/shards.py``), each run by its own state in its own thread: the same rows,
+    since every feature is per user.
+    """
     batch, dead = rows.batch, list(rows.rejected)
-    applied = apply_events(WindowState(specs, lateness_ms=lateness_ms), batch)
+    shards = balanced_shards(batch.user_id, threads)
+
+    def run(part: EventBatch | Columns) -> Applied:
+        return apply_events(WindowState(specs, lateness_ms=lateness_ms), part)
+
+    if len(shards) == 1:
+        applied = run(batch)
+    else:
+        with ThreadPoolExecutor(len(shards), thread_name_prefix="backfill") as pool:
+            cols = Columns.of(batch)
+            parts = list(pool.map(run, (cols.take(taken) for taken in shards)))
+        applied = Applied.merge(list(zip(shards, parts, strict=True)))
     for i, reason, detail in applied.refused:
         row = int(batch.offset[i])
         dead.append(DeadLetter(reason, detail, rows.record(row), None, SOURCE_TOPIC, -1, row))

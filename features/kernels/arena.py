@@ -104,7 +104,7 @@ def with_entities(st: KernelState, n_entities: int) -> KernelState:
 # ---------------------------------------------------------------------------- id mapping
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # shards run in threads (features/shards.py)
 def assign_dense_ids(
     table, user_ids: np.ndarray, keys: np.ndarray, n_entities: int, out: np.ndarray
 ) -> int:
@@ -134,7 +134,7 @@ def fill_id_table(table, keys: np.ndarray) -> None:
 # ---------------------------------------------------------------------------- maintenance
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # shards run in threads (features/shards.py)
 def compact_arena(
     st: KernelState,
     order: np.ndarray,  # int64: entities with CAP > 0, by ascending BASE

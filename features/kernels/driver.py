@@ -108,7 +108,7 @@ from features.kernels.layout import (
 from features.kernels.scan import scan_features, two_pass_std
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # shards run in threads (features/shards.py)
 def process_events(
     ev: Events,
     start: int,  # first event index to process (resume point)
