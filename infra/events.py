@@ -27,7 +27,9 @@ from typing import Annotated
 
 import msgspec
 import numpy as np
+import pyarrow as pa
 
+from infra.arrow import from_numpy
 from infra.dead_letter import DeadLetter, Reason
 from infra.isolation import describe
 
@@ -79,7 +81,9 @@ class EventRules:
 class EventBatch:
     """Accepted events as columns; ``offset`` is -1 where there is no Kafka source."""
 
-    event_id: list[str]
+    # a list from the stream's decoder; an Arrow string array from an events file, so a
+    # million ids never become Python strings on the way to a parquet file
+    event_id: list[str] | pa.Array
     user_id: np.ndarray  # int64
     merchant_id: np.ndarray  # int64
     amount: np.ndarray  # float64
@@ -90,6 +94,11 @@ class EventBatch:
     def __len__(self) -> int:
         return len(self.event_id)
 
+    def ids(self) -> list[str]:
+        """The event ids as Python strings, whichever form the batch holds them in."""
+        ids = self.event_id
+        return ids.to_pylist() if isinstance(ids, pa.Array) else list(ids)
+
     @staticmethod
     def empty() -> EventBatch:
         """A batch of no events."""
@@ -99,8 +108,11 @@ class EventBatch:
     @staticmethod
     def concat(batches: Sequence[EventBatch]) -> EventBatch:
         """The batches one after the other (the worker merges a fetch's partitions)."""
+        ids = [b.event_id for b in batches]
         return EventBatch(
-            [i for b in batches for i in b.event_id],
+            [i for b in ids for i in b]
+            if all(isinstance(b, list) for b in ids)
+            else pa.concat_arrays([_arrow_ids(b) for b in ids]),
             np.concatenate([b.user_id for b in batches]),
             np.concatenate([b.merchant_id for b in batches]),
             np.concatenate([b.amount for b in batches]),
@@ -112,8 +124,11 @@ class EventBatch:
     def take(self, mask: np.ndarray) -> EventBatch:
         """The rows where ``mask`` is true (a boolean or index array)."""
         idx = np.flatnonzero(mask) if mask.dtype == bool else mask
+        ids = self.event_id
         return EventBatch(
-            [self.event_id[i] for i in idx],
+            ids.take(from_numpy(idx.astype(np.int64)))
+            if isinstance(ids, pa.Array)
+            else [ids[i] for i in idx],
             self.user_id[idx],
             self.merchant_id[idx],
             self.amount[idx],
@@ -121,6 +136,10 @@ class EventBatch:
             self.partition[idx],
             self.offset[idx],
         )
+
+
+def _arrow_ids(ids: list[str] | pa.Array) -> pa.Array:
+    return ids if isinstance(ids, pa.Array) else pa.array(ids, type=pa.string())
 
 
 def epoch_ms(value: int | datetime) -> int:

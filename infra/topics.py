@@ -6,12 +6,10 @@ import contextlib
 import socket
 import time
 
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
-from kafka.cluster import collect_hosts
-from kafka.errors import KafkaError, TopicAlreadyExistsError
-
 from infra.config import KafkaConfig, Topics
+
+# kafka-python (0.12 s to import) is imported where it is used: every CLI command loads this
+# module for BrokerUnavailable, and most of them (backfill, serve, train) never talk to Kafka.
 
 
 class BrokerUnavailable(ConnectionError):
@@ -28,6 +26,8 @@ def check_broker(bootstrap: str, timeout_s: float) -> None:
     Seconds, not kafka-python's 30 s of bootstrap retries, to tell a user that
     nothing runs there.
     """
+    from kafka.cluster import collect_hosts
+
     hosts = collect_hosts(bootstrap, randomize=False)
     deadline = time.monotonic() + timeout_s
     last = "no bootstrap servers given"
@@ -43,6 +43,8 @@ def check_broker(bootstrap: str, timeout_s: float) -> None:
 
 def client_timeouts(timeout_s: float) -> dict[str, int]:
     """kafka-python settings that bound a new client's bootstrap to ``timeout_s``."""
+    from kafka import KafkaAdminClient
+
     # kafka-python 3 bootstraps in the constructor for up to bootstrap_timeout_ms (30 s);
     # 2.x probes the broker's version for api_version_auto_timeout_ms instead.
     key = (
@@ -60,6 +62,10 @@ def ensure_topics(kafka: KafkaConfig, topics: Topics, timeout: float | None = No
     a broker that has just opened its port may not answer yet), then raises
     ``BrokerUnavailable``.
     """
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
     timeout = kafka.connect_timeout_s if timeout is None else timeout
     deadline = time.monotonic() + timeout
     while True:

@@ -33,7 +33,7 @@ def _assert_same_as_decoder(path: Path, json_records: list[bytes]) -> None:
     got = read_events(path, now_ms=NOW_MS)
     want, want_dead = decode_events(json_records, offsets=range(len(json_records)), now_ms=NOW_MS)
     assert got.batch.offset.tolist() == want.offset.tolist()
-    assert got.batch.event_id == want.event_id
+    assert got.batch.ids() == want.ids()
     for name in ("user_id", "merchant_id", "amount", "event_time_ms"):
         np.testing.assert_array_equal(getattr(got.batch, name), getattr(want, name), name)
     assert [(d.offset, d.reason) for d in got.rejected] == [(d.offset, d.reason) for d in want_dead]
@@ -213,7 +213,7 @@ def test_csv_cells_are_judged_one_by_one(tmp_path: Path) -> None:
     ]
     _assert_same_as_decoder(path, records)
     got = read_events(path, now_ms=NOW_MS)
-    assert got.batch.event_id == ["e0", "007", "77", "e10", "e11"]
+    assert got.batch.ids() == ["e0", "007", "77", "e10", "e11"]
 
 
 def test_file_level_mistakes_raise(tmp_path: Path) -> None:
