@@ -49,7 +49,7 @@ from features.event_files import from_records, read_events
 from features.spec import DAY_MS, DEFAULT_FEATURES, DEFAULT_LATENESS_MS, FeatureSpec
 from features.state import WindowState
 from streams.generator import generate_events
-from tests.features.oracle import Stream, pandas_oracle
+from testing.oracle import Stream, pandas_oracle
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 RTOL = ATOL = 1e-9  # as tests/features/test_kernels.py: atol only matters for values ~0
@@ -62,7 +62,7 @@ def pandas_features(
     """Every feature via vectorized pandas groupby rolling/ewm/diff, in input row order.
 
     Aggregations named in ``skip`` are left NaN (used to time ``distinct`` separately).
-    Requires per-user non-decreasing times, as ``tests.features.oracle.pandas_oracle``.
+    Requires per-user non-decreasing times, as ``testing.oracle.pandas_oracle``.
     """
     n = len(stream)
     df = pd.DataFrame(

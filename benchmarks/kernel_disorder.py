@@ -36,7 +36,7 @@ from benchmarks._common import (
 from features.kernels import DEFAULT_TUNING, Tuning
 from features.spec import DAY_MS, DEFAULT_FEATURES, DEFAULT_LATENESS_MS
 from features.state import WindowState
-from tests.features.oracle import Stream
+from testing.oracle import Stream
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 RTOL = ATOL = 1e-9  # as tests/features/test_kernels.py

@@ -11,6 +11,7 @@ import contextlib
 import os
 import socket
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -98,6 +99,32 @@ def _need_repo(settings: Settings) -> None:
 
 def _has_parquet(directory: Path) -> bool:
     return directory.is_dir() and any(directory.rglob("*.parquet"))
+
+
+_TEARDOWN = {"skip": False}
+
+
+def _skip_teardown() -> None:
+    """Ask :func:`run` to end the process without the interpreter's teardown.
+
+    For a command whose work is written and closed: freeing a large window state, Numba's
+    typed containers and LLVM's code one object at a time takes 0.4 s after a 1M-row
+    backfill, for memory the OS takes back at once.
+    """
+    _TEARDOWN["skip"] = True
+
+
+def run() -> None:
+    """The console script: :func:`main`, then a fast exit where the command asked for one
+    (tests drive :func:`main` in-process, so they never reach it)."""
+    try:
+        main()
+    except SystemExit as exc:
+        if _TEARDOWN["skip"] and exc.code in (0, None):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        raise
 
 
 class _Cli(click.Group):
@@ -258,14 +285,17 @@ def backfill(
 ) -> None:
     """Compute features over a historical events file (.parquet, .csv, .jsonl)."""
     from features.backfill import backfill as run_backfill
-    from features.backfill import write_output
+    from features.backfill import load_kernels, write_output
     from features.event_files import read_events
 
     settings = _settings(config)
+    loading = threading.Thread(target=load_kernels, name="load-kernels", daemon=True)
+    loading.start()
     try:
         rows = read_events(Path(input_path), rules=settings.event_rules)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    loading.join()
     result = run_backfill(
         rows,
         lateness_ms=int(settings.allowed_lateness_s * 1000),
@@ -282,6 +312,7 @@ def backfill(
         apply_repo(settings.stores)
         OfflineWriter(settings.stores.offline_dir).write(result.table, tag="backfill")
         click.echo(f"loaded into offline store {settings.stores.offline_dir}")
+    _skip_teardown()
 
 
 @main.command()
@@ -493,4 +524,4 @@ def demo(config: str | None, n_events: int, users: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -103,9 +103,8 @@ from features.kernels.layout import (
     EncodedSpecs,
     Events,
     KernelState,
-    Work,
 )
-from features.kernels.scan import scan_features, two_pass_std
+from features.kernels.scan import scan_features, two_pass_std, unwindowed
 
 
 @njit(cache=True, nogil=True)  # shards run in threads (features/shards.py)
@@ -156,7 +155,8 @@ def _event_loop(
     rc = glay[GL_RUN]
     lo_cache = np.empty(nu, dtype=np.int64)
     scratch = np.empty(64, dtype=np.int64)
-    work = Work(lo_cache, np.empty(nu, dtype=np.bool_), np.empty(4 * nu, dtype=np.float64))
+    derive = np.empty(nu, dtype=np.bool_)  # late rows: window derived from the state
+    acc = np.empty(4 * nu, dtype=np.float64)  # late rows: their own windows' sums
     for i in range(start, n):
         e = ent[i]
         ti = t[i]
@@ -322,8 +322,15 @@ def _event_loop(
         if not in_order:
             # -- out-of-order row of a promoted entity: folded into the state, then its
             # features derived from it (O(rows between it and TMAX), scan if that is more)
-            insert_late(e, pos, enc, tuning, st)
-            scratch = late_features(i, e, pos, enc, tuning, st, work, scratch, out)
+            # (the arrays, not the tuples: a tuple's fields bound per late row cost ~8%)
+            insert_late(
+                e, pos, uwin, wlay, glay, tuning, seg, arena_t, arena_a, arena_m,
+                xi, xf, xr, dmap, meta,
+            )  # fmt: skip
+            scratch = late_features(
+                i, e, pos, agg, win_id, uwin, wlay, glay, slot, tuning, seg, ewm,
+                arena_t, arena_a, arena_m, xi, xf, xr, lo_cache, derive, acc, scratch, out,
+            )  # fmt: skip
             if length < tuning.demote_below:
                 demote(e, enc, st)
             continue
@@ -392,13 +399,8 @@ def _event_loop(
         # -- features from the incremental state
         for f in range(nf):
             code = agg[f]
-            if code == SINCE_LAST:
-                prev = arena_t[pos - 1] if pos > first else seg[e, EVICTED]
-                out[i, f] = -1.0 if prev == NO_TIME else (ti - prev) / 1000.0
-                continue
-            if code == EWM_MEAN:
-                q = slot[f]
-                out[i, f] = ewm[e, 2 * q] / ewm[e, 2 * q + 1]
+            if code in (SINCE_LAST, EWM_MEAN):
+                out[i, f] = unwindowed(code, slot[f], e, ti, pos, first, arena_t, seg, ewm)
                 continue
             u = win_id[f]
             lo = ci[wlay[u, WL_LO]]

@@ -29,7 +29,6 @@ from features.kernels.incremental import dist_index, dist_unindex, ring_fit, set
 from features.kernels.layout import (
     BASE,
     COUNT,
-    EVICTED,
     EWM_MEAN,
     GL_DMAX,
     GL_NRC,
@@ -42,7 +41,6 @@ from features.kernels.layout import (
     MAX,
     MEAN,
     MIN,
-    NO_TIME,
     NONE,
     SINCE_LAST,
     STD,
@@ -58,26 +56,12 @@ from features.kernels.layout import (
     X_MASK,
     X_SEQ,
     XSLOT,
-    EncodedSpecs,
-    KernelState,
-    Tuning,
-    Work,
 )
-from features.kernels.scan import first_after, scan_value, two_pass_std
-
-
-@njit(cache=True, inline="always")
-def insert_late(e: int, pos: int, enc: EncodedSpecs, tuning: Tuning, st: KernelState) -> None:
-    """Fold an out-of-order row into a promoted entity's state: :func:`_insert_late` on the
-    tuples' arrays (loops over arrays bound from tuple fields ran slower, see driver.py)."""
-    _insert_late(
-        e, pos, enc.uwin, enc.wlay, enc.glay, tuning, st.seg, st.arena_t, st.arena_a,
-        st.arena_m, st.xi, st.xf, st.xr, st.dmap, st.meta,
-    )  # fmt: skip
+from features.kernels.scan import first_after, scan_value, two_pass_std, unwindowed
 
 
 @njit(cache=True)
-def _insert_late(
+def insert_late(
     e, pos, uwin, wlay, glay, tuning, seg, arena_t, arena_a, arena_m, xi, xf, xr, dmap, meta
 ) -> None:  # fmt: skip
     """Fold an out-of-order row (already inserted at arena index ``pos``, before the row of
@@ -236,29 +220,8 @@ def _insert_late(
             dist_unindex(e, ci, ring, mask, fcol, arena_m, dmap, seq, end, off)
 
 
-@njit(cache=True, inline="always")
-def late_features(
-    i: int,
-    e: int,
-    pos: int,
-    enc: EncodedSpecs,
-    tuning: Tuning,
-    st: KernelState,
-    work: Work,
-    scratch: np.ndarray,
-    out: np.ndarray,
-) -> np.ndarray:
-    """Features of an out-of-order row of a promoted entity: :func:`_late_features` on the
-    tuples' arrays; returns the (possibly regrown) scratch buffer."""
-    return _late_features(
-        i, e, pos, enc.agg, enc.win_id, enc.uwin, enc.wlay, enc.glay, enc.slot, tuning,
-        st.seg, st.ewm, st.arena_t, st.arena_a, st.arena_m, st.xi, st.xf, st.xr,
-        work.lo_cache, work.derive, work.acc, scratch, out,
-    )  # fmt: skip
-
-
 @njit(cache=True)
-def _late_features(
+def late_features(
     i, e, pos, agg, win_id, uwin, wlay, glay, slot, tuning, seg, ewm, arena_t, arena_a,
     arena_m, xi, xf, xr, lo_cache, derive, acc, scratch, out,
 ) -> np.ndarray:  # fmt: skip
@@ -310,13 +273,8 @@ def _late_features(
     rc = glay[GL_RUN]
     for f in range(agg.shape[0]):
         code = agg[f]
-        if code == SINCE_LAST:
-            prev = arena_t[pos - 1] if pos > first else seg[e, EVICTED]
-            out[i, f] = -1.0 if prev == NO_TIME else (ti - prev) / 1000.0
-            continue
-        if code == EWM_MEAN:
-            q = slot[f]
-            out[i, f] = ewm[e, 2 * q] / ewm[e, 2 * q + 1]
+        if code in (SINCE_LAST, EWM_MEAN):
+            out[i, f] = unwindowed(code, slot[f], e, ti, pos, first, arena_t, seg, ewm)
             continue
         u = win_id[f]
         lt = lo_cache[u]

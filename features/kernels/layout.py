@@ -205,14 +205,6 @@ def _typeof_kernel_state(val: KernelState, c: object) -> types.Type:
     return ty
 
 
-class Work(NamedTuple):
-    """Per-call scratch of the late-row path (built inside the kernel)."""
-
-    lo_cache: np.ndarray  # int64[U] window start per window length
-    derive: np.ndarray  # bool[U] window derived from the state (else scanned)
-    acc: np.ndarray  # float64[4U] double-double sums of the row's own windows
-
-
 # ---------------------------------------------------------------------------- spec lowering
 
 

@@ -108,6 +108,26 @@ def scan_value(
 
 
 @njit(cache=True, inline="always")
+def unwindowed(
+    code: int,
+    q: int,
+    e: int,
+    ti: int,
+    pos: int,
+    first: int,
+    arena_t: np.ndarray,
+    seg: np.ndarray,
+    ewm: np.ndarray,
+) -> float:
+    """``since_last`` or ``ewm_mean`` (ewm slot ``q``) of the row at ``pos``: the same on
+    every path, since neither reads a window (the driver module states both)."""
+    if code == SINCE_LAST:
+        prev = arena_t[pos - 1] if pos > first else seg[e, EVICTED]
+        return -1.0 if prev == NO_TIME else (ti - prev) / 1000.0
+    return ewm[e, 2 * q] / ewm[e, 2 * q + 1]
+
+
+@njit(cache=True, inline="always")
 def scan_features(
     i: int,
     e: int,
@@ -138,13 +158,8 @@ def scan_features(
         lo_cache[u] = -1
     for f in range(agg.shape[0]):
         code = agg[f]
-        if code == SINCE_LAST:
-            prev = arena_t[pos - 1] if pos > first else seg[e, EVICTED]
-            out[i, f] = -1.0 if prev == NO_TIME else (ti - prev) / 1000.0
-            continue
-        if code == EWM_MEAN:
-            q = slot[f]
-            out[i, f] = ewm[e, 2 * q] / ewm[e, 2 * q + 1]
+        if code in (SINCE_LAST, EWM_MEAN):
+            out[i, f] = unwindowed(code, slot[f], e, ti, pos, first, arena_t, seg, ewm)
             continue
         u = win_id[f]
         lo = lo_cache[u]

@@ -15,7 +15,7 @@ from featflow.settings import Settings
 from features.feast_repo import FEATURE_VIEW, open_store
 from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
 from streams.generator import generate_events
-from tests.features.oracle import Stream, pandas_oracle
+from testing.oracle import Stream, pandas_oracle
 
 NAMES = list(FEATURE_NAMES)
 

@@ -16,7 +16,7 @@ from features.state import WindowState
 from infra.dead_letter import Reason
 from infra.events import AMOUNT_LIMIT, EventBatch
 from streams.processor import PartitionProcessor
-from tests.features.oracle import Stream, make_hot_stream, pandas_oracle
+from testing.oracle import Stream, make_hot_stream, pandas_oracle
 
 RTOL = 1e-9
 LATENESS_MS = 60_000

@@ -21,8 +21,7 @@ from features.spec import (
     validate_specs,
 )
 from features.state import WindowState
-from tests.features.conftest import TUNINGS
-from tests.features.oracle import (
+from testing.oracle import (
     REFERENCES,
     Stream,
     bruteforce_oracle,
@@ -33,6 +32,7 @@ from tests.features.oracle import (
     make_stream,
     pandas_oracle,
 )
+from tests.features.conftest import TUNINGS
 
 RTOL = 1e-9
 ATOL = 1e-9  # only matters for values ~0 (std of equal amounts, since_last 0)

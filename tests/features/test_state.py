@@ -11,14 +11,14 @@ from features import state as state_mod
 from features.kernels import Tuning
 from features.spec import DEFAULT_FEATURES, MINUTE_MS, FeatureSpec
 from features.state import BatchResult, WindowState
-from tests.features.conftest import TUNINGS
-from tests.features.oracle import (
+from testing.oracle import (
     Stream,
     bruteforce_oracle,
     make_hot_stream,
     make_shuffled_hot_stream,
     make_stream,
 )
+from tests.features.conftest import TUNINGS
 from tests.features.test_kernels import SHORT_LATENESS, SHORT_SPECS
 
 LATENESS = 5 * MINUTE_MS

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer
 from featflow.settings import Settings
 from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
 from streams.generator import GeneratedEvents, generate_events
-from tests.features.oracle import Stream, pandas_oracle
+from testing.oracle import Stream, pandas_oracle
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from features.spec import DEFAULT_FEATURES
 from infra.dead_letter import Reason
 from streams.generator import generate_events
 from streams.processor import PartitionProcessor, merge_effects
-from tests.features.oracle import Stream, pandas_oracle
+from testing.oracle import Stream, pandas_oracle
 
 NOW = 1_800_000_000_000  # the decoder's clock: after every generated event
 
