@@ -123,8 +123,13 @@ class QualityWindow:
         self._count = min(self.size, self._count + len(scores))
 
     def add(self, score: float, label: int) -> None:
-        """Append one pair."""
-        self.add_many(np.array([score]), np.array([label]))
+        """Append one pair (the same checks as :meth:`add_many`, without arrays: ~1 us)."""
+        if label not in (0, 1) or not 0.0 <= score <= 1.0:  # NaN fails the second test
+            raise ValueError(f"labels must be 0 or 1 and scores in [0, 1], got {score}, {label}")
+        self._scores[self._next] = score
+        self._labels[self._next] = label
+        self._next = (self._next + 1) % self.size
+        self._count = min(self.size, self._count + 1)
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """The window's (scores, labels), oldest first."""
