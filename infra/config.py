@@ -62,6 +62,11 @@ class Topics:
         """Dead letters of the outcomes topic."""
         return f"{self.outcomes}.dlq"
 
+    @property
+    def predictions_dlq(self) -> str:
+        """Dead letters of the predictions topic (the monitor refuses them there)."""
+        return f"{self.predictions}.dlq"
+
     def catalogue(self) -> dict[str, int]:
         """Topic name -> partition count, every topic featflow reads or writes.
 
@@ -74,6 +79,7 @@ class Topics:
             self.outcomes: self.partitions,
             self.outcomes_dlq: 1,
             self.predictions: self.partitions,
+            self.predictions_dlq: 1,
         }
 
 

@@ -32,6 +32,7 @@ from inference.predictor import Predictor
 from inference.publisher import PredictionPublisher
 from inference.registry import ModelRegistry
 from inference.service import create_app
+from infra.predictions import decode_predictions
 from infra.process import free_port
 from infra.topics import ensure_topics
 
@@ -190,9 +191,12 @@ def test_predictions_are_published(settings: Settings) -> None:
         auto_offset_reset="earliest",
         consumer_timeout_ms=5000,
     )
-    records = [json.loads(message.value) for message in consumer]
+    raw = [message.value for message in consumer]
+    records = [json.loads(v) for v in raw]
     got = {r["prediction_id"]: r for r in records}
     consumer.close()
+    decoded, dead = decode_predictions(raw, partitions=[0] * len(raw), offsets=[0] * len(raw))
+    assert not dead and {p.prediction_id for p in decoded} >= {p["prediction_id"] for p in sent}
     for p in sent:
         record = got[p["prediction_id"]]
         assert record["score"] == p["score"] and record["model_version"] == "v0001"

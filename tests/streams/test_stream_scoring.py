@@ -14,6 +14,7 @@ from featflow.processes import start_worker, stop_process, wait_caught_up
 from featflow.settings import Settings
 from features.spec import FEATURE_NAMES
 from inference.registry import ModelRegistry
+from infra.predictions import decode_predictions
 from infra.producer import publish
 from infra.topics import ensure_topics
 from tests.streams.pipeline_helpers import assert_clean_log, make_events, oracle
@@ -47,8 +48,14 @@ def test_worker_scores_every_event(settings: Settings, tmp_path: Path) -> None:
         auto_offset_reset="earliest",
         consumer_timeout_ms=5000,
     )
-    records = {r["event_id"]: r for r in (json.loads(m.value) for m in consumer)}
+    raw = [m.value for m in consumer]
+    records = {r["event_id"]: r for r in (json.loads(v) for v in raw)}
     consumer.close()
+    decoded, dead = decode_predictions(raw, partitions=[0] * len(raw), offsets=[0] * len(raw))
+    assert not dead and len(decoded) == len(raw)  # what the monitor will read back
+    assert {p.event_id: p.event_time for p in decoded} == dict(
+        zip(events.event_id, events.event_time_ms.tolist(), strict=True)
+    )
     assert sorted(records) == sorted(events.event_id)
     frame = expected.frame().set_index("event_id")
     ids = list(records)
