@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 
 PSI_FLOOR = 1e-4
@@ -163,3 +164,24 @@ class DriftWindow:
     def metrics(self) -> dict[str, dict[str, float]]:
         """:func:`drift` of every feature against its reference, by feature name."""
         return {n: drift(self.references[n].shares(), self.counts(n)) for n in self.names}
+
+    def snapshot(self) -> bytes:
+        """The window and its references, for a checkpoint."""
+        order = (self._next - self._count + np.arange(self._count)) % self.size
+        refs = {n: (r.edges.tolist(), r.counts.tolist()) for n, r in self.references.items()}
+        rows = self._ring[order] - self._offset  # bins, oldest first
+        return msgspec.msgpack.encode((self.size, refs, rows.astype(np.int64).tobytes()))
+
+    @staticmethod
+    def restore(data: bytes) -> DriftWindow:
+        """The window a :meth:`snapshot` was taken of."""
+        size, refs, rows = msgspec.msgpack.decode(data)
+        references = {n: Reference(np.array(e), np.array(c)) for n, (e, c) in refs.items()}
+        w = DriftWindow(references, size)
+        bins = np.frombuffer(rows, dtype=np.int64).reshape(-1, len(references))
+        flat = bins + w._offset
+        n = len(flat)
+        w._ring[:n] = flat
+        w._counts += np.bincount(flat.ravel(), minlength=len(w._counts))
+        w._next, w._count = n % size, n
+        return w

@@ -167,6 +167,10 @@ class PredictionJoin:
         """The predictions still waiting for their outcome."""
         return list(self._waiting.values())
 
+    def labelled_times(self) -> list[int]:
+        """The times of the labelled predictions still held (within the horizon)."""
+        return list(self._labelled.values())
+
     def snapshot(self) -> bytes:
         """The whole state, for a checkpoint (:meth:`restore` reads it back)."""
         c = self.counts

@@ -15,6 +15,7 @@ is NaN, and ``samples`` says how many pairs it would have used.
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 
 ECE_BINS = 10
@@ -141,3 +142,16 @@ class QualityWindow:
     def metrics(self) -> dict[str, float]:
         """:func:`quality` of the window's pairs."""
         return quality(*self.pairs())
+
+    def snapshot(self) -> bytes:
+        """The window, for a checkpoint."""
+        scores, labels = self.pairs()
+        return msgspec.msgpack.encode((self.size, scores.tobytes(), labels.tobytes()))
+
+    @staticmethod
+    def restore(data: bytes) -> QualityWindow:
+        """The window a :meth:`snapshot` was taken of."""
+        size, scores, labels = msgspec.msgpack.decode(data)
+        w = QualityWindow(size)
+        w.add_many(np.frombuffer(scores, dtype=np.float64), np.frombuffer(labels, dtype=np.int8))
+        return w
