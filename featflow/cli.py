@@ -187,6 +187,49 @@ def init(config: str | None) -> None:
 
 
 @main.command()
+@click.option("--port", type=int, default=None, help="Serve /metrics here (default: setting).")
+@click.pass_obj
+def monitor(config: str | None, port: int | None) -> None:
+    """Run the monitor: predictions + outcomes -> quality, drift, retraining requests.
+
+    Snapshots go to topic `monitoring` and $FEATFLOW_HOME/monitoring/; requests to `retrain`.
+    """
+    import asyncio
+    import dataclasses
+    import logging
+    import signal
+
+    settings = _settings(config)
+    _need_broker(settings)
+    try:
+        cfg = settings.monitor
+    except (OSError, ValueError) as exc:  # the policy file
+        raise click.ClickException(f"monitor policy: {exc}") from None
+    if port is not None:
+        cfg = dataclasses.replace(cfg, web_port=port)
+    from streams.monitor import Monitor
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+
+    async def run() -> None:
+        service = Monitor(cfg)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.stop)
+        task = asyncio.create_task(service.run())
+        started = asyncio.create_task(service.started.wait())
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        if started.done():
+            where = f", /metrics on {cfg.web_host}:{cfg.web_port}" if cfg.web_port else ""
+            click.echo(f"monitoring {cfg.topics.predictions} + {cfg.topics.outcomes}{where}")
+        else:
+            started.cancel()
+        await task
+
+    asyncio.run(run())
+
+
+@main.command()
 @click.option(
     "--loglevel",
     default="warn",

@@ -28,7 +28,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from features.spec import DEFAULT_LATENESS_MS
 from infra.config import DEFAULT_BOOTSTRAP, KafkaConfig, Stores, Topics, check_online_store
 from infra.events import AMOUNT_LIMIT, EventRules
-from streams.config import WorkerConfig
+from monitoring.policy import Policy
+from streams.config import MonitorConfig, WorkerConfig
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -59,6 +60,8 @@ class Settings(BaseSettings):
     events_topic: str = "events"
     outcomes_topic: str = "outcomes"
     predictions_topic: str = "predictions"
+    monitoring_topic: str = "monitoring"
+    retrain_topic: str = "retrain"
     topic_partitions: int = Field(8, ge=1)
     consumer_group: str = "featflow-worker"
 
@@ -81,6 +84,13 @@ class Settings(BaseSettings):
         0.0, description="A new model must beat the champion's holdout AUC by this much."
     )
     worker_web_port: int = Field(0, ge=0, description="faust web (/metrics); 0 disables it.")
+
+    monitor_window_labels: int = Field(5000, ge=1, description="Labelled predictions (quality).")
+    monitor_window_events: int = Field(5000, ge=1, description="Predictions (drift).")
+    monitor_interval_s: float = Field(5.0, gt=0, description="Snapshot and checkpoint period.")
+    monitor_horizon_s: float = Field(86_400.0, gt=0, description="How long a prediction waits.")
+    monitor_policy: Path | None = Field(None, description="Retraining policy YAML file.")
+    monitor_web_port: int = Field(0, ge=0, description="Monitor /metrics; 0 disables it.")
 
     @field_validator("online_store")
     @classmethod
@@ -108,7 +118,12 @@ class Settings(BaseSettings):
     def topics(self) -> Topics:
         """Topic names and partitions."""
         return Topics(
-            self.events_topic, self.outcomes_topic, self.predictions_topic, self.topic_partitions
+            self.events_topic,
+            self.outcomes_topic,
+            self.predictions_topic,
+            self.topic_partitions,
+            self.monitoring_topic,
+            self.retrain_topic,
         )
 
     @property
@@ -128,6 +143,33 @@ class Settings(BaseSettings):
             max_future_skew_ms=int(self.max_future_skew_s * 1000),
             max_record_bytes=self.max_record_bytes,
             max_amount=self.max_amount,
+        )
+
+    @property
+    def policy(self) -> Policy:
+        """The retraining policy: ``monitor_policy``'s YAML, else the defaults."""
+        if self.monitor_policy is None:
+            return Policy()
+        raw = yaml.safe_load(Path(self.monitor_policy).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{self.monitor_policy}: a policy is a mapping of keys")
+        return Policy.from_mapping(raw)
+
+    @property
+    def monitor(self) -> MonitorConfig:
+        """What the monitor needs."""
+        return MonitorConfig(
+            kafka=self.kafka,
+            topics=self.topics,
+            stores=self.stores,
+            rules=self.event_rules,
+            policy=self.policy,
+            horizon_s=self.monitor_horizon_s,
+            window_labels=self.monitor_window_labels,
+            window_events=self.monitor_window_events,
+            interval_s=self.monitor_interval_s,
+            batch_max_records=self.batch_max_records,
+            web_port=self.monitor_web_port,
         )
 
     @property

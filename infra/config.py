@@ -51,6 +51,8 @@ class Topics:
     outcomes: str = "outcomes"
     predictions: str = "predictions"
     partitions: int = 8
+    monitoring: str = "monitoring"  # the monitor's snapshot rows (JSON, long form)
+    retrain: str = "retrain"  # the monitor's retraining requests
 
     @property
     def dlq(self) -> str:
@@ -80,6 +82,8 @@ class Topics:
             self.outcomes_dlq: 1,
             self.predictions: self.partitions,
             self.predictions_dlq: 1,
+            self.monitoring: 1,
+            self.retrain: 1,
         }
 
 
@@ -122,6 +126,11 @@ class Stores:
     def checkpoint_dir(self) -> Path:
         """Per-partition window state checkpoints."""
         return self.home / "checkpoints"
+
+    @property
+    def monitoring_dir(self) -> Path:
+        """The monitor's snapshot rows, as parquet part files."""
+        return self.home / "monitoring"
 
     @property
     def faust_dir(self) -> Path:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from features.spec import DEFAULT_LATENESS_MS
 from infra.config import KafkaConfig, Stores, Topics
 from infra.events import EventRules
+from monitoring.policy import Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,3 +30,27 @@ class WorkerConfig:
     checkpoint_interval_s: float = 5.0
     stream_scoring: bool = False
     web_port: int = 0  # faust web (/metrics); 0 disables it
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorConfig:
+    """The monitor's configuration (composed by ``Settings.monitor``).
+
+    ``horizon_s`` of event time a prediction waits for its outcome; the windows hold the
+    latest ``window_labels`` labelled predictions (quality) and ``window_events``
+    predictions (drift) per model version; a snapshot and a checkpoint every
+    ``interval_s``; ``/metrics`` on ``web_host:web_port`` (0: no web server).
+    """
+
+    kafka: KafkaConfig
+    topics: Topics
+    stores: Stores
+    rules: EventRules = EventRules()
+    policy: Policy = Policy()
+    horizon_s: float = 86_400.0
+    window_labels: int = 5000
+    window_events: int = 5000
+    interval_s: float = 5.0
+    batch_max_records: int = 5000
+    web_host: str = "127.0.0.1"
+    web_port: int = 0

@@ -41,6 +41,8 @@ def settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
         events_topic=f"events_{tag}",
         outcomes_topic=f"outcomes_{tag}",
         predictions_topic=f"predictions_{tag}",
+        monitoring_topic=f"monitoring_{tag}",
+        retrain_topic=f"retrain_{tag}",
         consumer_group=f"workers_{tag}",
         topic_partitions=4,
         checkpoint_interval_s=0.5,

@@ -1,0 +1,303 @@
+"""The monitor service: predictions and outcomes in; snapshots, metrics and retraining
+requests out (``featflow monitor``).
+
+One process reads every partition of ``predictions`` and ``outcomes`` (assigned, not a
+group: the state is one per model version, not per partition), decodes each record
+(bad ones go to ``predictions.dlq`` / ``outcomes.dlq`` with their reason) and feeds
+:class:`~monitoring.core.MonitorCore`. Every ``interval_s`` it takes a snapshot: the rows
+go to a parquet part file under ``$FEATFLOW_HOME/monitoring/`` and, one JSON record per
+row, to topic ``monitoring``; a retraining request the policy fires goes to topic
+``retrain``; then the core's state and the last offset read of every partition are saved
+in one atomic checkpoint. A restarted monitor restores that checkpoint and resumes after
+those offsets, so it neither loses nor double-counts a joined pair; what it read after the
+checkpoint is read again into the state as it was before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from inference.registry import ModelRegistry
+from infra.dead_letter import DeadLetter
+from infra.outcomes import decode_outcomes
+from infra.predictions import decode_predictions
+from infra.topics import ensure_topics
+from monitoring.core import ModelBook, MonitorCore, registry_book
+from monitoring.join import Label
+from monitoring.snapshot import MetricRow
+from streams.checkpoint import Checkpoint, CheckpointStore
+from streams.config import MonitorConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "monitor"  # one checkpoint file: the whole state, every partition's offset
+SNAPSHOT_SCHEMA = pa.schema(
+    [
+        ("time", pa.timestamp("ms", tz="UTC")),
+        ("model_version", pa.string()),
+        ("metric", pa.string()),
+        ("feature", pa.string()),
+        ("value", pa.float64()),
+        ("samples", pa.int64()),
+    ]
+)
+_encoder = msgspec.json.Encoder()
+
+
+class _Saved(msgspec.Struct):
+    core: bytes
+    offsets: list[tuple[str, int, int]]  # (topic, partition, last offset read)
+
+
+class Monitor:
+    """The monitor service around a :class:`MonitorCore`."""
+
+    def __init__(self, config: MonitorConfig, book: ModelBook | None = None) -> None:
+        self.config = config
+        self.book = book or registry_book(ModelRegistry(config.stores.models_dir))
+        self.core = MonitorCore(
+            self.book,
+            horizon_ms=int(config.horizon_s * 1000),
+            window_labels=config.window_labels,
+            window_events=config.window_events,
+            policy=config.policy,
+        )
+        self.checkpoints = CheckpointStore(config.stores.checkpoint_dir)
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.consumed: Counter[str] = Counter()  # records read, by topic
+        self.dead_letters: Counter[tuple[str, str]] = Counter()  # (source topic, reason)
+        self.snapshots = 0
+        self.requests = 0
+        self.latest: list[MetricRow] = []
+        self.started = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to take a last snapshot and return."""
+        self._stop.set()
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`; a snapshot and checkpoint every ``interval_s``."""
+        cfg = self.config
+        await asyncio.to_thread(ensure_topics, cfg.kafka, cfg.topics)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False, group_id=None
+        )
+        self._producer = AIOKafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, linger_ms=5)
+        await self._consumer.start()
+        await self._producer.start()
+        web = await self._start_web() if cfg.web_port else None
+        try:
+            await self._assign_and_restore()
+            self.started.set()
+            next_at = time.monotonic() + cfg.interval_s
+            while not self._stop.is_set():
+                wait_ms = max(1, min(200, int((next_at - time.monotonic()) * 1000)))
+                fetched = await self._consumer.getmany(
+                    timeout_ms=wait_ms, max_records=cfg.batch_max_records
+                )
+                await self._process(fetched)
+                if time.monotonic() >= next_at:
+                    await self.snapshot()
+                    next_at = time.monotonic() + cfg.interval_s
+            await self.snapshot()
+        finally:
+            if web is not None:
+                await web.cleanup()
+            await self._consumer.stop()
+            await self._producer.stop()
+
+    async def _assign_and_restore(self) -> None:
+        assert self._consumer is not None
+        topics = self.config.topics
+        parts = [
+            TopicPartition(topic, p)
+            for topic in (topics.predictions, topics.outcomes)
+            for p in range(topics.partitions)
+        ]
+        self._consumer.assign(parts)
+        saved = self.checkpoints.load(CHECKPOINT_NAME, 0)
+        if saved is not None:
+            state = msgspec.msgpack.decode(saved.state, type=_Saved)
+            self.core.restore(state.core)
+            self.offsets = {(t, p): o for t, p, o in state.offsets}
+        for tp in parts:
+            last = self.offsets.get((tp.topic, tp.partition))
+            if last is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, last + 1)
+
+    async def _process(self, fetched: dict[TopicPartition, list]) -> None:
+        topics, rules = self.config.topics, self.config.rules
+        # predictions before outcomes in each fetch: an outcome then finds what it labels
+        for tp in sorted(fetched, key=lambda t: (t.topic != topics.predictions, t.partition)):
+            msgs = fetched[tp]
+            if not msgs:
+                continue
+            values = [m.value for m in msgs]
+            parts = [tp.partition] * len(msgs)
+            offsets = [m.offset for m in msgs]
+            if tp.topic == topics.predictions:
+                good, dead = decode_predictions(
+                    values, partitions=parts, offsets=offsets, topic=tp.topic, rules=rules
+                )
+                self.core.add_predictions(good)
+                await self._dead(topics.predictions_dlq, dead)
+            else:
+                table, dead = decode_outcomes(
+                    values, partitions=parts, offsets=offsets, topic=tp.topic, rules=rules
+                )
+                self.core.add_outcomes(_labels(table))
+                await self._dead(topics.outcomes_dlq, dead)
+            self.consumed[tp.topic] += len(msgs)
+            self.offsets[(tp.topic, tp.partition)] = msgs[-1].offset
+
+    async def _dead(self, topic: str, letters: list[DeadLetter]) -> None:
+        assert self._producer is not None
+        if not letters:
+            return
+        sends = [
+            await self._producer.send(topic, value=d.value, key=d.key, headers=d.headers())
+            for d in letters
+        ]
+        await asyncio.gather(*sends)
+        self.dead_letters.update((d.topic, d.reason.value) for d in letters)
+
+    # ------------------------------------------------------------------ snapshot
+
+    async def snapshot(self) -> list[MetricRow]:
+        """Take a snapshot now: parquet, topic ``monitoring``, a retraining request if the
+        policy fires, then the checkpoint."""
+        assert self._producer is not None
+        now_ms = int(time.time() * 1000)
+        rows, fired = self.core.snapshot(now_ms)
+        self._write_parquet(rows, now_ms)
+        topics = self.config.topics
+        for row in rows:
+            await self._producer.send(
+                topics.monitoring, value=_encoder.encode(row), key=row.model_version.encode()
+            )
+        if fired is not None:
+            request = {
+                "request_id": uuid.uuid4().hex,
+                "time_ms": fired.time_ms,
+                "model_version": fired.model_version,
+                "reason": fired.reason,
+                "values": fired.values,
+            }
+            await self._producer.send(topics.retrain, value=_encoder.encode(request))
+            self.requests += 1
+            log.warning("retraining requested for %s: %s", fired.model_version, fired.reason)
+        await self._producer.flush()
+        saved = _Saved(self.core.state(), [(t, p, o) for (t, p), o in self.offsets.items()])
+        await asyncio.to_thread(
+            self.checkpoints.save, CHECKPOINT_NAME, 0, Checkpoint(-1, msgspec.msgpack.encode(saved))
+        )
+        self.snapshots += 1
+        self.latest = rows
+        return rows
+
+    def _write_parquet(self, rows: list[MetricRow], now_ms: int) -> Path | None:
+        if not rows:
+            return None
+        folder = self.config.stores.monitoring_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        table = pa.table(
+            {
+                "time": pa.array([r.time_ms for r in rows], pa.timestamp("ms", tz="UTC")),
+                "model_version": [r.model_version for r in rows],
+                "metric": [r.metric for r in rows],
+                "feature": [r.feature for r in rows],
+                "value": pa.array([r.value for r in rows], pa.float64()),
+                "samples": pa.array([r.samples for r in rows], pa.int64()),
+            },
+            schema=SNAPSHOT_SCHEMA,
+        )
+        final = folder / f"snapshot-{now_ms}-{uuid.uuid4().hex[:6]}.parquet"
+        tmp = folder / f".{final.name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+        return final
+
+    # ------------------------------------------------------------------ web
+
+    async def _start_web(self):  # -> aiohttp.web.AppRunner
+        from aiohttp import web
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(text=render_monitor_metrics(self), content_type="text/plain")
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, self.config.web_host, self.config.web_port).start()
+        return runner
+
+
+def _labels(table: pa.Table) -> list[Label]:
+    """The join's labels from decoded outcomes (``infra.outcomes.OUTCOME_SCHEMA``)."""
+    times = table.column("outcome_timestamp").cast(pa.int64()).to_pylist()
+    return [
+        Label(e, p, int(y), t)
+        for e, p, y, t in zip(
+            table.column("event_id").to_pylist(),
+            table.column("prediction_id").to_pylist(),
+            table.column("label").to_pylist(),
+            times,
+            strict=True,
+        )
+    ]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_monitor_metrics(monitor: Monitor) -> str:
+    """Prometheus text: the latest snapshot's values and the service's counters.
+
+    Every value is ``featflow_monitor_<metric>`` with labels ``model_version`` (and
+    ``feature`` for per-feature metrics); no record ids in labels.
+    """
+    lines: list[str] = []
+    by_metric: dict[str, list[MetricRow]] = {}
+    for row in monitor.latest:
+        by_metric.setdefault(row.metric, []).append(row)
+    for metric, rows in sorted(by_metric.items()):
+        name = f"featflow_monitor_{metric}"
+        lines.append(f"# TYPE {name} gauge")
+        for r in rows:
+            labels = f'model_version="{_escape(r.model_version)}"'
+            if r.feature is not None:
+                labels += f',feature="{_escape(r.feature)}"'
+            lines.append(f"{name}{{{labels}}} {r.value!r}")
+    lines.append("# TYPE featflow_monitor_records_total counter")
+    for topic, n in sorted(monitor.consumed.items()):
+        lines.append(f'featflow_monitor_records_total{{topic="{_escape(topic)}"}} {n}')
+    lines.append("# TYPE featflow_dead_letters_total counter")
+    for (topic, reason), n in sorted(monitor.dead_letters.items()):
+        lines.append(
+            f'featflow_dead_letters_total{{topic="{_escape(topic)}",reason="{reason}"}} {n}'
+        )
+    lines.append("# TYPE featflow_monitor_snapshots_total counter")
+    lines.append(f"featflow_monitor_snapshots_total {monitor.snapshots}")
+    lines.append("# TYPE featflow_retrain_requests_total counter")
+    lines.append(f"featflow_retrain_requests_total {monitor.requests}")
+    return "\n".join(lines) + "\n"

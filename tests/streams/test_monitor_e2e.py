@@ -1,0 +1,206 @@
+"""The monitor on the real broker: snapshots equal scikit-learn on the joined pairs, bad
+records dead-lettered with their reason, rows on the topic and in parquet, /metrics text,
+and a crash after a checkpoint neither loses nor double-counts a pair."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+import msgspec
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from sklearn.metrics import roc_auc_score
+
+from featflow.settings import Settings
+from inference.train import histogram
+from infra.lag import log_end_offsets
+from infra.producer import publish
+from infra.topics import ensure_topics
+from monitoring.core import ModelBook
+from monitoring.drift import Reference
+from streams.monitor import Monitor, render_monitor_metrics
+
+T0 = 1_767_225_600_000
+enc = msgspec.json.Encoder()
+
+
+def _book() -> ModelBook:
+    rng = np.random.default_rng(0)
+    refs = {"amount": Reference.of(histogram(rng.lognormal(3, 1, 5000))),
+            "score": Reference.of(histogram(rng.random(5000), np.linspace(0, 1, 21)))}  # fmt: skip
+    return ModelBook(lambda v: refs if v == "v1" else None, lambda v: {"auc": 0.7}, lambda: "v1")
+
+
+def _data(seed: int, n: int, start: int = 0):
+    rng = np.random.default_rng(seed)
+    preds, outs = [], []
+    for i in range(start, start + n):
+        version = "v1" if i % 4 else "v2"
+        score = float(rng.random())
+        preds.append({"prediction_id": f"p{i}", "user_id": i % 37, "score": score,
+                      "model_version": version, "event_id": f"e{i}", "event_time": T0 + i * 50,
+                      "features": {"amount": float(rng.lognormal(3, 1))}})  # fmt: skip
+        if rng.random() < 0.9:
+            label = int(rng.random() < score)  # a model that knows something
+            outs.append({"event_id": f"e{i}", "user_id": i % 37, "label": label,
+                         "outcome_time": T0 + i * 50 + 1000,
+                         **({"prediction_id": f"p{i}"} if i % 2 else {})})  # fmt: skip
+    return preds, outs
+
+
+def _send(settings: Settings, topic: str, records: list[dict]) -> None:
+    publish(settings.kafka, topic,
+            [(str(r.get("user_id", 0)).encode(), enc.encode(r)) for r in records])  # fmt: skip
+
+
+def _ends(settings: Settings) -> dict[tuple[str, int], int]:
+    """The last offset of every partition of predictions and outcomes (-1: empty)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        tps = [TopicPartition(t, p) for t in (settings.predictions_topic, settings.outcomes_topic)
+               for p in range(settings.topic_partitions)]  # fmt: skip
+        ends = log_end_offsets(consumer, tps)
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): end - 1 for tp, end in ends.items()}
+
+
+async def _run_until_caught_up(monitor: Monitor, ends: dict, crash: bool = False) -> None:
+    """Run until the monitor has read every record up to ``ends``; then stop (a last
+    snapshot and checkpoint) or crash (cancel: no snapshot, no checkpoint)."""
+    task = asyncio.create_task(monitor.run())
+    for _ in range(1200):
+        await asyncio.sleep(0.05)
+        if task.done():
+            task.result()
+        if all(monitor.offsets.get(k, -1) >= end for k, end in ends.items()):
+            break
+    else:
+        raise AssertionError(f"monitor at {monitor.offsets}, log ends {ends}")
+    if crash:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    else:
+        monitor.stop()
+        await task
+
+
+def _expected_auc(preds: list[dict], outs: list[dict]) -> dict[str, tuple[float, int]]:
+    p = pd.DataFrame(preds)
+    o = pd.DataFrame(outs)
+    joined = p.merge(o[["event_id", "label"]], on="event_id")
+    return {
+        v: (roc_auc_score(g["label"], g["score"]), len(g))
+        for v, g in joined.groupby("model_version")
+    }
+
+
+def _rows(monitor: Monitor, metric: str) -> dict[str, tuple[float, int]]:
+    return {r.model_version: (r.value, r.samples) for r in monitor.latest
+            if r.metric == metric and r.feature is None}  # fmt: skip
+
+
+def test_snapshots_dead_letters_and_outputs(settings: Settings) -> None:
+    settings = settings.model_copy(update={"monitor_interval_s": 0.3})
+    ensure_topics(settings.kafka, settings.topics)
+    preds, outs = _data(1, 3000)
+    _send(settings, settings.predictions_topic, preds)
+    _send(settings, settings.outcomes_topic, outs)
+    bad = [b'{"prediction_id": "x"}', b"not json", b'{"prediction_id":"y","user_id":1,'
+           b'"score":7,"model_version":"v1","event_time":1767225600000}']  # fmt: skip
+    publish(settings.kafka, settings.predictions_topic, [(b"1", v) for v in bad])
+    publish(settings.kafka, settings.outcomes_topic, [(b"1", b'{"event_id": "e1", "label": 3}')])
+    cfg = dataclasses.replace(settings.monitor, window_labels=10**6, window_events=10**6)
+    monitor = Monitor(cfg, _book())
+    asyncio.run(_run_until_caught_up(monitor, _ends(settings)))
+    want = _expected_auc(preds, outs)
+    got = _rows(monitor, "auc")
+    for version, (auc, n) in want.items():
+        assert got[version][1] == n
+        assert got[version][0] == pytest.approx(auc, abs=1e-9)
+    assert monitor.snapshots >= 1
+    assert dict(monitor.dead_letters) == {
+        (settings.predictions_topic, "schema"): 1,
+        (settings.predictions_topic, "malformed_json"): 1,
+        (settings.predictions_topic, "out_of_range"): 1,
+        (settings.outcomes_topic, "schema"): 1,
+    }
+    consumer = KafkaConsumer(
+        settings.topics.predictions_dlq,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
+    reasons = sorted(dict(m.headers)["featflow.reason"].decode() for m in consumer)
+    consumer.close()
+    assert reasons == ["malformed_json", "out_of_range", "schema"]
+    files = sorted(settings.stores.monitoring_dir.glob("snapshot-*.parquet"))
+    last = pq.read_table(files[-1]).to_pandas()
+    auc_v1 = last[(last.metric == "auc") & (last.model_version == "v1")]
+    assert auc_v1["value"].iloc[0] == pytest.approx(want["v1"][0], abs=1e-9)
+    assert set(last[last.metric == "psi"]["feature"]) == {"amount", "score"}
+    consumer = KafkaConsumer(settings.monitoring_topic, bootstrap_servers=settings.kafka_bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=3000)  # fmt: skip
+    rows = [json.loads(m.value) for m in consumer]
+    consumer.close()
+    assert {"time_ms", "model_version", "metric", "feature", "value", "samples"} == set(rows[0])
+    text = render_monitor_metrics(monitor)
+    assert 'featflow_monitor_auc{model_version="v1"}' in text
+    assert 'featflow_monitor_psi{model_version="v1",feature="amount"}' in text
+
+
+def test_a_crash_after_a_checkpoint_loses_and_doubles_nothing(settings: Settings) -> None:
+    """Checkpoint after batch A, read batch B, crash (no checkpoint); a new monitor restores
+    A's checkpoint, re-reads B and reads C: every pair counted exactly once."""
+    settings = settings.model_copy(update={"monitor_interval_s": 3600.0})  # snapshots by hand
+    ensure_topics(settings.kafka, settings.topics)
+    cfg = dataclasses.replace(settings.monitor, window_labels=10**6, window_events=10**6)
+    batches = [_data(2, 1500), _data(3, 1000, start=1500), _data(4, 800, start=2500)]
+
+    def send(k: int) -> None:
+        _send(settings, settings.predictions_topic, batches[k][0])
+        _send(settings, settings.outcomes_topic, batches[k][1])
+
+    async def first_life() -> Monitor:
+        one = Monitor(cfg, _book())
+        task = asyncio.create_task(one.run())
+        for k in (0, 1):
+            await asyncio.to_thread(send, k)
+            ends = await asyncio.to_thread(_ends, settings)
+            while not all(one.offsets.get(key, -1) >= end for key, end in ends.items()):
+                await asyncio.sleep(0.05)
+                if task.done():
+                    task.result()
+            if k == 0:
+                await one.snapshot()  # the checkpoint: A only
+        task.cancel()  # the crash: B was read, never checkpointed
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return one
+
+    one = asyncio.run(first_life())
+    after_a = _expected_auc(*batches[0])
+    assert {v: n for v, (_, n) in _rows(one, "auc").items()} == {
+        v: n for v, (_, n) in after_a.items()
+    }  # the last snapshot (and checkpoint) held A's pairs
+    send(2)
+    two = Monitor(cfg, _book())
+    asyncio.run(_run_until_caught_up(two, _ends(settings)))
+    preds = [p for b in batches for p in b[0]]
+    outs = [o for b in batches for o in b[1]]
+    want = _expected_auc(preds, outs)
+    got = _rows(two, "auc")
+    for version, (auc, n) in want.items():
+        assert got[version][1] == n  # every pair once: none lost, none twice
+        assert got[version][0] == pytest.approx(auc, abs=1e-9)
+    # it resumed after A's checkpoint: read B again and C, not A
+    assert two.consumed[settings.predictions_topic] == len(batches[1][0]) + len(batches[2][0])
+    assert two.consumed[settings.outcomes_topic] == len(batches[1][1]) + len(batches[2][1])
+    (dup,) = [r for r in two.latest if r.metric == "duplicate_records"]
+    assert dup.value == 0
