@@ -168,8 +168,8 @@ def broker(port: int) -> None:
         ) from None
     except (TansuBinaryNotFound, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"bootstrap: 127.0.0.1:{port}  (memory storage; Ctrl-C stops it)")
-    sys.exit(server.serve())
+    banner = f"bootstrap: 127.0.0.1:{port}  (memory storage; Ctrl-C stops it)"
+    sys.exit(server.serve(ready=lambda: click.echo(banner)))
 
 
 @main.command()

@@ -148,12 +148,18 @@ class ServerProcess:
         assert self._proc is not None, "not started"
         return self._proc.wait()
 
-    def serve(self, signals: Sequence[signal.Signals] = TERMINATION_SIGNALS) -> int:
+    def serve(
+        self,
+        signals: Sequence[signal.Signals] = TERMINATION_SIGNALS,
+        ready: Callable[[], None] | None = None,
+    ) -> int:
         """Run in the foreground (``featflow broker``) until the server exits or is signalled.
 
         Each of ``signals`` is forwarded to the server, which is then stopped (a
-        supervisor's SIGTERM must not orphan it). Returns 0 after a signal, else
-        the server's exit status (128 + N if signal N killed it).
+        supervisor's SIGTERM must not orphan it). ``ready`` runs once the handlers are in
+        place (the CLI prints its banner there: a signal sent on seeing the banner must
+        not meet Python's default action). Returns 0 after a signal, else the server's exit
+        status (128 + N if signal N killed it).
         """
         proc = self._proc
         assert proc is not None, "not started"
@@ -167,6 +173,8 @@ class ServerProcess:
 
         previous = {sig: signal.signal(sig, forward) for sig in signals}
         try:
+            if ready is not None:
+                ready()
             while code is None and not received:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     code = proc.wait(timeout=0.2)

@@ -116,3 +116,24 @@ def test_policy_from_settings() -> None:
         Rule("accuracy", below=0.5)
     with pytest.raises(ValueError, match="drift rules name a feature"):
         Rule("psi", above=0.2)
+
+
+def test_the_readme_policy_file_is_what_settings_read(tmp_path) -> None:
+    """The README's example policy, through FEATFLOW_MONITOR_POLICY as a user sets it."""
+    from pathlib import Path
+
+    from featflow.settings import Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("FEATFLOW_MONITOR_POLICY=policy.yaml", 1)[1].split("```yaml", 1)[1]
+    text = "\n".join(line.strip() and line[2:] for line in block.split("```", 1)[0].splitlines())
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    policy = Settings(home=tmp_path, monitor_policy=path).monitor.policy
+    assert [r.describe() for r in policy.rules] == [
+        "psi(*) > 0.25", "auc < holdout - 0.05", "ece > 0.1"
+    ]  # fmt: skip
+    assert (policy.consecutive, policy.cooldown_ms, policy.min_labelled) == (3, 3_600_000, 1000)
+    path.write_text("rules: [{metric: psi, above: 0.2}]\n")
+    with pytest.raises(ValueError, match="drift rules name a feature"):
+        _ = Settings(home=tmp_path, monitor_policy=path).policy
