@@ -79,6 +79,7 @@ class Stream:
         return int(self.users.shape[0])
 
     def slice(self, lo: int, hi: int) -> Stream:
+        """Events ``lo`` to ``hi`` (arrival order), as a stream of their own."""
         return Stream(
             self.users[lo:hi], self.times[lo:hi], self.amounts[lo:hi], self.merchants[lo:hi]
         )
