@@ -65,9 +65,12 @@ def _validate(raw: bytes | None, rules: EventRules) -> Prediction | tuple[Reason
         return Reason.SCHEMA, "a prediction needs event_time or prediction_time"
     if p.time_ms < MIN_EVENT_TIME_MS:
         return Reason.TOO_OLD, f"time {p.time_ms} ms is before 2000-01-01"
-    bad = [name for name, v in p.features.items() if not math.isfinite(v)]
-    if bad:  # JSON spells no NaN, but 1e999 decodes to inf
-        return Reason.OUT_OF_RANGE, f"feature {bad[0]} is {p.features[bad[0]]}"
+    # JSON spells no NaN, but 1e999 decodes to inf. One sum tells (finite unless a value is
+    # not, or huge ones overflow): the per-value check only runs then.
+    if not math.isfinite(sum(p.features.values())):
+        bad = [name for name, v in p.features.items() if not math.isfinite(v)]
+        if bad:
+            return Reason.OUT_OF_RANGE, f"feature {bad[0]} is {p.features[bad[0]]}"
     return p
 
 
