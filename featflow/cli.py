@@ -187,6 +187,28 @@ def init(config: str | None) -> None:
 
 
 @main.command()
+@click.argument("sql")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+    show_default=True,
+)  # fmt: skip
+@click.pass_obj
+def query(config: str | None, sql: str, fmt: str) -> None:
+    """SQL (DuckDB) over the stores: views features, outcomes, monitoring.
+
+    A query DuckDB refuses prints its message and exits 2.
+    """
+    from featflow.query import QueryError, run_query
+
+    settings = _settings(config)
+    try:
+        click.echo(run_query(settings.stores, sql, fmt), nl=False)
+    except QueryError as exc:
+        click.echo(f"query failed: {exc}", err=True)
+        sys.exit(2)
+
+
+@main.command()
 @click.option("--port", type=int, default=None, help="Serve /metrics here (default: setting).")
 @click.pass_obj
 def monitor(config: str | None, port: int | None) -> None:
