@@ -21,15 +21,23 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env["FEATFLOW_LOGLEVEL"] = os.environ.get("FEATFLOW_LOGLEVEL", "warn")
     env.setdefault("PYTHONFAULTHANDLER", "1")  # a crash in native code still leaves a trace
     for name, value in settings.model_dump().items():
-        env[f"FEATFLOW_{name.upper()}"] = str(value)
+        if value is not None:  # unset stays unset (str(None) would be a value)
+            env[f"FEATFLOW_{name.upper()}"] = str(value)
     return env
 
 
 def start_worker(settings: Settings, log_path: Path | None = None) -> subprocess.Popen[bytes]:
     """``featflow worker`` in a child process (its output goes to ``log_path``)."""
+    return start_command(settings, "worker", log_path)
+
+
+def start_command(
+    settings: Settings, command: str, log_path: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``featflow <command>`` (``worker``, ``monitor``) in a child process."""
     log = open(log_path, "ab") if log_path else None  # noqa: SIM115 (owned by the child)
     return subprocess.Popen(
-        [sys.executable, "-m", "featflow.cli", "worker"],
+        [sys.executable, "-m", "featflow.cli", command],
         env=settings_env(settings),
         stdout=log,
         stderr=subprocess.STDOUT if log else None,

@@ -204,3 +204,66 @@ def test_a_crash_after_a_checkpoint_loses_and_doubles_nothing(settings: Settings
     assert two.consumed[settings.outcomes_topic] == len(batches[1][1]) + len(batches[2][1])
     (dup,) = [r for r in two.latest if r.metric == "duplicate_records"]
     assert dup.value == 0
+
+
+def _latest_snapshot(settings: Settings) -> pd.DataFrame | None:
+    files = sorted(settings.stores.monitoring_dir.glob("snapshot-*.parquet"))
+    return pq.read_table(files[-1]).to_pandas() if files else None
+
+
+def test_featflow_monitor_sigkilled_twice_counts_every_pair_once(
+    settings: Settings, tmp_path
+) -> None:
+    """The real process: SIGKILL it twice while records flow; after the last restart its
+    snapshots count every joined pair exactly once (no model registered: quality only)."""
+    import signal
+    import time
+
+    from featflow.processes import start_command
+
+    settings = settings.model_copy(
+        update={"monitor_interval_s": 0.25, "monitor_window_labels": 10**6}
+    )
+    ensure_topics(settings.kafka, settings.topics)
+    batches = [_data(5, 2000), _data(6, 2000, start=2000), _data(7, 2000, start=4000)]
+    log = tmp_path / "monitor.log"
+    proc = start_command(settings, "monitor", log)
+    try:
+        for k, (preds, outs) in enumerate(batches):
+            _send(settings, settings.predictions_topic, preds)
+            _send(settings, settings.outcomes_topic, outs)
+            if k < 2:
+                # kill once this life has checkpointed at least once (a snapshot file)
+                before = len(list(settings.stores.monitoring_dir.glob("snapshot-*.parquet")))
+                until = time.monotonic() + 60
+                while (
+                    len(list(settings.stores.monitoring_dir.glob("snapshot-*.parquet"))) <= before
+                ):
+                    assert proc.poll() is None and time.monotonic() < until, log.read_text()[-2000:]
+                    time.sleep(0.05)
+                time.sleep(0.1)  # and read a little past it
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                proc = start_command(settings, "monitor", log)
+        want = _expected_auc([p for b in batches for p in b[0]], [o for b in batches for o in b[1]])
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            snap = _latest_snapshot(settings)
+            if snap is not None:
+                auc = snap[(snap.metric == "auc") & snap.feature.isna()].set_index("model_version")
+                if all(v in auc.index and auc.loc[v, "samples"] == n for v, (_, n) in want.items()):
+                    break
+                over = [
+                    v for v, (_, n) in want.items() if v in auc.index and auc.loc[v, "samples"] > n
+                ]
+                assert not over, f"pairs counted twice for {over}"
+            assert time.monotonic() < deadline, f"not caught up: {snap}\n{log.read_text()[-2000:]}"
+            time.sleep(0.2)
+        for version, (value, _) in want.items():
+            assert auc.loc[version, "value"] == pytest.approx(value, abs=1e-9)
+        dup = snap[snap.metric == "duplicate_records"]["value"].iloc[0]
+        assert dup == 0
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
