@@ -10,7 +10,7 @@ quality and drift metrics, and the data-quality ones:
 - ``predictions`` (count in the snapshot interval), ``features_missing`` (share of those
   with ``features_found`` false), ``expired_predictions`` (total, never labelled within the
   horizon), ``unmatched_outcomes`` and ``duplicate_records`` (totals, model-level rows of
-  version ``*``);
+  version ``*``), ``freshness_s`` (snapshot time minus the newest scored event's time);
 - ``label_completeness`` by prediction age (``feature`` is the age band): the share of the
   predictions of that age, still within the horizon, whose outcome has arrived (labels
   mature late: a low value for young predictions is normal, for old ones it is not).
@@ -104,6 +104,7 @@ class _CoreState(msgspec.Struct):
     missing: dict[str, int]
     seen: dict[str, int]
     joined: dict[str, int]
+    newest_ms: int | None
 
 
 class MonitorCore:
@@ -129,6 +130,7 @@ class MonitorCore:
         self._missing: Counter[str] = Counter()  # features_found false, since the snapshot
         self._seen: Counter[str] = Counter()  # predictions since the last snapshot
         self.joined: Counter[str] = Counter()  # labelled predictions so far, by version
+        self.newest_ms: int | None = None  # the newest scored event's time
 
     # ------------------------------------------------------------------ input
 
@@ -141,6 +143,8 @@ class MonitorCore:
             if not p.features_found:
                 self._missing[p.model_version] += 1
             scored = Scored(p.prediction_id, p.event_id, p.model_version, p.score, p.time_ms)
+            if self.newest_ms is None or p.time_ms > self.newest_ms:
+                self.newest_ms = p.time_ms
             self._to_quality(self.join.add_prediction(scored))
         for version, preds in by_version.items():
             window = self._drift_window(version)
@@ -177,6 +181,9 @@ class MonitorCore:
                 MetricRow(time_ms, version, "expired_predictions", None, float(expired), expired)
             )
         rows += self._completeness(time_ms)
+        if self.newest_ms is not None:  # how old the newest scored event is: stalls show
+            age = (time_ms - self.newest_ms) / 1000.0
+            rows.append(MetricRow(time_ms, ALL_VERSIONS, "freshness_s", None, age, 1))
         c = self.join.counts
         for metric, value in (
             ("unmatched_outcomes", c.unmatched_outcomes),
@@ -206,6 +213,7 @@ class MonitorCore:
                 dict(self._missing),
                 dict(self._seen),
                 dict(self.joined),
+                self.newest_ms,
             )
         )
 
@@ -222,6 +230,7 @@ class MonitorCore:
         self._missing = Counter(s.missing)
         self._seen = Counter(s.seen)
         self.joined = Counter(s.joined)
+        self.newest_ms = s.newest_ms
 
     # ------------------------------------------------------------------ internals
 

@@ -33,7 +33,7 @@ from infra.dead_letter import DeadLetter
 from infra.outcomes import decode_outcomes
 from infra.predictions import decode_predictions
 from infra.topics import ensure_topics
-from monitoring.core import ModelBook, MonitorCore, registry_book
+from monitoring.core import ALL_VERSIONS, ModelBook, MonitorCore, registry_book
 from monitoring.join import Label
 from monitoring.snapshot import MetricRow
 from streams.checkpoint import Checkpoint, CheckpointStore
@@ -187,6 +187,7 @@ class Monitor:
         assert self._producer is not None
         now_ms = int(time.time() * 1000)
         rows, fired = self.core.snapshot(now_ms)
+        rows += self._service_rows(now_ms)
         self._write_parquet(rows, now_ms)
         topics = self.config.topics
         for row in rows:
@@ -211,6 +212,22 @@ class Monitor:
         )
         self.snapshots += 1
         self.latest = rows
+        return rows
+
+    def _service_rows(self, now_ms: int) -> list[MetricRow]:
+        """What only the service knows: its consumer lag and dead letters (version ``*``)."""
+        assert self._consumer is not None
+        rows = []
+        lag = 0
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                lag += max(0, high - self.offsets.get((tp.topic, tp.partition), -1) - 1)
+        rows.append(MetricRow(now_ms, ALL_VERSIONS, "consumer_lag", None, float(lag), lag))
+        for (topic, reason), n in sorted(self.dead_letters.items()):
+            rows.append(
+                MetricRow(now_ms, ALL_VERSIONS, "dead_letters", f"{topic}/{reason}", float(n), n)
+            )
         return rows
 
     def _write_parquet(self, rows: list[MetricRow], now_ms: int) -> Path | None:

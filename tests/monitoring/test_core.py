@@ -112,6 +112,8 @@ def test_quality_drift_and_data_quality_rows() -> None:
     completeness = [r for r in rows if r.metric == "label_completeness"]
     assert completeness and all(0 <= r.value <= 1 for r in completeness)
     assert _value(rows, ALL_VERSIONS, "duplicate_records").value == 0
+    newest = max(x.time_ms for x in preds)
+    assert _value(rows, ALL_VERSIONS, "freshness_s").value == (T0 + 10**9 - newest) / 1000
     # the interval counters restart after a snapshot
     rows2, _ = core.snapshot(T0 + 10**9 + 5000)
     assert _value(rows2, "v1", "predictions").value == 0

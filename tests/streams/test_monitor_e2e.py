@@ -150,6 +150,10 @@ def test_snapshots_dead_letters_and_outputs(settings: Settings) -> None:
     rows = [json.loads(m.value) for m in consumer]
     consumer.close()
     assert {"time_ms", "model_version", "metric", "feature", "value", "samples"} == set(rows[0])
+    service = {(r.metric, r.feature): r.value for r in monitor.latest if r.model_version == "*"}
+    assert service[("consumer_lag", None)] == 0  # the last snapshot: caught up
+    assert service[("dead_letters", f"{settings.predictions_topic}/schema")] == 1
+    assert service[("dead_letters", f"{settings.outcomes_topic}/schema")] == 1
     text = render_monitor_metrics(monitor)
     assert 'featflow_monitor_auc{model_version="v1"}' in text
     assert 'featflow_monitor_psi{model_version="v1",feature="amount"}' in text
