@@ -54,11 +54,15 @@ def generate_events(
     merchants: int = 10_000,
     disorder_ms: int = 0,
     zipf: float = 1.1,
+    change_ms: int | None = None,
+    amount_factor: float = 1.0,
 ) -> GeneratedEvents:
     """``n`` events over ``users`` users starting at ``start_ms``.
 
     ``zipf`` is the activity exponent: the k-th most active user's weight is ``1 / k**zipf``
-    (1.1: the busiest of 100k users has ~13% of the events; 1.5: ~38%).
+    (1.1: the busiest of 100k users has ~13% of the events; 1.5: ~38%). From ``change_ms``
+    on, amounts are ``amount_factor`` times larger (a covariate shift; pass the same
+    ``change_ms`` to :func:`generate_outcomes` for the concept drift that goes with it).
     """
     if n < 0 or users < 1 or merchants < 1:
         raise ValueError("need n >= 0, users >= 1 and merchants >= 1")
@@ -80,6 +84,8 @@ def generate_events(
     event_time_ms = start_ms + np.floor(np.cumsum(gaps)).astype(np.int64)
     if disorder_ms > 0:
         event_time_ms -= rng.integers(0, disorder_ms + 1, size=n)
+    if change_ms is not None and amount_factor != 1.0:
+        amount = np.where(event_time_ms >= change_ms, np.round(amount * amount_factor, 2), amount)
     event_id = [f"{seed}-{i}" for i in range(n)]
     return GeneratedEvents(event_id, user_id, merchant_id, amount.astype(np.float64), event_time_ms)
 
@@ -106,11 +112,14 @@ class GeneratedOutcomes:
             yield str(user).encode(), _encoder.encode(value)
 
 
-def fraud_probability(events: GeneratedEvents) -> np.ndarray:
+def fraud_probability(events: GeneratedEvents, change_ms: int | None = None) -> np.ndarray:
     """The hidden ground truth: fraud is likelier for large amounts (relative to the
     user's median), at a merchant the user has not paid before, in quick bursts.
 
-    Models never see this function; they must learn it from the window features.
+    From ``change_ms`` on the world changes (a concept drift): fraudsters learned to stay
+    under the radar, so fraud comes with amounts *below* the user's median, at new merchants,
+    in slower bursts (< 5 min), and a model of the old rule ranks it low. Models never see
+    this function; they must learn it from the window features.
     """
     n = len(events)
     order = np.lexsort((np.arange(n), events.event_time_ms, events.user_id))
@@ -130,17 +139,30 @@ def fraud_probability(events: GeneratedEvents) -> np.ndarray:
     for lo, hi in zip(starts, [*starts[1:], n], strict=True):
         typical[lo:hi] = np.median(amounts[lo:hi]) or 1.0
     logit = -5.0 + 1.6 * np.log1p(amounts / typical) + 1.2 * new_merchant + 1.5 * (gap_s < 30.0)
+    if change_ms is not None:
+        after = times >= change_ms
+        changed = (
+            -5.2 + 1.8 * np.log1p(typical / np.maximum(amounts, 0.01))
+            + 1.6 * new_merchant + 1.2 * (gap_s < 300.0)
+        )  # fmt: skip
+        logit = np.where(after, changed, logit)
     prob = np.empty(n)
     prob[order] = 1.0 / (1.0 + np.exp(-logit))
     return prob
 
 
 def generate_outcomes(
-    events: GeneratedEvents, *, seed: int = 0, label_delay_ms: int = 3_600_000
+    events: GeneratedEvents,
+    *,
+    seed: int = 0,
+    label_delay_ms: int = 3_600_000,
+    change_ms: int | None = None,
 ) -> GeneratedOutcomes:
-    """A label for every event, drawn from :func:`fraud_probability`, arriving late."""
+    """A label for every event, drawn from :func:`fraud_probability` (the world as of
+    ``change_ms``, if given), arriving late."""
     rng = np.random.default_rng(seed + 1_000_003)
-    label = (rng.random(len(events)) < fraud_probability(events)).astype(np.int8)
+    truth = fraud_probability(events, change_ms)
+    label = (rng.random(len(events)) < truth).astype(np.int8)
     delay = rng.integers(label_delay_ms // 2, label_delay_ms + 1, size=len(events))
     return GeneratedOutcomes(
         list(events.event_id), events.user_id.copy(), label, events.event_time_ms + delay
