@@ -170,6 +170,7 @@ class Settings(BaseSettings):
             interval_s=self.monitor_interval_s,
             batch_max_records=self.batch_max_records,
             web_port=self.monitor_web_port,
+            worker_group=self.consumer_group,
         )
 
     @property

@@ -54,3 +54,4 @@ class MonitorConfig:
     batch_max_records: int = 5000
     web_host: str = "127.0.0.1"
     web_port: int = 0
+    worker_group: str | None = None  # whose lag on ``events`` each snapshot reports

@@ -27,9 +27,11 @@ import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 
 from inference.registry import ModelRegistry
 from infra.dead_letter import DeadLetter
+from infra.lag import group_lag
 from infra.outcomes import decode_outcomes
 from infra.predictions import decode_predictions
 from infra.topics import ensure_topics
@@ -188,6 +190,8 @@ class Monitor:
         now_ms = int(time.time() * 1000)
         rows, fired = self.core.snapshot(now_ms)
         rows += self._service_rows(now_ms)
+        if self.config.worker_group is not None:
+            rows.append(await self._worker_lag(now_ms))
         self._write_parquet(rows, now_ms)
         topics = self.config.topics
         for row in rows:
@@ -229,6 +233,21 @@ class Monitor:
                 MetricRow(now_ms, ALL_VERSIONS, "dead_letters", f"{topic}/{reason}", float(n), n)
             )
         return rows
+
+    async def _worker_lag(self, now_ms: int) -> MetricRow:
+        """The feature worker group's records of ``events`` not yet checkpointed (NaN when
+        the broker does not answer in time: a lag unknown is not a lag of 0)."""
+        cfg = self.config
+        assert cfg.worker_group is not None
+        try:
+            lag = await asyncio.wait_for(
+                asyncio.to_thread(group_lag, cfg.kafka, cfg.worker_group, cfg.topics.events),
+                timeout=cfg.kafka.connect_timeout_s,
+            )
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("worker lag unknown: %s", exc)
+            return MetricRow(now_ms, ALL_VERSIONS, "worker_lag", None, float("nan"), 0)
+        return MetricRow(now_ms, ALL_VERSIONS, "worker_lag", None, float(lag), lag)
 
     def _write_parquet(self, rows: list[MetricRow], now_ms: int) -> Path | None:
         if not rows:

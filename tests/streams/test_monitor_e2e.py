@@ -116,6 +116,7 @@ def test_snapshots_dead_letters_and_outputs(settings: Settings) -> None:
            b'"score":7,"model_version":"v1","event_time":1767225600000}']  # fmt: skip
     publish(settings.kafka, settings.predictions_topic, [(b"1", v) for v in bad])
     publish(settings.kafka, settings.outcomes_topic, [(b"1", b'{"event_id": "e1", "label": 3}')])
+    publish(settings.kafka, settings.events_topic, [(b"1", b"{}")] * 3)  # and no worker runs
     cfg = dataclasses.replace(settings.monitor, window_labels=10**6, window_events=10**6)
     monitor = Monitor(cfg, _book())
     asyncio.run(_run_until_caught_up(monitor, _ends(settings)))
@@ -152,6 +153,7 @@ def test_snapshots_dead_letters_and_outputs(settings: Settings) -> None:
     assert {"time_ms", "model_version", "metric", "feature", "value", "samples"} == set(rows[0])
     service = {(r.metric, r.feature): r.value for r in monitor.latest if r.model_version == "*"}
     assert service[("consumer_lag", None)] == 0  # the last snapshot: caught up
+    assert service[("worker_lag", None)] == 3  # the worker group has read none of them
     assert service[("dead_letters", f"{settings.predictions_topic}/schema")] == 1
     assert service[("dead_letters", f"{settings.outcomes_topic}/schema")] == 1
     text = render_monitor_metrics(monitor)
