@@ -187,6 +187,21 @@ def init(config: str | None) -> None:
 
 
 @main.command()
+@click.pass_obj
+def audit(config: str | None) -> None:
+    """Check the model history (models/model_events.jsonl) has not been edited."""
+    from inference.model_events import ModelEvents, verify
+
+    settings = _settings(config)
+    models = settings.stores.models_dir
+    problems = verify(models)
+    if problems:
+        click.echo(f"model history under {models} is broken: {problems[0]}")
+        sys.exit(1)
+    click.echo(f"{len(ModelEvents(models).rows())} model events, chain intact")
+
+
+@main.command()
 @click.argument("sql")
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",

@@ -5,7 +5,8 @@ column name, so part files written before a column was added still read):
 
 - ``features``: the offline feature rows (stream and backfill), ``offline/``;
 - ``outcomes``: the stored labels, ``outcomes/``;
-- ``monitoring``: the monitor's snapshot rows, ``monitoring/``.
+- ``monitoring``: the monitor's snapshot rows, ``monitoring/``;
+- ``model_events``: the hash-chained model history, ``models/model_events.jsonl``.
 
 A view whose folder holds no parquet yet is absent; a query naming it gets DuckDB's own
 "does not exist" message, like any other bad query: the CLI prints it and exits 2.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from inference.model_events import FILENAME
 from infra.config import Stores
 
 FORMATS = ("table", "csv", "json")
@@ -49,6 +51,13 @@ def run_query(stores: Stores, sql: str, fmt: str = "table") -> str:
                     f"CREATE VIEW {name} AS SELECT * FROM "
                     f"read_parquet('{pattern}', union_by_name = true)"
                 )
+        events = stores.models_dir / FILENAME
+        if events.exists():
+            path = str(events).replace("'", "''")
+            con.execute(
+                f"CREATE VIEW model_events AS SELECT * FROM read_json_auto('{path}', "
+                "format = 'newline_delimited')"
+            )
         try:
             frame = con.sql(sql).df()
         except duckdb.Error as exc:

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from featflow.cli import main
+from inference.model_events import ModelEvents
 from streams.generator import generate_events
 
 
@@ -38,6 +39,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         {"metric": ["auc", "psi"], "feature": [None, "amount"], "value": [0.71, 0.03]}
     )
     pq.write_table(snapshot, home / "monitoring" / "snapshot-1.parquet")
+    log = ModelEvents(home / "models")
+    log.append("trained", "v0001", metrics={"auc": 0.7}, time_ms=1)
+    log.append("promoted", "v0001", reason="first model", time_ms=2)
     return home
 
 
@@ -69,6 +73,14 @@ def test_views_join_and_json(home: Path) -> None:
     assert len(rows) == 200 and set(rows[0]) == {"event_id", "label", "amount_sum_1h"}
     code, out, _ = _run("SELECT value FROM monitoring WHERE metric = 'auc'")
     assert code == 0 and "0.71" in out
+    code, out, _ = _run(
+        "SELECT kind, model_version FROM model_events ORDER BY time_ms", "--format", "csv"
+    )
+    assert code == 0 and out.splitlines() == [
+        "kind,model_version",
+        "trained,v0001",
+        "promoted,v0001",
+    ]
 
 
 def test_a_bad_query_exits_2_with_duckdbs_message(home: Path) -> None:
