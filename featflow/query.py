@@ -6,6 +6,7 @@ column name, so part files written before a column was added still read):
 - ``features``: the offline feature rows (stream and backfill), ``offline/``;
 - ``outcomes``: the stored labels, ``outcomes/``;
 - ``monitoring``: the monitor's snapshot rows, ``monitoring/``;
+- ``predictions``: the predictions the monitor read, ``predictions/``;
 - ``model_events``: the hash-chained model history, ``models/model_events.jsonl``.
 
 A view whose folder holds no parquet yet is absent; a query naming it gets DuckDB's own
@@ -33,6 +34,7 @@ def views(stores: Stores) -> dict[str, Path]:
         "features": stores.offline_dir,
         "outcomes": stores.outcomes_dir,
         "monitoring": stores.monitoring_dir,
+        "predictions": stores.predictions_dir,
     }
 
 

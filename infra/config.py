@@ -128,6 +128,11 @@ class Stores:
         return self.home / "checkpoints"
 
     @property
+    def predictions_dir(self) -> Path:
+        """The predictions the monitor read, as parquet part files (for analysts)."""
+        return self.home / "predictions"
+
+    @property
     def monitoring_dir(self) -> Path:
         """The monitor's snapshot rows, as parquet part files."""
         return self.home / "monitoring"

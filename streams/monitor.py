@@ -160,6 +160,9 @@ class Monitor:
                     values, partitions=parts, offsets=offsets, topic=tp.topic, rules=rules
                 )
                 self.core.add_predictions(good)
+                refused = {d.offset for d in dead}
+                kept = [o for o in offsets if o not in refused]
+                await asyncio.to_thread(self._store_predictions, good, tp.partition, kept)
                 await self._dead(topics.predictions_dlq, dead)
             else:
                 table, dead = decode_outcomes(
@@ -248,6 +251,33 @@ class Monitor:
             log.warning("worker lag unknown: %s", exc)
             return MetricRow(now_ms, ALL_VERSIONS, "worker_lag", None, float("nan"), 0)
         return MetricRow(now_ms, ALL_VERSIONS, "worker_lag", None, float(lag), lag)
+
+    def _store_predictions(self, good: list, partition: int, offsets: list[int]) -> None:
+        """The fetch's valid predictions as one parquet part file under ``predictions/``
+        (for analysts; a record re-read after a restart is written again: keep one row per
+        ``kafka_partition, kafka_offset``, as for the offline features)."""
+        if not good:
+            return
+        folder = self.config.stores.predictions_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        table = pa.table(
+            {
+                "prediction_id": [p.prediction_id for p in good],
+                "event_id": [p.event_id for p in good],
+                "user_id": pa.array([p.user_id for p in good], pa.int64()),
+                "model_version": [p.model_version for p in good],
+                "role": [p.role for p in good],
+                "score": pa.array([p.score for p in good], pa.float64()),
+                "features_found": [p.features_found for p in good],
+                "time": pa.array([p.time_ms for p in good], pa.timestamp("ms", tz="UTC")),
+                "kafka_partition": pa.array([partition] * len(good), pa.int32()),
+                "kafka_offset": pa.array(offsets, pa.int64()),
+            }
+        )
+        name = f"part-{partition:04d}-{offsets[0]:012d}-{uuid.uuid4().hex[:6]}.parquet"
+        tmp = folder / f".{name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, folder / name)
 
     def _write_parquet(self, rows: list[MetricRow], now_ms: int) -> Path | None:
         if not rows:

@@ -16,6 +16,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from sklearn.metrics import roc_auc_score
 
+from featflow.query import run_query
 from featflow.settings import Settings
 from inference.train import histogram
 from infra.lag import log_end_offsets
@@ -156,6 +157,15 @@ def test_snapshots_dead_letters_and_outputs(settings: Settings) -> None:
     assert service[("worker_lag", None)] == 3  # the worker group has read none of them
     assert service[("dead_letters", f"{settings.predictions_topic}/schema")] == 1
     assert service[("dead_letters", f"{settings.outcomes_topic}/schema")] == 1
+    stored = pd.concat(
+        pq.read_table(f).to_pandas() for f in settings.stores.predictions_dir.glob("*.parquet")
+    )
+    assert sorted(stored["prediction_id"]) == sorted(p["prediction_id"] for p in preds)
+    assert not stored.duplicated(["kafka_partition", "kafka_offset"]).any()
+    csv = run_query(settings.stores, "SELECT model_version, count(*) AS n FROM predictions "
+                    "GROUP BY 1 ORDER BY 1", "csv")  # fmt: skip
+    per_version = pd.Series([p["model_version"] for p in preds]).value_counts().sort_index()
+    assert csv.splitlines()[1:] == [f"{v},{n}" for v, n in per_version.items()]
     text = render_monitor_metrics(monitor)
     assert 'featflow_monitor_auc{model_version="v1"}' in text
     assert 'featflow_monitor_psi{model_version="v1",feature="amount"}' in text
