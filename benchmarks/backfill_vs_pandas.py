@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks._common import (
@@ -242,18 +241,7 @@ agreement: rtol {RTOL:g}, atol {ATOL:g}, checked before timing figures are print
     raw = [value for _, value in ev.records()]
     scratch = Path(tempfile.mkdtemp(prefix="featflow-backfill-bench-"))
     source = scratch / "events.parquet"
-    pq.write_table(
-        pa.table(
-            {
-                "event_id": ev.event_id,
-                "user_id": ev.user_id,
-                "merchant_id": ev.merchant_id,
-                "amount": ev.amount,
-                "event_time": ev.event_time_ms,
-            }
-        ),
-        source,
-    )
+    pq.write_table(ev.table(), source)
     now_ms = int(ev.event_time_ms.max()) + 1
 
     warm_up_kernels()

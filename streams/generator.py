@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import msgspec
 import numpy as np
+import pyarrow as pa
 
 _encoder = msgspec.json.Encoder()
 
@@ -29,6 +30,21 @@ class GeneratedEvents:
 
     def __len__(self) -> int:
         return len(self.event_id)
+
+    def table(
+        self, *, amount: np.ndarray | None = None, event_time_ms: np.ndarray | None = None
+    ) -> pa.Table:
+        """The events as an events file's columns (what ``featflow backfill`` reads), with
+        ``amount`` or ``event_time_ms`` replaced where given."""
+        return pa.table(
+            {
+                "event_id": self.event_id,
+                "user_id": self.user_id,
+                "merchant_id": self.merchant_id,
+                "amount": self.amount if amount is None else amount,
+                "event_time": self.event_time_ms if event_time_ms is None else event_time_ms,
+            }
+        )
 
     def records(self) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs as published: key is the decimal user_id."""

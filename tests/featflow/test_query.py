@@ -24,9 +24,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FEATFLOW_HOME", str(home))
     events = generate_events(600, users=15, start_ms=1_767_225_600_000, mean_gap_ms=30_000, seed=2)
     source = tmp_path / "events.parquet"
-    pd.DataFrame({"event_id": events.event_id, "user_id": events.user_id,
-                  "merchant_id": events.merchant_id, "amount": events.amount,
-                  "event_time": events.event_time_ms}).to_parquet(source)  # fmt: skip
+    pq.write_table(events.table(), source)
     result = CliRunner().invoke(
         main, ["backfill", "--input", str(source), "--output", str(tmp_path / "f.parquet")]
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -78,18 +77,7 @@ def test_threaded_backfill_equals_one_thread(tmp_path: Path) -> None:
     times = ev.event_time_ms + rng.integers(0, 3 * DEFAULT_LATENESS_MS, size=n)  # late rows
     amount = ev.amount.copy()
     amount[rng.choice(n, 25, replace=False)] = -1.0  # refused by validation
-    pq.write_table(
-        pa.table(
-            {
-                "event_id": ev.event_id,
-                "user_id": ev.user_id,
-                "merchant_id": ev.merchant_id,
-                "amount": amount,
-                "event_time": times,
-            }
-        ),
-        tmp_path / "events.parquet",
-    )
+    pq.write_table(ev.table(amount=amount, event_time_ms=times), tmp_path / "events.parquet")
     rows = read_events(tmp_path / "events.parquet", rules=EventRules())
     one = backfill(rows, lateness_ms=DEFAULT_LATENESS_MS, threads=1)
     three = backfill(rows, lateness_ms=DEFAULT_LATENESS_MS, threads=3)

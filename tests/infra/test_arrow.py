@@ -59,18 +59,7 @@ def test_refusals() -> None:
 def test_a_parquet_backfill_imports_neither_pandas_nor_kafka(tmp_path: Path) -> None:
     """What `featflow backfill --no-store` loads (0.2-0.4 s each, of a 1 s job)."""
     ev = generate_events(3000, users=50, start_ms=1_767_225_600_000, mean_gap_ms=1000, seed=2)
-    pq.write_table(
-        pa.table(
-            {
-                "event_id": ev.event_id,
-                "user_id": ev.user_id,
-                "merchant_id": ev.merchant_id,
-                "amount": ev.amount,
-                "event_time": ev.event_time_ms,
-            }
-        ),
-        tmp_path / "in.parquet",
-    )
+    pq.write_table(ev.table(), tmp_path / "in.parquet")
     script = textwrap.dedent(
         f"""
         import sys
