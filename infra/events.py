@@ -188,6 +188,16 @@ def amount_rule(rules: EventRules) -> str:
     return f"amount must be finite, >= 0 and <= {rules.max_amount:g}"
 
 
+def refuse_raw(raw: bytes | None, max_record_bytes: int) -> tuple[Reason, str] | None:
+    """Why a record is refused before decoding (a tombstone, or too large), else None: the
+    one rule for events, outcomes and predictions."""
+    if raw is None:
+        return Reason.MALFORMED_JSON, "record has no value (tombstone)"
+    if len(raw) > max_record_bytes:
+        return Reason.OVERSIZED, f"{len(raw)} bytes > limit {max_record_bytes}"
+    return None
+
+
 def _decode_structure(
     values: Sequence[bytes | None],
     max_record_bytes: int,
@@ -207,10 +217,9 @@ def _decode_structure(
     events: list[Event] = []
     kept: list[int] = []
     for i, raw in enumerate(values):
-        if raw is None:
-            reject(i, Reason.MALFORMED_JSON, "record has no value (tombstone)")
-        elif len(raw) > max_record_bytes:
-            reject(i, Reason.OVERSIZED, f"{len(raw)} bytes > limit {max_record_bytes}")
+        refused = refuse_raw(raw, max_record_bytes)
+        if refused is not None:
+            reject(i, *refused)
         else:
             try:
                 events.append(_decoder.decode(raw))

@@ -21,7 +21,7 @@ import msgspec
 import pyarrow as pa
 
 from infra.dead_letter import DeadLetter, Reason
-from infra.events import MIN_EVENT_TIME_MS, EventRules, Int64, epoch_ms, judge
+from infra.events import MIN_EVENT_TIME_MS, EventRules, Int64, epoch_ms, judge, refuse_raw
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -53,10 +53,9 @@ def _validate(
     raw: bytes | None, now_ms: int, rules: EventRules
 ) -> tuple[Outcome, int] | tuple[Reason, str]:
     """(outcome, time in ms), or (reason, detail) for a dead letter; never raises."""
-    if raw is None:
-        return Reason.MALFORMED_JSON, "record has no value (tombstone)"
-    if len(raw) > rules.max_record_bytes:
-        return Reason.OVERSIZED, f"{len(raw)} bytes > limit {rules.max_record_bytes}"
+    refused = refuse_raw(raw, rules.max_record_bytes)
+    if refused is not None:
+        return refused
     try:
         outcome = _decoder.decode(raw)
         t_ms = epoch_ms(outcome.outcome_time)

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from infra.dead_letter import DeadLetter, Reason
-from infra.events import MIN_EVENT_TIME_MS, EventRules, Int64, judge
+from infra.events import MIN_EVENT_TIME_MS, EventRules, Int64, judge, refuse_raw
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
@@ -53,10 +53,9 @@ _decoder = msgspec.json.Decoder(Prediction)
 
 
 def _validate(raw: bytes | None, rules: EventRules) -> Prediction | tuple[Reason, str]:
-    if raw is None:
-        return Reason.MALFORMED_JSON, "record has no value (tombstone)"
-    if len(raw) > rules.max_record_bytes:
-        return Reason.OVERSIZED, f"{len(raw)} bytes > limit {rules.max_record_bytes}"
+    refused = refuse_raw(raw, rules.max_record_bytes)
+    if refused is not None:
+        return refused
     try:
         p = _decoder.decode(raw)
     except Exception as exc:  # RecursionError on deep nesting, not only msgspec's errors
