@@ -60,7 +60,7 @@ from features.kernels.layout import (
     KernelState,
     Tuning,
 )
-from features.kernels.scan import DISTINCT_NAIVE_MAX
+from features.kernels.scan import DISTINCT_NAIVE_MAX, first_after
 
 MIN_RING = 16
 
@@ -172,15 +172,7 @@ def rebuild(e: int, enc: EncodedSpecs, tuning: Tuning, st: KernelState) -> None:
     tm = seg[e, TMAX]
     nu = uwin.shape[0]
     for u in range(nu):
-        bound = tm - uwin[u]
-        a = first
-        b = first + length
-        while a < b:
-            mid = (a + b) >> 1
-            if arena_t[mid] > bound:
-                b = mid
-            else:
-                a = mid + 1
+        a = first_after(arena_t, first, first + length, tm - uwin[u])
         ci[wlay[u, WL_LO]] = a - off
         c = wlay[u, WL_SUM]
         if c >= 0:
