@@ -7,8 +7,9 @@ group: the state is one per model version, not per partition), decodes each reco
 :class:`~monitoring.core.MonitorCore`. Every ``interval_s`` it takes a snapshot: the rows
 go to a parquet part file under ``$FEATFLOW_HOME/monitoring/`` and, one JSON record per
 row, to topic ``monitoring``; a retraining request the policy fires goes to topic
-``retrain``; then the core's state and the last offset read of every partition are saved
-in one atomic checkpoint. A restarted monitor restores that checkpoint and resumes after
+``retrain``; the predictions read since the last snapshot go to one parquet part file
+under ``predictions/``; then the core's state and the last offset read of every partition
+are saved in one atomic checkpoint. A restarted monitor restores that checkpoint and resumes after
 those offsets, so it neither loses nor double-counts a joined pair; what it read after the
 checkpoint is read again into the state as it was before it.
 """
@@ -33,7 +34,7 @@ from inference.registry import ModelRegistry
 from infra.dead_letter import DeadLetter
 from infra.lag import group_lag
 from infra.outcomes import decode_outcomes
-from infra.predictions import decode_predictions
+from infra.predictions import Prediction, decode_predictions
 from infra.topics import ensure_topics
 from monitoring.core import ALL_VERSIONS, ModelBook, MonitorCore, registry_book
 from monitoring.join import Label
@@ -43,6 +44,7 @@ from streams.config import MonitorConfig
 
 log = logging.getLogger(__name__)
 
+WORKER_LAG_EVERY_S = 15.0  # how often the worker group's lag is measured
 CHECKPOINT_NAME = "monitor"  # one checkpoint file: the whole state, every partition's offset
 SNAPSHOT_SCHEMA = pa.schema(
     [
@@ -86,6 +88,11 @@ class Monitor:
         self._stop = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._lag = float("nan")  # the worker group's lag, as last measured
+        self._lag_task: asyncio.Task[int] | None = None
+        self._lag_started = float("-inf")
+        # predictions read since the last snapshot: (prediction, partition, offset)
+        self._unstored: list[tuple[Prediction, int, int]] = []
 
     def stop(self) -> None:
         """Ask :meth:`run` to take a last snapshot and return."""
@@ -117,8 +124,10 @@ class Monitor:
                 if time.monotonic() >= next_at:
                     await self.snapshot()
                     next_at = time.monotonic() + cfg.interval_s
-            await self.snapshot()
+            await self.snapshot(final=True)
         finally:
+            if self._lag_task is not None:
+                self._lag_task.cancel()
             if web is not None:
                 await web.cleanup()
             await self._consumer.stop()
@@ -162,7 +171,7 @@ class Monitor:
                 self.core.add_predictions(good)
                 refused = {d.offset for d in dead}
                 kept = [o for o in offsets if o not in refused]
-                await asyncio.to_thread(self._store_predictions, good, tp.partition, kept)
+                self._unstored += [(p, tp.partition, o) for p, o in zip(good, kept, strict=True)]
                 await self._dead(topics.predictions_dlq, dead)
             else:
                 table, dead = decode_outcomes(
@@ -186,15 +195,15 @@ class Monitor:
 
     # ------------------------------------------------------------------ snapshot
 
-    async def snapshot(self) -> list[MetricRow]:
+    async def snapshot(self, final: bool = False) -> list[MetricRow]:
         """Take a snapshot now: parquet, topic ``monitoring``, a retraining request if the
-        policy fires, then the checkpoint."""
+        policy fires, then the checkpoint. ``final`` (on stop) waits for a fresh worker lag."""
         assert self._producer is not None
         now_ms = int(time.time() * 1000)
         rows, fired = self.core.snapshot(now_ms)
         rows += self._service_rows(now_ms)
         if self.config.worker_group is not None:
-            rows.append(await self._worker_lag(now_ms))
+            rows.append(await self._worker_lag(now_ms, wait=final))
         self._write_parquet(rows, now_ms)
         topics = self.config.topics
         for row in rows:
@@ -213,6 +222,8 @@ class Monitor:
             self.requests += 1
             log.warning("retraining requested for %s: %s", fired.model_version, fired.reason)
         await self._producer.flush()
+        unstored, self._unstored = self._unstored, []
+        await asyncio.to_thread(self._store_predictions, unstored)
         saved = _Saved(self.core.state(), [(t, p, o) for (t, p), o in self.offsets.items()])
         await asyncio.to_thread(
             self.checkpoints.save, CHECKPOINT_NAME, 0, Checkpoint(-1, msgspec.msgpack.encode(saved))
@@ -237,27 +248,45 @@ class Monitor:
             )
         return rows
 
-    async def _worker_lag(self, now_ms: int) -> MetricRow:
-        """The feature worker group's records of ``events`` not yet checkpointed (NaN when
-        the broker does not answer in time: a lag unknown is not a lag of 0)."""
+    async def _worker_lag(self, now_ms: int, wait: bool = False) -> MetricRow:
+        """The feature worker group's records of ``events`` not yet checkpointed, as last
+        measured (NaN until a first answer, or when the broker does not answer in time).
+
+        Measuring opens a client and reads the partitions' ends (~0.3 s of this process's
+        time), so it runs beside the consumer at most every ``WORKER_LAG_EVERY_S``, never in
+        the snapshot's way; ``wait`` (the last snapshot) measures now.
+        """
         cfg = self.config
         assert cfg.worker_group is not None
-        try:
-            lag = await asyncio.wait_for(
-                asyncio.to_thread(group_lag, cfg.kafka, cfg.worker_group, cfg.topics.events),
-                timeout=cfg.kafka.connect_timeout_s,
+        task = self._lag_task
+        due = time.monotonic() - self._lag_started >= WORKER_LAG_EVERY_S
+        if task is None and (due or wait):
+            self._lag_started = time.monotonic()
+            task = self._lag_task = asyncio.create_task(
+                asyncio.wait_for(
+                    asyncio.to_thread(group_lag, cfg.kafka, cfg.worker_group, cfg.topics.events),
+                    timeout=cfg.kafka.connect_timeout_s,
+                )
             )
-        except (TimeoutError, KafkaError) as exc:
-            log.warning("worker lag unknown: %s", exc)
-            return MetricRow(now_ms, ALL_VERSIONS, "worker_lag", None, float("nan"), 0)
-        return MetricRow(now_ms, ALL_VERSIONS, "worker_lag", None, float(lag), lag)
+        if task is not None and (task.done() or wait):
+            self._lag_task = None
+            try:
+                self._lag = float(await task)
+            except (TimeoutError, KafkaError) as exc:
+                log.warning("worker lag unknown: %s", exc)
+                self._lag = float("nan")
+        lag = self._lag
+        samples = 0 if lag != lag else int(lag)
+        return MetricRow(now_ms, ALL_VERSIONS, "worker_lag", None, lag, samples)
 
-    def _store_predictions(self, good: list, partition: int, offsets: list[int]) -> None:
-        """The fetch's valid predictions as one parquet part file under ``predictions/``
-        (for analysts; a record re-read after a restart is written again: keep one row per
-        ``kafka_partition, kafka_offset``, as for the offline features)."""
-        if not good:
+    def _store_predictions(self, rows: list[tuple[Prediction, int, int]]) -> None:
+        """The valid predictions read since the last snapshot as one parquet part file under
+        ``predictions/``, written before the checkpoint (for analysts; after a crash between
+        the two, a record is written again: keep one row per ``kafka_partition,
+        kafka_offset``, as for the offline features)."""
+        if not rows:
             return
+        good = [p for p, _, _ in rows]
         folder = self.config.stores.predictions_dir
         folder.mkdir(parents=True, exist_ok=True)
         table = pa.table(
@@ -270,11 +299,11 @@ class Monitor:
                 "score": pa.array([p.score for p in good], pa.float64()),
                 "features_found": [p.features_found for p in good],
                 "time": pa.array([p.time_ms for p in good], pa.timestamp("ms", tz="UTC")),
-                "kafka_partition": pa.array([partition] * len(good), pa.int32()),
-                "kafka_offset": pa.array(offsets, pa.int64()),
+                "kafka_partition": pa.array([part for _, part, _ in rows], pa.int32()),
+                "kafka_offset": pa.array([off for _, _, off in rows], pa.int64()),
             }
         )
-        name = f"part-{partition:04d}-{offsets[0]:012d}-{uuid.uuid4().hex[:6]}.parquet"
+        name = f"part-{int(time.time() * 1000)}-{uuid.uuid4().hex[:6]}.parquet"
         tmp = folder / f".{name}.tmp"
         pq.write_table(table, tmp)
         os.replace(tmp, folder / name)
