@@ -267,6 +267,42 @@ def monitor(config: str | None, port: int | None) -> None:
 
 
 @main.command()
+@click.pass_obj
+def trainer(config: str | None) -> None:
+    """Run the trainer: retraining requests -> challenger, gate, shadow trial, promotion.
+
+    Decisions go to models/model_events.jsonl (see `featflow audit`) and topic `model.events`.
+    """
+    import asyncio
+    import logging
+    import signal
+
+    settings = _settings(config)
+    _need_broker(settings)
+    cfg = settings.trainer
+    from streams.trainer import Trainer
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+
+    async def run() -> None:
+        service = Trainer(cfg)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.stop)
+        task = asyncio.create_task(service.run())
+        started = asyncio.create_task(service.started.wait())
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        if started.done():
+            shadow = "with" if cfg.retrain.shadow else "without"
+            click.echo(f"training on requests from {cfg.topics.retrain} ({shadow} shadow trials)")
+        else:
+            started.cancel()
+        await task
+
+    asyncio.run(run())
+
+
+@main.command()
 @click.option(
     "--loglevel",
     default="warn",
@@ -552,13 +588,19 @@ def models_promote(config: str | None, version: str) -> None:
     """Make VERSION the champion (refused if its file or inputs do not check out)."""
     from features.spec import FEATURE_NAMES
     from inference.exceptions import ModelRejected
+    from inference.model_events import ModelEvents
 
     registry = _registry(config)
+    before = registry.champion_version()
     try:
         with _known_versions(registry):
             registry.promote(version, FEATURE_NAMES)
     except ModelRejected as exc:
         raise click.ClickException(str(exc)) from exc
+    if before != version:
+        ModelEvents(registry.root).append(
+            "promoted", version, champion_version=before, reason="by hand (featflow models promote)"
+        )
     click.echo(f"champion: {version}")
 
 
@@ -566,9 +608,16 @@ def models_promote(config: str | None, version: str) -> None:
 @click.pass_obj
 def models_rollback(config: str | None) -> None:
     """Return to the previous champion."""
+    from inference.model_events import ModelEvents
+
     registry = _registry(config)
+    before = registry.champion_version()
     with _known_versions(registry):
-        click.echo(f"champion: {registry.rollback()}")
+        now = registry.rollback()
+    ModelEvents(registry.root).append(
+        "rolled_back", now, champion_version=before, reason="by hand (featflow models rollback)"
+    )
+    click.echo(f"champion: {now}")
 
 
 @main.command()

@@ -26,10 +26,11 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from features.spec import DEFAULT_LATENESS_MS
+from inference.retraining import RetrainSettings
 from infra.config import DEFAULT_BOOTSTRAP, KafkaConfig, Stores, Topics, check_online_store
 from infra.events import AMOUNT_LIMIT, EventRules
 from monitoring.policy import Policy
-from streams.config import MonitorConfig, WorkerConfig
+from streams.config import MonitorConfig, TrainerConfig, WorkerConfig
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -62,6 +63,7 @@ class Settings(BaseSettings):
     predictions_topic: str = "predictions"
     monitoring_topic: str = "monitoring"
     retrain_topic: str = "retrain"
+    model_events_topic: str = "model.events"
     topic_partitions: int = Field(8, ge=1)
     consumer_group: str = "featflow-worker"
 
@@ -91,6 +93,20 @@ class Settings(BaseSettings):
     monitor_horizon_s: float = Field(86_400.0, gt=0, description="How long a prediction waits.")
     monitor_policy: Path | None = Field(None, description="Retraining policy YAML file.")
     monitor_web_port: int = Field(0, ge=0, description="Monitor /metrics; 0 disables it.")
+
+    trainer_history_s: float = Field(
+        7 * 86_400.0, gt=0, description="Event time of training data before the newest label."
+    )
+    trainer_alpha: float = Field(
+        0.05, gt=0, lt=1, description="A challenger must win with confidence 1 - alpha."
+    )
+    trainer_shadow: bool = Field(False, description="Trial a winning challenger in shadow.")
+    trainer_shadow_min_labels: int = Field(
+        1000, ge=10, description="Paired labelled events the shadow verdict needs."
+    )
+    trainer_shadow_timeout_s: float = Field(
+        900.0, gt=0, description="How long a shadow trial waits for its verdict."
+    )
 
     @field_validator("online_store")
     @classmethod
@@ -124,6 +140,7 @@ class Settings(BaseSettings):
             self.topic_partitions,
             self.monitoring_topic,
             self.retrain_topic,
+            self.model_events_topic,
         )
 
     @property
@@ -171,6 +188,24 @@ class Settings(BaseSettings):
             batch_max_records=self.batch_max_records,
             web_port=self.monitor_web_port,
             worker_group=self.consumer_group,
+        )
+
+    @property
+    def trainer(self) -> TrainerConfig:
+        """What the trainer needs."""
+        return TrainerConfig(
+            kafka=self.kafka,
+            topics=self.topics,
+            stores=self.stores,
+            rules=self.event_rules,
+            retrain=RetrainSettings(
+                history_s=self.trainer_history_s,
+                margin=self.promotion_min_auc_gain,
+                alpha=self.trainer_alpha,
+                shadow=self.trainer_shadow,
+                shadow_min_labels=self.trainer_shadow_min_labels,
+                shadow_timeout_s=self.trainer_shadow_timeout_s,
+            ),
         )
 
     @property

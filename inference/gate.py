@@ -91,13 +91,34 @@ def challenger_wins(
     """Promote only if the challenger's AUC beats the champion's by more than ``margin``
     with one-sided confidence ``1 - alpha`` (DeLong, paired on the same events)."""
     r = delong(labels, challenger, champion)
+    return decide(
+        r.auc_b, r.auc_a, math.sqrt(r.variance), r.positives + r.negatives,
+        margin=margin, alpha=alpha,
+    )  # fmt: skip
+
+
+def decide(
+    champion_auc: float,
+    challenger_auc: float,
+    se: float,
+    events: int,
+    *,
+    margin: float = 0.0,
+    alpha: float = 0.05,
+    where: str = "",
+) -> GateVerdict:
+    """The verdict from paired AUCs and the standard error of their difference: the same
+    rule for the trainer's holdout and for the monitor's live shadow comparison."""
+    r = PairedAuc(challenger_auc, champion_auc, se * se, 0, 0)
     p = r.p_at_most(margin)
     figures = (
-        f"challenger AUC {r.auc_a:.4f} vs champion {r.auc_b:.4f} on {r.positives + r.negatives}"
-        f" events (difference {r.difference:+.4f}, margin {margin:g}, p {p:.3g})"
+        f"challenger AUC {challenger_auc:.4f} vs champion {champion_auc:.4f} on {events}"
+        f" events{where} (difference {r.difference:+.4f}, margin {margin:g}, p {p:.3g})"
     )
     if r.difference <= margin:
-        return GateVerdict(False, f"no better: {figures}", r.auc_b, r.auc_a, p)
+        return GateVerdict(False, f"no better: {figures}", champion_auc, challenger_auc, p)
     if p >= alpha:
-        return GateVerdict(False, f"not significant at {alpha:g}: {figures}", r.auc_b, r.auc_a, p)
-    return GateVerdict(True, f"better: {figures}", r.auc_b, r.auc_a, p)
+        return GateVerdict(
+            False, f"not significant at {alpha:g}: {figures}", champion_auc, challenger_auc, p
+        )
+    return GateVerdict(True, f"better: {figures}", champion_auc, challenger_auc, p)

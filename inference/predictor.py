@@ -9,7 +9,7 @@ wholly by the new one, never by a half-loaded one, and never fails for it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,11 +56,18 @@ def load_model(version: str, model: bytes, feature_names: Sequence[str]) -> Load
 
 
 class Predictor:
-    """The champion model of a registry, swapped atomically when the champion changes."""
+    """The champion model of a registry (or the version another alias names, such as
+    ``registry.shadow_version``), swapped atomically when that version changes."""
 
-    def __init__(self, registry: ModelRegistry, feature_names: Sequence[str]):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        feature_names: Sequence[str],
+        alias: Callable[[], str | None] | None = None,
+    ):
         self.registry = registry
         self.feature_names = tuple(feature_names)
+        self.alias = alias or registry.champion_version
         self._active: LoadedModel | None = None
         self._swap_lock = threading.Lock()
         self.last_error: str | None = None
@@ -71,16 +78,22 @@ class Predictor:
         return self._active
 
     def refresh(self) -> bool:
-        """Load the registry's champion if it changed; returns True when swapped.
+        """Load the alias's version if it changed; returns True when swapped. When a
+        shadow alias names none, its model is dropped; the champion's never is.
 
-        A champion that fails verification is refused (``last_error`` says why)
+        A version that fails verification is refused (``last_error`` says why)
         and the current model keeps serving.
         """
         with self._swap_lock:
-            version = self.registry.champion_version()
+            version = self.alias()
             current = self._active.version if self._active else None
-            if version is None or version == current:
+            if version == current:
                 return False
+            if version is None:
+                if self.alias == self.registry.champion_version:
+                    return False  # never serve nothing once a champion served
+                self._active = None  # a shadow ended
+                return True
             try:
                 _, data = self.registry.load_verified(version, self.feature_names)
                 loaded = load_model(version, data, self.feature_names)

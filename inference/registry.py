@@ -6,7 +6,10 @@ Layout under ``$FEATFLOW_HOME/models/``::
     v0001/metadata.json   features (names, order), training window, rows, data
                           fingerprint, holdout metrics, reference histograms,
                           sha256 of model.onnx, created time, parent version
-    champion.json         {"version": "v0002", "history": ["v0001"]}
+    champion.json         {"version": "v0002", "history": ["v0001"], "shadow": "v0003"}
+
+``shadow`` names a challenger scored beside the champion (stream scoring publishes its
+predictions with ``role: shadow``) until it is promoted or dropped.
 
 Versions are written to a temporary folder and renamed into place, and the
 alias is replaced atomically, so a reader never sees half a model. Loading
@@ -99,7 +102,8 @@ class ModelRegistry:
     # -- champion alias ------------------------------------------------------
     def _alias(self) -> dict[str, Any]:
         path = self.root / "champion.json"
-        return json.loads(path.read_text()) if path.exists() else {"version": None, "history": []}
+        alias = json.loads(path.read_text()) if path.exists() else {}
+        return {"version": None, "history": [], "shadow": None, **alias}
 
     def _write_alias(self, alias: dict[str, Any]) -> None:
         tmp = self.root / f".champion.{os.getpid()}.tmp"
@@ -122,7 +126,8 @@ class ModelRegistry:
         if alias["version"] == version:
             return
         history = [*alias["history"], alias["version"]] if alias["version"] else alias["history"]
-        self._write_alias({"version": version, "history": history})
+        shadow = None if alias["shadow"] == version else alias["shadow"]
+        self._write_alias({"version": version, "history": history, "shadow": shadow})
 
     def rollback(self) -> str:
         """Return to the previous champion; returns the version now serving."""
@@ -130,8 +135,22 @@ class ModelRegistry:
         if not alias["history"]:
             raise UnknownVersion("no earlier champion to roll back to")
         *rest, previous = alias["history"]
-        self._write_alias({"version": previous, "history": rest})
+        self._write_alias({**alias, "version": previous, "history": rest})
         return previous
+
+    # -- shadow alias --------------------------------------------------------
+    def shadow_version(self) -> str | None:
+        """The challenger scored in shadow beside the champion, or None."""
+        return self._alias()["shadow"]
+
+    def start_shadow(self, version: str, feature_names: Sequence[str] | None = None) -> None:
+        """Score ``version`` in shadow from now on (after checking it would load)."""
+        self.load_verified(version, feature_names)
+        self._write_alias({**self._alias(), "shadow": version})
+
+    def end_shadow(self) -> None:
+        """Stop shadow scoring (the champion is unchanged)."""
+        self._write_alias({**self._alias(), "shadow": None})
 
     # -- integrity -----------------------------------------------------------
     def load_verified(

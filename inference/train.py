@@ -1,8 +1,12 @@
-"""Training: point-in-time features from Feast, scikit-learn, ONNX export, checks.
+"""Training: point-in-time features, scikit-learn, ONNX export, checks.
 
-Each labelled event is looked up with Feast ``get_historical_features`` at the
-event's own time, so a feature value written after the event can never leak
-into its row: the model learns from exactly what stream scoring saw.
+Two ways to the same rows. :func:`training_set_by_event` joins each label to its own
+event's offline row (features computed as of that event, exactly what stream scoring saw)
+with a hash join in DuckDB: O(N log N) and memory bounded by N, whatever the busiest
+entity holds; the trainer uses it. :func:`training_set` asks Feast's
+``get_historical_features`` for the features at each labelled event's time, for labels at
+arbitrary times; Feast's file store joins each entity's labels with all its rows, so its
+cost grows with the square of the busiest entity's rows.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,6 +51,52 @@ def training_set(store: FeatureStore, labelled: pd.DataFrame) -> TrainingSet:
     label = frame["label"].to_numpy(np.int8)
     digest = hashlib.sha256(features.tobytes() + label.tobytes()).hexdigest()
     return TrainingSet(features, label, frame[TIMESTAMP_FIELD].reset_index(drop=True), digest)
+
+
+def training_set_by_event(
+    offline_dir: Path, labels: pd.DataFrame, *, history_ms: int | None = None
+) -> TrainingSet:
+    """Each label (columns ``event_id``, ``label``) joined to its event's offline row; with
+    ``history_ms``, only events within that much event time of the newest labelled one.
+
+    Replayed offline rows (the same event written twice after a restart) count once: the
+    first written, by ``kafka_partition, kafka_offset``. Rows come in event-time order
+    (ties by event id), so the holdout of :func:`train` is the most recent one.
+    """
+    import duckdb
+
+    if not any(offline_dir.glob("*.parquet")):
+        raise ValueError(f"no offline feature rows in {offline_dir}")
+    con = duckdb.connect()
+    try:
+        con.register("labels", labels[["event_id", "label"]])
+        names = ", ".join(f'r."{n}"' for n in FEATURE_NAMES)
+        window = (
+            "" if history_ms is None
+            else f"WHERE t >= (SELECT max(t) FROM joined) - {int(history_ms)}"
+        )  # fmt: skip
+        frame = con.execute(
+            f"""
+            WITH rows AS (
+                SELECT * FROM read_parquet('{offline_dir}/*.parquet')
+                QUALIFY row_number() OVER (
+                    PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1
+            ), joined AS (
+                SELECT {names}, l.label::TINYINT AS label, r.{TIMESTAMP_FIELD} AS ts,
+                       epoch_ms(r.{TIMESTAMP_FIELD}) AS t, r.event_id
+                FROM rows r JOIN labels l USING (event_id)
+            )
+            SELECT * EXCLUDE (t) FROM joined {window} ORDER BY ts, event_id
+            """
+        ).df()
+    finally:
+        con.close()
+    frame = frame.dropna(subset=list(FEATURE_NAMES))
+    features = frame[list(FEATURE_NAMES)].to_numpy(np.float64)
+    label = frame["label"].to_numpy(np.int8)
+    digest = hashlib.sha256(features.tobytes() + label.tobytes()).hexdigest()
+    times = pd.to_datetime(frame["ts"], utc=True).reset_index(drop=True)
+    return TrainingSet(features, label, times, digest)
 
 
 def labelled_events(outcomes: pd.DataFrame, offline: pd.DataFrame) -> pd.DataFrame:

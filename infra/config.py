@@ -53,6 +53,7 @@ class Topics:
     partitions: int = 8
     monitoring: str = "monitoring"  # the monitor's snapshot rows (JSON, long form)
     retrain: str = "retrain"  # the monitor's retraining requests
+    model_events: str = "model.events"  # the trainer's decisions (the model history)
 
     @property
     def dlq(self) -> str:
@@ -69,6 +70,11 @@ class Topics:
         """Dead letters of the predictions topic (the monitor refuses them there)."""
         return f"{self.predictions}.dlq"
 
+    @property
+    def retrain_dlq(self) -> str:
+        """Dead letters of the retrain topic (the trainer refuses them there)."""
+        return f"{self.retrain}.dlq"
+
     def catalogue(self) -> dict[str, int]:
         """Topic name -> partition count, every topic featflow reads or writes.
 
@@ -84,6 +90,8 @@ class Topics:
             self.predictions_dlq: 1,
             self.monitoring: 1,
             self.retrain: 1,
+            self.retrain_dlq: 1,
+            self.model_events: 1,
         }
 
 

@@ -19,6 +19,7 @@ Decoding never raises on bad input: each record either becomes a row of an
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
 Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]  # record ids, versions
+# JSON spells no NaN, but 1e999 decodes to inf: these bounds refuse it inside the C decoder
+Finite = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
 
 
 class Event(msgspec.Struct, frozen=True, gc=False):

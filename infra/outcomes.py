@@ -21,17 +21,17 @@ import msgspec
 import pyarrow as pa
 
 from infra.dead_letter import DeadLetter, Reason
-from infra.events import MIN_EVENT_TIME_MS, EventRules, Int64, epoch_ms, judge, refuse_raw
+from infra.events import MIN_EVENT_TIME_MS, EventRules, Id, Int64, epoch_ms, judge, refuse_raw
 
 
 class Outcome(msgspec.Struct, frozen=True):
     """One outcome record as producers send it (schema checked by msgspec)."""
 
-    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    event_id: Id
     user_id: Int64
     label: Literal[0, 1]
     outcome_time: Int64 | Annotated[datetime, msgspec.Meta(tz=True)]
-    prediction_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    prediction_id: Id | None = None
 
 
 _decoder = msgspec.json.Decoder(Outcome)

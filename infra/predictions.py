@@ -15,19 +15,13 @@ A prediction needs a time: its event's, else when it was made. Bad records go to
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import msgspec
 
 from infra.dead_letter import DeadLetter, Reason
-from infra.events import MIN_EVENT_TIME_MS, EventRules, Int64, judge, refuse_raw
-
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-# JSON spells no NaN, but 1e999 decodes to inf: the bounds refuse it inside the C decoder
-_MAX = sys.float_info.max
-Finite = Annotated[float, msgspec.Meta(ge=-_MAX, le=_MAX)]
+from infra.events import MIN_EVENT_TIME_MS, EventRules, Finite, Id, Int64, judge, refuse_raw
 
 
 class Prediction(msgspec.Struct, frozen=True):

@@ -15,6 +15,8 @@ quality and drift metrics, and the data-quality ones:
   predictions of that age, still within the horizon, whose outcome has arrived (labels
   mature late: a low value for young predictions is normal, for old ones it is not).
 
+While a challenger runs in shadow, :class:`~monitoring.shadow.ShadowWindow` pairs its
+labelled predictions with the champion's of the same events and adds the ``shadow_*`` rows.
 The retraining :class:`~monitoring.policy.Trigger` reads the champion's rows. The whole
 state (join, windows, trigger, counters) snapshots for a checkpoint
 (``tests/monitoring/test_core.py``: quality equal to scikit-learn on the joined pairs,
@@ -37,6 +39,7 @@ from monitoring.drift import DriftWindow, Reference
 from monitoring.join import Label, PredictionJoin, Scored
 from monitoring.policy import Fired, Policy, Trigger
 from monitoring.quality import QualityWindow
+from monitoring.shadow import ShadowWindow
 from monitoring.snapshot import MetricRow, rows_of
 
 CORE_STATE_VERSION = 1
@@ -105,6 +108,7 @@ class _CoreState(msgspec.Struct):
     seen: dict[str, int]
     joined: dict[str, int]
     newest_ms: int | None
+    shadow: bytes = b""
 
 
 class MonitorCore:
@@ -125,6 +129,7 @@ class MonitorCore:
         self.join = PredictionJoin(horizon_ms)
         self.trigger = Trigger(policy or Policy())
         self.quality: dict[str, QualityWindow] = {}
+        self.shadow = ShadowWindow(window_labels)
         self.drift: dict[str, DriftWindow] = {}
         self._no_reference: set[str] = set()  # versions the registry has no bins for
         self._missing: Counter[str] = Counter()  # features_found false, since the snapshot
@@ -142,7 +147,9 @@ class MonitorCore:
             self._seen[p.model_version] += 1
             if not p.features_found:
                 self._missing[p.model_version] += 1
-            scored = Scored(p.prediction_id, p.event_id, p.model_version, p.score, p.time_ms)
+            scored = Scored(
+                p.prediction_id, p.event_id, p.model_version, p.score, p.time_ms, p.role
+            )
             if self.newest_ms is None or p.time_ms > self.newest_ms:
                 self.newest_ms = p.time_ms
             self._to_quality(self.join.add_prediction(scored))
@@ -180,6 +187,7 @@ class MonitorCore:
             rows.append(
                 MetricRow(time_ms, version, "expired_predictions", None, float(expired), expired)
             )
+        rows += self.shadow.rows(time_ms)
         rows += self._completeness(time_ms)
         if self.newest_ms is not None:  # how old the newest scored event is: stalls show
             age = (time_ms - self.newest_ms) / 1000.0
@@ -214,6 +222,7 @@ class MonitorCore:
                 dict(self._seen),
                 dict(self.joined),
                 self.newest_ms,
+                self.shadow.snapshot(),
             )
         )
 
@@ -231,6 +240,9 @@ class MonitorCore:
         self._seen = Counter(s.seen)
         self.joined = Counter(s.joined)
         self.newest_ms = s.newest_ms
+        self.shadow = (
+            ShadowWindow.restore(s.shadow) if s.shadow else ShadowWindow(self.window_labels)
+        )
 
     # ------------------------------------------------------------------ internals
 
@@ -241,6 +253,7 @@ class MonitorCore:
             if window is None:
                 window = self.quality[pair.model_version] = QualityWindow(self.window_labels)
             window.add(pair.score, pair.label)
+            self.shadow.add(pair)
 
     def _drift_window(self, version: str) -> DriftWindow | None:
         window = self.drift.get(version)

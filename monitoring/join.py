@@ -34,6 +34,7 @@ class Scored(msgspec.Struct, frozen=True):
     model_version: str
     score: float
     time_ms: int  # the scored event's time (its prediction time where it has none)
+    role: str = "champion"  # or "shadow": a challenger scored beside the champion
 
 
 class Label(msgspec.Struct, frozen=True):
@@ -55,6 +56,8 @@ class Joined:
     label: int
     prediction_time_ms: int
     outcome_time_ms: int
+    event_id: str | None = None
+    role: str = "champion"
 
 
 @dataclass
@@ -232,7 +235,10 @@ class PredictionJoin:
     def _pair(self, p: Scored, o: Label) -> Joined:
         self._labelled[p.prediction_id] = p.time_ms
         heapq.heappush(self._expiry, (p.time_ms, _LABELLED, p.prediction_id))
-        return Joined(p.prediction_id, p.model_version, p.score, o.label, p.time_ms, o.time_ms)
+        return Joined(
+            p.prediction_id, p.model_version, p.score, o.label, p.time_ms, o.time_ms,
+            p.event_id, p.role,
+        )  # fmt: skip
 
     def _advance(self, time_ms: int) -> None:
         """Move the watermark to ``time_ms`` if later; drop what is past the horizon."""

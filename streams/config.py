@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from features.spec import DEFAULT_LATENESS_MS
+from inference.retraining import RetrainSettings
 from infra.config import KafkaConfig, Stores, Topics
 from infra.events import EventRules
 from monitoring.policy import Policy
@@ -55,3 +56,14 @@ class MonitorConfig:
     web_host: str = "127.0.0.1"
     web_port: int = 0
     worker_group: str | None = None  # whose lag on ``events`` each snapshot reports
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerConfig:
+    """The trainer's configuration (composed by ``Settings.trainer``)."""
+
+    kafka: KafkaConfig
+    topics: Topics
+    stores: Stores
+    rules: EventRules = EventRules()
+    retrain: RetrainSettings = RetrainSettings()

@@ -2,8 +2,11 @@
 
 The worker asks this scorer for prediction records after every batch; they go
 to the ``predictions`` topic with the event id, so outcomes join them exactly as
-they join HTTP predictions. The champion is re-read from the registry at most
-once a second and swapped atomically (see :class:`inference.predictor.Predictor`).
+they join HTTP predictions. While the registry names a shadow (a challenger on trial),
+each event is also scored by it and published with ``role: shadow``: the monitor then
+compares the two on the same labelled events. Champion and shadow are re-read from the
+registry at most once a second and swapped atomically (see
+:class:`inference.predictor.Predictor`).
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ _encoder = msgspec.json.Encoder()
 
 
 class StreamScorer:
-    """Scores a batch's accepted events with the registry's champion."""
+    """Scores a batch's accepted events with the registry's champion (and its shadow)."""
 
     def __init__(self, models_dir: Path, refresh_interval_s: float = 1.0):
         self.feature_names = FEATURE_NAMES
-        self.predictor = Predictor(ModelRegistry(models_dir), self.feature_names)
+        registry = ModelRegistry(models_dir)
+        self.predictor = Predictor(registry, self.feature_names)
+        self.shadow = Predictor(registry, self.feature_names, alias=registry.shadow_version)
         self.refresh_interval_s = refresh_interval_s
         self._next_refresh = 0.0
 
@@ -37,24 +42,33 @@ class StreamScorer:
         now = time.monotonic()
         if now >= self._next_refresh:
             self.predictor.refresh()
+            self.shadow.refresh()
             self._next_refresh = now + self.refresh_interval_s
         model = self.predictor.active
         if model is None or len(events) == 0:
             return []
-        scores = model.score(features)
+        shadow = self.shadow.active
+        if shadow is not None and shadow.version == model.version:
+            shadow = None  # promoted: the champion now
         now_ms = int(time.time() * 1000)
+        values = features.tolist()
         out = []
-        for i in range(len(events)):
-            user = int(events.user_id[i])
-            record = {
-                "prediction_id": uuid.uuid4().hex,
-                "user_id": user,
-                "event_id": events.event_id[i],
-                "score": float(scores[i]),
-                "model_version": model.version,
-                "features": dict(zip(self.feature_names, features[i].tolist(), strict=True)),
-                "event_time": int(events.event_time_ms[i]),
-                "prediction_time": now_ms,
-            }
-            out.append((str(user).encode(), _encoder.encode(record)))
+        for role, scorer in (("champion", model), ("shadow", shadow)):
+            if scorer is None:
+                continue
+            scores = scorer.score(features)
+            for i in range(len(events)):
+                user = int(events.user_id[i])
+                record = {
+                    "prediction_id": uuid.uuid4().hex,
+                    "user_id": user,
+                    "event_id": events.event_id[i],
+                    "score": float(scores[i]),
+                    "model_version": scorer.version,
+                    "role": role,
+                    "features": dict(zip(self.feature_names, values[i], strict=True)),
+                    "event_time": int(events.event_time_ms[i]),
+                    "prediction_time": now_ms,
+                }
+                out.append((str(user).encode(), _encoder.encode(record)))
         return out

@@ -43,6 +43,7 @@ def settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
         predictions_topic=f"predictions_{tag}",
         monitoring_topic=f"monitoring_{tag}",
         retrain_topic=f"retrain_{tag}",
+        model_events_topic=f"model_events_{tag}",
         consumer_group=f"workers_{tag}",
         topic_partitions=4,
         checkpoint_interval_s=0.5,

@@ -1,0 +1,229 @@
+"""The trainer service: retraining requests in; challengers, verdicts and promotions out
+(``featflow trainer``).
+
+One process reads the ``retrain`` topic (assigned, like the monitor: a trainer is one per
+registry) and takes each request to its decision with :class:`~inference.retraining.
+Retrainer`; bad records go to ``retrain.dlq`` with their reason. While a challenger runs in
+shadow it reads the monitor's rows on topic ``monitoring`` and decides from the live
+paired comparison (``shadow_auc_gain`` and its standard error over at least
+``shadow_min_labels`` paired events) with the same rule as the offline gate
+(:func:`inference.gate.decide`). Requests that arrive meanwhile wait on the topic.
+
+Every decision the history gains is also published on topic ``model.events`` (JSON, the
+row as written, hashes included). The topic copy is caught up from the history, not sent
+beside it: on start and after every step, the rows after the last one on the topic are
+sent, so a kill between the two writes loses nothing and sends nothing twice. After each
+request is decided its offset is saved (one atomic checkpoint); a request decided but not
+yet saved is skipped on restart, because the history already holds its decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from inference.gate import GateVerdict, decide
+from inference.retraining import Request, Retrainer
+from infra.retrain import RetrainRequest, decode_requests
+from infra.topics import ensure_topics
+from monitoring.shadow import SHADOW_METRICS
+from monitoring.snapshot import MetricRow
+from streams.checkpoint import Checkpoint, CheckpointStore
+from streams.config import TrainerConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "trainer"
+_rows = msgspec.json.Decoder(MetricRow)
+
+
+class Trainer:
+    """The trainer service around a :class:`Retrainer`."""
+
+    def __init__(self, config: TrainerConfig) -> None:
+        self.config = config
+        self.retrainer = Retrainer(config.stores, config.retrain)
+        self.checkpoints = CheckpointStore(config.stores.checkpoint_dir)
+        self.offset = -1  # last retrain offset decided
+        self.dead_letters = 0
+        self.decided = 0
+        self.ignored_rows = 0  # monitoring records that are not rows (not ours to judge)
+        # the latest shadow rows: (shadow version, champion version) -> metric -> row
+        self.shadow_rows: dict[tuple[str, str], dict[str, MetricRow]] = {}
+        self.started = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._published = 0  # history rows known to be on topic model.events
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the step under way."""
+        self._stop.set()
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> None:
+        """Consume requests until :meth:`stop`."""
+        cfg = self.config
+        await asyncio.to_thread(ensure_topics, cfg.kafka, cfg.topics)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False, group_id=None
+        )
+        self._producer = AIOKafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, linger_ms=5)
+        await self._consumer.start()
+        await self._producer.start()
+        try:
+            retrain = TopicPartition(cfg.topics.retrain, 0)
+            monitoring = TopicPartition(cfg.topics.monitoring, 0)
+            self._consumer.assign([retrain, monitoring])
+            saved = self.checkpoints.load(CHECKPOINT_NAME, 0)
+            self.offset = saved.offset if saved is not None else -1
+            self._consumer.seek(retrain, self.offset + 1)
+            await self._consumer.seek_to_end(monitoring)  # live verdicts, not old ones
+            self._published = await self._on_topic()
+            await self._catch_up_topic()
+            self.started.set()
+            while not self._stop.is_set():
+                fetched = await self._consumer.getmany(timeout_ms=200, max_records=100)
+                self._take_rows(fetched.get(monitoring, []))
+                messages = fetched.get(retrain, [])
+                if not messages:
+                    continue
+                # one request at a time: stop reading requests while deciding this one
+                self._consumer.pause(retrain)
+                try:
+                    await self._requests(messages)
+                finally:
+                    self._consumer.seek(retrain, self.offset + 1)
+                    self._consumer.resume(retrain)
+        finally:
+            await self._consumer.stop()
+            await self._producer.stop()
+
+    async def _requests(self, messages: list) -> None:
+        good, dead = decode_requests(
+            [m.value for m in messages],
+            partitions=[0] * len(messages),
+            offsets=[m.offset for m in messages],
+            topic=self.config.topics.retrain,
+            rules=self.config.rules,
+        )
+        refused = {d.offset: d for d in dead}
+        requests = iter(good)
+        for message in messages:
+            if self._stop.is_set():
+                return
+            letter = refused.get(message.offset)
+            if letter is not None:
+                assert self._producer is not None
+                await self._producer.send_and_wait(
+                    self.config.topics.retrain_dlq,
+                    value=letter.value,
+                    key=letter.key,
+                    headers=letter.headers(),
+                )
+                self.dead_letters += 1
+            else:
+                decided = await self._decide(_request(next(requests)))
+                if not decided:  # stopped while a shadow trial waits: resume it on restart
+                    return
+            self.offset = message.offset
+            await asyncio.to_thread(
+                self.checkpoints.save, CHECKPOINT_NAME, 0, Checkpoint(self.offset, b"")
+            )
+
+    async def _decide(self, request: Request) -> bool:
+        """Take one request to its decision; False if stopped before one."""
+        outcome = await asyncio.to_thread(self.retrainer.handle, request)
+        await self._catch_up_topic()
+        assert self._consumer is not None
+        monitoring = TopicPartition(self.config.topics.monitoring, 0)
+        while outcome.kind == "shadow_started":
+            if self._stop.is_set():
+                return False
+            verdict = self._verdict(outcome.version)
+            concluded = await asyncio.to_thread(self.retrainer.conclude, request, verdict)
+            if concluded is not None:
+                outcome = concluded
+                await self._catch_up_topic()
+                break
+            fetched = await self._consumer.getmany(monitoring, timeout_ms=500)
+            self._take_rows(fetched.get(monitoring, []))
+        self.decided += 1
+        log.warning("request %s: %s %s", request.request_id, outcome.kind, outcome.version)
+        return True
+
+    # ------------------------------------------------------------------ shadow verdict
+
+    def _take_rows(self, messages: list) -> None:
+        for m in messages:
+            try:
+                row = _rows.decode(m.value)
+            except (msgspec.DecodeError, TypeError):
+                self.ignored_rows += 1
+                continue
+            if row.metric in SHADOW_METRICS and row.feature is not None:
+                self.shadow_rows.setdefault((row.model_version, row.feature), {})[row.metric] = row
+
+    def _verdict(self, shadow: str | None) -> GateVerdict | None:
+        """The live verdict on ``shadow`` against the current champion, once the monitor
+        has compared them on enough paired events."""
+        champion = self.retrainer.registry.champion_version()
+        rows = self.shadow_rows.get((shadow or "", champion or ""), {})
+        if len(rows) < len(SHADOW_METRICS):
+            return None
+        samples = rows["shadow_auc_gain"].samples
+        if samples < self.config.retrain.shadow_min_labels:
+            return None
+        s = self.config.retrain
+        return decide(
+            rows["shadow_champion_auc"].value,
+            rows["shadow_auc"].value,
+            rows["shadow_auc_gain_se"].value,
+            samples,
+            margin=s.margin,
+            alpha=s.alpha,
+            where=" scored live side by side",
+        )
+
+    # ------------------------------------------------------------------ model.events
+
+    async def _on_topic(self) -> int:
+        """How many history rows topic ``model.events`` holds: the index after its last
+        record's row (0 when empty or when that row is not in the history)."""
+        tp = TopicPartition(self.config.topics.model_events, 0)
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.config.kafka.bootstrap, enable_auto_commit=False, group_id=None
+        )
+        await reader.start()
+        try:
+            reader.assign([tp])
+            end = (await reader.end_offsets([tp]))[tp]
+            if end == 0:
+                return 0
+            reader.seek(tp, end - 1)
+            last = await asyncio.wait_for(reader.getone(tp), timeout=10)
+        finally:
+            await reader.stop()
+        try:
+            sha = json.loads(last.value)["sha256"]
+        except (ValueError, KeyError, TypeError):
+            return 0
+        shas = [r["sha256"] for r in self.retrainer.history.rows()]
+        return shas.index(sha) + 1 if sha in shas else 0
+
+    async def _catch_up_topic(self) -> None:
+        assert self._producer is not None
+        rows = self.retrainer.history.rows()
+        for row in rows[self._published :]:
+            value = json.dumps(row, sort_keys=True).encode()
+            await self._producer.send_and_wait(self.config.topics.model_events, value=value)
+        self._published = len(rows)
+
+
+def _request(r: RetrainRequest) -> Request:
+    return Request(r.request_id, r.model_version, r.reason, dict(r.values))
