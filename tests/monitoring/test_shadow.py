@@ -85,3 +85,33 @@ def test_snapshot_restore_continues_exactly() -> None:
             w.add(_pair(f"h{i}", "v2", "shadow", 1 - i / 20, i % 2))
     assert len(straight.pairs[("v1", "v2")]) == 420
     assert straight.rows(1) == restored.rows(1) != []
+
+
+def test_the_monitor_core_pairs_roles_from_predictions_and_outcomes() -> None:
+    from infra.predictions import Prediction
+    from monitoring.core import ModelBook, MonitorCore
+    from monitoring.join import Label
+
+    book = ModelBook(lambda v: None, lambda v: {}, lambda: "v1")
+    core = MonitorCore(book, window_labels=1000)
+    rng = np.random.default_rng(8)
+    n = 600
+    labels = rng.integers(0, 2, n)
+    old, new = rng.random(n), np.clip(rng.random(n) * 0.7 + labels * 0.3, 0, 1)
+    t0 = 1_767_225_600_000
+    preds = [Prediction(f"c{i}", 1, float(old[i]), "v1", f"e{i}", t0 + i) for i in range(n)]
+    preds += [
+        Prediction(f"s{i}", 1, float(new[i]), "v2", f"e{i}", t0 + i, role="shadow")
+        for i in range(n)
+    ]
+    core.add_predictions(preds[::2] + preds[1::2])
+    core.add_outcomes([Label(f"e{i}", None, int(labels[i]), t0 + i + 5) for i in range(n)])
+    rows, _ = core.snapshot(t0 + 10_000)
+    shadow = {r.metric: r for r in rows if r.metric.startswith("shadow_")}
+    assert shadow["shadow_auc"].value == pytest.approx(roc_auc_score(labels, new), abs=1e-12)
+    assert shadow["shadow_champion_auc"].value == pytest.approx(roc_auc_score(labels, old))
+    assert shadow["shadow_auc"].samples == n
+    restored = MonitorCore(book, window_labels=1000)
+    restored.restore(core.state())
+    again = [r for r in restored.snapshot(t0 + 10_000)[0] if r.metric.startswith("shadow_")]
+    assert again == list(shadow.values())
