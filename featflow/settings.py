@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     trainer_shadow_timeout_s: float = Field(
         900.0, gt=0, description="How long a shadow trial waits for its verdict."
     )
+    trainer_min_new_labels: int = Field(
+        0, ge=0, description="Labelled events after a firing to wait for before training."
+    )
+    trainer_label_wait_s: float = Field(
+        900.0, gt=0, description="How long training waits for those labels at most."
+    )
 
     @field_validator("online_store")
     @classmethod
@@ -205,6 +211,8 @@ class Settings(BaseSettings):
                 shadow=self.trainer_shadow,
                 shadow_min_labels=self.trainer_shadow_min_labels,
                 shadow_timeout_s=self.trainer_shadow_timeout_s,
+                min_new_labels=self.trainer_min_new_labels,
+                label_wait_s=self.trainer_label_wait_s,
             ),
         )
 

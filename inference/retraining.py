@@ -55,6 +55,8 @@ class RetrainSettings:
     shadow: bool = False  # trial the winner live before promoting it
     shadow_min_labels: int = 1000  # paired labelled events the live verdict needs
     shadow_timeout_s: float = 900.0  # wall-clock wait for that verdict, then rejected
+    min_new_labels: int = 0  # labelled events after the firing to wait for before training
+    label_wait_s: float = 900.0  # wall-clock limit of that wait (then it trains on what is)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Request:
     model_version: str | None
     reason: str
     values: dict[str, float]
+    event_time_ms: int | None = None  # the newest scored event's time at the firing
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,36 @@ class Retrainer:
         """The decisions already recorded for ``request_id``, oldest first."""
         return [r for r in self.history.rows() if r["metrics"].get("request_id") == request_id]
 
+    def needs_labels(self, request: Request) -> bool:
+        """Whether training should wait for labels of events after the firing (not yet
+        trained, and the settings and the request ask for it)."""
+        if self.settings.min_new_labels <= 0 or request.event_time_ms is None:
+            return False
+        return not any(r["kind"] == "trained" for r in self.rows_of(request.request_id))
+
+    def new_labels(self, after_ms: int) -> int:
+        """Stored labels of events whose time is after ``after_ms``."""
+        import duckdb
+
+        offline, outcomes = self.stores.offline_dir, self.stores.outcomes_dir
+        if not any(offline.glob("*.parquet")) or not any(outcomes.glob("*.parquet")):
+            return 0
+        query = f"""
+            SELECT count(DISTINCT o.event_id) FROM read_parquet('{outcomes}/*.parquet') o
+            JOIN (SELECT DISTINCT event_id FROM read_parquet('{offline}/*.parquet')
+                  WHERE epoch_ms(event_timestamp) > {int(after_ms)}) e USING (event_id)
+        """
+        with duckdb.connect() as con:
+            return int(con.execute(query).fetchone()[0])
+
+    def acknowledge(self, request: Request) -> None:
+        """Record ``triggered`` for ``request`` unless the history has it."""
+        if not any(r["kind"] == "triggered" for r in self.rows_of(request.request_id)):
+            self._record(
+                "triggered", request.model_version, request,
+                self.registry.champion_version(), request.reason, {"values": request.values},
+            )  # fmt: skip
+
     def handle(self, request: Request) -> Outcome:
         """Take ``request`` as far as it goes without the monitor (see the module doc)."""
         rows = self.rows_of(request.request_id)
@@ -106,12 +139,8 @@ class Retrainer:
             if kind in kinds:
                 row = kinds[kind]
                 return Outcome(kind, row["model_version"], row["reason"])
+        self.acknowledge(request)
         champion = self.registry.champion_version()
-        if "triggered" not in kinds:
-            self._record(
-                "triggered", request.model_version, request, champion, request.reason,
-                {"values": request.values},
-            )  # fmt: skip
         stale = request.model_version is not None and request.model_version != champion
         if stale and "trained" not in kinds:  # (after "trained", a restart mid-promotion)
             return self._finish(

@@ -3,9 +3,12 @@
 The monitor publishes one when its policy fires; an operator may publish one by hand::
 
     {"request_id": "4be1..", "time_ms": 1767229200000, "model_version": "v0001",
+     "event_time_ms": 1767229195000,
      "reason": "psi(amount_mean_1h) = 0.41 breached psi(*) > 0.25 for 3 snapshots",
      "values": {"psi(amount_mean_1h)": 0.41}}
 
+``event_time_ms`` is the newest scored event's time when the policy fired: the trainer
+can wait for labels of events after it, so a challenger learns the world as it is now.
 ``request_id`` names the request in every decision the trainer records about it, which is
 what keeps a restarted trainer from acting on one request twice. Bad records go to
 ``retrain.dlq`` with their reason; the decoder never raises.
@@ -28,6 +31,7 @@ class RetrainRequest(msgspec.Struct, frozen=True):
     request_id: Id
     time_ms: Int64
     model_version: Id | None = None  # the champion the request is about
+    event_time_ms: Int64 | None = None  # the newest scored event's time at the firing
     reason: Annotated[str, msgspec.Meta(max_length=4096)] = ""
     values: dict[Annotated[str, msgspec.Meta(max_length=256)], Finite] = {}
 

@@ -215,6 +215,7 @@ class Monitor:
                 "request_id": uuid.uuid4().hex,
                 "time_ms": fired.time_ms,
                 "model_version": fired.model_version,
+                "event_time_ms": self.core.newest_ms,
                 "reason": fired.reason,
                 "values": fired.values,
             }

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -138,6 +139,10 @@ class Trainer:
 
     async def _decide(self, request: Request) -> bool:
         """Take one request to its decision; False if stopped before one."""
+        await asyncio.to_thread(self.retrainer.acknowledge, request)
+        await self._catch_up_topic()
+        if not await self._labels_for(request):
+            return False
         outcome = await asyncio.to_thread(self.retrainer.handle, request)
         await self._catch_up_topic()
         assert self._consumer is not None
@@ -156,6 +161,25 @@ class Trainer:
         self.decided += 1
         log.warning("request %s: %s %s", request.request_id, outcome.kind, outcome.version)
         return True
+
+    async def _labels_for(self, request: Request) -> bool:
+        """Wait (at most ``label_wait_s``) until ``min_new_labels`` events after the firing
+        are labelled; False if stopped meanwhile."""
+        r = self.retrainer
+        if not await asyncio.to_thread(r.needs_labels, request):
+            return True
+        assert request.event_time_ms is not None
+        want, deadline = r.settings.min_new_labels, time.monotonic() + r.settings.label_wait_s
+        while not self._stop.is_set():
+            have = await asyncio.to_thread(r.new_labels, request.event_time_ms)
+            if have >= want:
+                return True
+            if time.monotonic() > deadline:
+                log.warning("request %s: %d of %d new labels; training on what there is",
+                            request.request_id, have, want)  # fmt: skip
+                return True
+            await asyncio.sleep(1.0)
+        return False
 
     # ------------------------------------------------------------------ shadow verdict
 
@@ -226,4 +250,4 @@ class Trainer:
 
 
 def _request(r: RetrainRequest) -> Request:
-    return Request(r.request_id, r.model_version, r.reason, dict(r.values))
+    return Request(r.request_id, r.model_version, r.reason, dict(r.values), r.event_time_ms)

@@ -153,3 +153,17 @@ def test_settings_compose_the_trainer(tmp_path: Path) -> None:
 
     cfg = Settings(home=tmp_path, trainer_shadow=True, promotion_min_auc_gain=0.01).trainer
     assert cfg.retrain == replace(RetrainSettings(), shadow=True, margin=0.01)
+
+
+def test_training_waits_for_labels_after_the_firing(stores: Stores) -> None:
+    world = World(stores, change=False)
+    world.write(T0, T0 + N * 500)
+    retrainer = Retrainer(stores, RetrainSettings(min_new_labels=100))
+    request = Request("r0", None, "drift", {}, event_time_ms=T0 + N * 400)
+    times = world.rows.column("event_timestamp").cast("int64").to_numpy()
+    expected = int(((times > T0 + N * 400) & (times < T0 + N * 500)).sum())
+    assert retrainer.new_labels(T0 + N * 400) == expected > 100
+    assert retrainer.needs_labels(request)
+    assert not retrainer.needs_labels(replace(request, event_time_ms=None))
+    retrainer.handle(request)
+    assert not retrainer.needs_labels(request)  # trained: a restart does not wait again
