@@ -634,22 +634,23 @@ def features(config: str | None, user_ids: tuple[int, ...]) -> None:
 
 
 @main.command()
-@click.option("--events", "n_events", default=20_000, show_default=True)
-@click.option("--users", default=500, show_default=True)
+@click.option("--scale", default=1.0, show_default=True, help="Times the story's events.")
+@click.option("--timeout", "timeout_s", default=300.0, show_default=True, help="Seconds per step.")
 @click.pass_obj
-def demo(config: str | None, n_events: int, users: int) -> None:
-    """Broker + worker + synthetic producer; prints features read back through Feast.
+def demo(config: str | None, scale: float, timeout_s: float) -> None:
+    """The whole loop: stream, score, monitor, change the world, retrain, promote.
 
-    Starts its own broker unless FEATFLOW_KAFKA_BOOTSTRAP names one.
+    Starts its own broker unless FEATFLOW_KAFKA_BOOTSTRAP names one; writes an HTML report
+    under $FEATFLOW_HOME/demo/reports/.
     """
     settings = _settings(config)
     _quiet_kafka()
     if "FEATFLOW_KAFKA_BOOTSTRAP" in os.environ:
         _need_broker(settings)
     _need_online_store(settings)
-    from featflow.demo import run_demo
+    from featflow.demo import Plan, run_demo
 
-    run_demo(settings, n_events=n_events, users=users)
+    run_demo(settings, Plan().scaled(scale), timeout_s=timeout_s)
 
 
 if __name__ == "__main__":

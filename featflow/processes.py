@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from featflow.settings import Settings
@@ -32,12 +33,12 @@ def start_worker(settings: Settings, log_path: Path | None = None) -> subprocess
 
 
 def start_command(
-    settings: Settings, command: str, log_path: Path | None = None
+    settings: Settings, command: str, log_path: Path | None = None, args: Sequence[str] = ()
 ) -> subprocess.Popen[bytes]:
-    """``featflow <command>`` (``worker``, ``monitor``) in a child process."""
+    """``featflow <command> [args]`` (``worker``, ``monitor``, ...) in a child process."""
     log = open(log_path, "ab") if log_path else None  # noqa: SIM115 (owned by the child)
     return subprocess.Popen(
-        [sys.executable, "-m", "featflow.cli", command],
+        [sys.executable, "-m", "featflow.cli", command, *args],
         env=settings_env(settings),
         stdout=log,
         stderr=subprocess.STDOUT if log else None,

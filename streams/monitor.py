@@ -300,6 +300,9 @@ class Monitor:
                 "score": pa.array([p.score for p in good], pa.float64()),
                 "features_found": [p.features_found for p in good],
                 "time": pa.array([p.time_ms for p in good], pa.timestamp("ms", tz="UTC")),
+                "prediction_time": pa.array(
+                    [p.prediction_time for p in good], pa.timestamp("ms", tz="UTC")
+                ),
                 "kafka_partition": pa.array([part for _, part, _ in rows], pa.int32()),
                 "kafka_offset": pa.array([off for _, _, off in rows], pa.int64()),
             }

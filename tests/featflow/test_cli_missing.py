@@ -83,7 +83,7 @@ def silent_listener() -> Iterator[str]:
         ["produce", "--events", "10"],
         ["worker"],
         ["serve", "--port", "0"],
-        ["demo", "--events", "100"],
+        ["demo", "--scale", "0.01"],
     ],
     ids=" ".join,
 )
