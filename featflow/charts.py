@@ -1,8 +1,8 @@
 """Line charts as inline SVG: a report that opens offline, with nothing to download.
 
 Small on purpose: lines (solid or dashed), horizontal reference lines, vertical markers
-(trigger, promotion) labelled at the top, a legend, and ticks on both axes. Values are
-escaped; NaN points break a line instead of drawing it to zero.
+(trigger, promotion) labelled at the top in rows that do not overlap, a legend, and ticks
+on both axes. Values are escaped; NaN points break a line instead of drawing it to zero.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from html import escape
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b",
            "#e377c2", "#7f7f7f", "#bcbd22")  # fmt: skip
+
+
+LABEL_CHAR_PX = 6.0  # a marker label's width per character at its 10.5 px font (about)
 
 
 @dataclass(frozen=True)
@@ -100,14 +103,19 @@ def line_chart(
         f'<text transform="translate(14,{top + ph / 2}) rotate(-90)" text-anchor="middle" '
         f'class="axis">{escape(y_label)}</text>'
     )
-    for k, m in enumerate(markers):
+    rows_end: list[float] = []  # where the last label of each row of labels ends
+    for m in sorted(markers, key=lambda m: m.x):
         x = px(m.x)
         out.append(
             f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + ph}" stroke="{m.color}" '
             'stroke-dasharray="4 3"/>'
         )
+        row = next((r for r, end in enumerate(rows_end) if end < x), len(rows_end))
+        if row == len(rows_end):
+            rows_end.append(0.0)
+        rows_end[row] = x + 3 + LABEL_CHAR_PX * len(m.label) + 4
         out.append(
-            f'<text x="{x + 3:.1f}" y="{top + 11 + 11 * (k % 3)}" fill="{m.color}" '
+            f'<text x="{x + 3:.1f}" y="{top + 11 + 11 * row}" fill="{m.color}" '
             f'class="marker">{escape(m.label)}</text>'
         )
     for k, s in enumerate(series):

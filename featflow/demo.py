@@ -88,15 +88,18 @@ def demo_settings(settings: Settings, home: Path, bootstrap: str) -> Settings:
             "checkpoint_interval_s": 1.0,
             "stream_scoring": True,
             "monitor_interval_s": 2.0,
-            "monitor_window_labels": 3000,
+            "monitor_window_labels": 10_000,
             "monitor_window_events": 2000,
             "monitor_horizon_s": 3600.0,
             "monitor_policy": home / "policy.yaml",
             "trainer_shadow": True,
-            "trainer_shadow_min_labels": 2500,
+            # one look at the live comparison, on 8,000 paired labelled events or more
+            "trainer_shadow_min_labels": 8000,
             "trainer_shadow_timeout_s": 120.0,
-            "trainer_min_new_labels": 10_000,
-            "trainer_history_s": 5400.0,  # 1.5 h of event time: ~10.8k events
+            # train on 3 h of event time ending 20,000 labelled events after the firing:
+            # mostly the changed world, with a holdout of ~4,000 events for the gate
+            "trainer_min_new_labels": 20_000,
+            "trainer_history_s": 10_800.0,
             "trainer_label_wait_s": 120.0,
         }
     )
@@ -471,22 +474,27 @@ def _predictions(settings: Settings):
         return con.execute(query).df()
 
 
+BIN_MS = 5000  # the report's time series: one point per 5 s of the wall clock
+
+
 def _series(story, sent: np.ndarray, scored_ms: np.ndarray, fresh: np.ndarray, t0: int) -> None:
-    """Per-second throughput, lag and freshness from what was sent and when it was scored."""
+    """Throughput, lag and freshness per ``BIN_MS`` from what was sent and when it was
+    scored (one point a second zigzags with the sender's quarter-second steps)."""
     from featflow.charts import Series
 
     if not len(sent) or not len(scored_ms):
         return
     end = max(int(sent.max()), int(scored_ms.max()))
-    edges = np.arange(int(sent.min()), end + 1000, 1000)
+    edges = np.arange(int(sent.min()), end + 1, BIN_MS)  # whole bins only
     xs = [(e - t0) / 1000 for e in edges[1:]]
     sent_n = np.searchsorted(np.sort(sent), edges[1:], side="right")
     order = np.argsort(scored_ms)
     scored_sorted = scored_ms[order]
     scored_n = np.searchsorted(scored_sorted, edges[1:], side="right")
+    per_s = 1000 / BIN_MS
     story.throughput = [
-        Series("sent", xs, np.diff(np.r_[0, sent_n]).tolist()),
-        Series("scored", xs, np.diff(np.r_[0, scored_n]).tolist()),
+        Series("sent", xs, (np.diff(np.r_[0, sent_n]) * per_s).tolist()),
+        Series("scored", xs, (np.diff(np.r_[0, scored_n]) * per_s).tolist()),
     ]
     story.lag = [Series("sent - scored", xs, (sent_n - scored_n).clip(0).tolist())]
     bucket = np.searchsorted(edges, scored_sorted, side="right") - 1
@@ -502,9 +510,11 @@ def _series(story, sent: np.ndarray, scored_ms: np.ndarray, fresh: np.ndarray, t
 def _auc_rows(settings: Settings):
     import duckdb
 
+    from featflow.report import MIN_SAMPLES
+
     query = f"""SELECT epoch_ms(time) AS t, model_version, value FROM
                 read_parquet('{settings.stores.monitoring_dir}/*.parquet')
-                WHERE metric = 'auc' AND samples >= 1000 ORDER BY t"""
+                WHERE metric = 'auc' AND samples >= {MIN_SAMPLES} ORDER BY t"""
     with duckdb.connect() as con:
         return con.execute(query).df()
 

@@ -16,6 +16,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from featflow.charts import Marker, Series, line_chart
@@ -23,6 +24,8 @@ from inference.model_events import ModelEvents
 from inference.registry import ModelRegistry
 from infra.config import Stores
 
+MIN_SAMPLES = 1000  # a window's metric is shown once this many values stand behind it
+LINGER_MS = 5000  # a version's AUC line outlives its service by this (late labels)
 MARKER_COLORS = {"triggered": "#ff7f0e", "shadow_started": "#9467bd", "promoted": "#2ca02c",
                  "rejected": "#d62728", "rolled_back": "#8c564b"}  # fmt: skip
 
@@ -63,6 +66,29 @@ def _champions(history: list[dict[str, Any]]) -> list[tuple[int, str]]:
     ]
 
 
+def _serving(history: list[dict[str, Any]], end_ms: int) -> dict[str, list[tuple[int, int]]]:
+    """When each version was scored (as champion or in shadow): its spans of wall time."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    open_: dict[str, int] = {}
+    champion: str | None = None
+    for r in history:
+        version, kind, t = r["model_version"], r["kind"], r["time_ms"]
+        if not version:
+            continue
+        if kind in ("promoted", "rolled_back"):
+            if champion is not None and champion != version and champion in open_:
+                spans.setdefault(champion, []).append((open_.pop(champion), t))
+            champion = version
+            open_.setdefault(version, t)
+        elif kind == "shadow_started":
+            open_.setdefault(version, t)
+        elif kind == "rejected" and version in open_:
+            spans.setdefault(version, []).append((open_.pop(version), t))
+    for version, start in open_.items():
+        spans.setdefault(version, []).append((start, end_ms))
+    return spans
+
+
 def _champion_at(changes: list[tuple[int, str]], t: int) -> str | None:
     current = None
     for when, version in changes:
@@ -90,10 +116,12 @@ def build_report(stores: Stores, story: Story, path: Path) -> Path:
     charts = []
     if story.throughput:
         charts.append(line_chart("Throughput", story.throughput, y_label="events / s",
-                                 markers=markers, x_range=x_range))  # fmt: skip
+                                 markers=markers, x_range=x_range,
+                                 y_range=(0.0, _top(story.throughput))))  # fmt: skip
     if story.lag:
         charts.append(line_chart("Lag: events sent, not yet scored", story.lag,
-                                 y_label="events", markers=markers, x_range=x_range))  # fmt: skip
+                                 y_label="events", markers=markers, x_range=x_range,
+                                 y_range=(0.0, _top(story.lag))))  # fmt: skip
     if story.freshness:
         charts.append(line_chart("Freshness: from an event's send to its score (p50, p99)",
                                  story.freshness, y_label="ms", markers=markers,
@@ -106,6 +134,11 @@ def build_report(stores: Stores, story: Story, path: Path) -> Path:
     return path
 
 
+def _top(series: Sequence[Series]) -> float:
+    """A y axis from 0 to a little above the largest value (at least 1)."""
+    return max([1.0] + [float(y) * 1.1 for s in series for y in s.ys if y == y])
+
+
 def _auc_chart(
     rows: pd.DataFrame,
     story: Story,
@@ -114,11 +147,21 @@ def _auc_chart(
     history: list[dict[str, Any]],
 ) -> str:
     t0 = story.started_ms
-    auc = rows[rows["metric"] == "auc"].sort_values("time_ms")
-    series = [
-        Series(f"live AUC {version}", [_s(t, t0) for t in g["time_ms"]], list(g["value"]))
-        for version, g in auc.groupby("model_version")
-    ]
+    auc = rows[(rows["metric"] == "auc") & (rows["samples"] >= MIN_SAMPLES)].sort_values("time_ms")
+    end_ms = int(auc["time_ms"].max()) if len(auc) else t0
+    spans = _serving(history, end_ms)
+    series = []
+    for version, g in auc.groupby("model_version"):
+        # a version no longer scored keeps its last window: its line ends with its service
+        # (plus the time its last labels take to arrive)
+        times = g["time_ms"].to_numpy()
+        scored = np.zeros(len(g), dtype=bool)
+        for start, stop in spans.get(version, []):
+            scored |= (times >= start) & (times <= stop + LINGER_MS)
+        g = g[scored]
+        series.append(
+            Series(f"live AUC {version}", [_s(t, t0) for t in g["time_ms"]], list(g["value"]))
+        )
     change = _s(story.change_ms, t0) if story.change_ms is not None else x_range[1]
     if "before" in story.ceiling:
         series.append(Series("ceiling before", [x_range[0], change],
@@ -143,7 +186,7 @@ def _psi_chart(
     that moved most, and the score."""
     t0 = story.started_ms
     changes = _champions(history)
-    psi = rows[rows["metric"] == "psi"].copy()
+    psi = rows[(rows["metric"] == "psi") & (rows["samples"] >= MIN_SAMPLES)].copy()
     if len(psi):
         serving = [_champion_at(changes, int(t)) for t in psi["time_ms"]]
         psi = psi[psi["model_version"].to_numpy() == pd.Series(serving, dtype=object).to_numpy()]
@@ -230,6 +273,7 @@ champion on the same events, and promoted it. Dashed vertical lines mark each st
 <p class="note">Live AUC: the monitor's exact ROC AUC over each model's latest labelled
 predictions. Ceiling: the AUC of the generator's true fraud probability on the same
 period's labelled events, the best any model could reach. PSI bins are fixed by each
-champion's training reference (10 quantile bins plus under- and overflow).</p>
+champion's training reference: deciles kept out of any one entity's tight cluster of values,
+plus under- and overflow far outside the training range.</p>
 </body></html>
 """

@@ -8,7 +8,7 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
-from inference.train import histogram
+from inference.train import HIST_BINS, histogram
 from monitoring.drift import PSI_FLOOR, DriftWindow, Reference, drift, psi_band
 
 TOL = 1e-9
@@ -58,6 +58,32 @@ def test_metrics_against_scipy(shift: str) -> None:
         assert psi_band(got["psi"]) == "stable" and got["ks"] < 0.05
     if shift in ("covariate shift", "beyond the edges"):
         assert psi_band(got["psi"]) == "significant"
+
+
+def _skewed(rng: np.random.Generator, n: int, busy: tuple[float, float], mu: float) -> np.ndarray:
+    """Rows of a skewed stream: a sixth from one busy entity whose value (the largest of
+    all, like its 24 h count) jitters within ``busy``, the rest lognormal around ``mu``."""
+    mine = rng.random(n) < 1 / 6
+    return np.where(mine, rng.uniform(*busy, n), rng.lognormal(mu, 1.0, n))
+
+
+def test_a_busy_entity_jittering_is_not_drift_and_a_shift_still_is() -> None:
+    rng = np.random.default_rng(3)
+    train = _skewed(rng, 20_000, (4000.0, 4040.0), 3.0)
+    stable = _skewed(rng, 5000, (4050.0, 4100.0), 3.0)  # the busy one grew 1-2 %
+    shifted = _skewed(rng, 5000, (4050.0, 4100.0), 3.6)  # everyone else spends 1.8x
+    deciles = np.unique(np.quantile(train, np.linspace(0, 1, HIST_BINS + 1)))
+    plain = Reference.of(histogram(train, deciles))
+    robust = Reference.of(histogram(train))
+
+    def psi(ref: Reference, live: np.ndarray) -> float:
+        return drift(ref.shares(), np.bincount(ref.bin_of(live), minlength=ref.n_bins))["psi"]
+
+    assert psi_band(psi(plain, stable)) == "significant"  # the defect the edges avoid
+    assert psi_band(psi(robust, stable)) == "stable"
+    assert psi_band(psi(robust, shifted)) == "significant"
+    _check(robust, stable)
+    _check(robust, shifted)
 
 
 def test_bins_follow_numpy_histogram_and_edges() -> None:

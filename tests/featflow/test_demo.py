@@ -1,0 +1,134 @@
+"""``featflow demo`` run as a user runs it: its own broker and services as processes, the
+world changing part-way, and the story checked from what it leaves behind: the model
+history (the monitor fired, a challenger was trained, trialled in shadow and promoted on a
+live paired verdict), the report's structure, and the printed summary."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from inference.model_events import ModelEvents, verify
+from inference.registry import ModelRegistry
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _Page(HTMLParser):
+    """What a reader sees of the report: charts, tables, text, and any outside link."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.charts: list[str] = []
+        self.tables: list[list[list[str]]] = []
+        self.text: list[str] = []
+        self.outside: list[str] = []
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "svg":
+            self.charts.append(values.get("aria-label") or "")
+        for key in ("src", "href"):
+            if values.get(key):
+                self.outside.append(f"{tag} {key}={values[key]}")
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._row is not None and self._cell is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.tables[-1].append(self._row)
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_demo_tells_the_whole_story(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATFLOW_")}
+    env |= {"FEATFLOW_HOME": str(home), "COLUMNS": "100"}
+    done = subprocess.run(
+        [sys.executable, "-m", "featflow.cli", "demo", "--timeout", "240"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=560,
+    )
+    logs = home / "demo" / "logs"
+    assert done.returncode == 0, (
+        done.stdout[-3000:]
+        + done.stderr[-3000:]
+        + "".join(f"\n--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(logs.glob("*.log")))
+    )
+
+    # -- the model history: the first champion, the monitor's firing, a shadow trial won
+    models = home / "demo" / "models"
+    assert verify(models) == []
+    history = ModelEvents(models).rows()
+    kinds = [r["kind"] for r in history]
+    assert kinds == ["triggered", "trained", "promoted",
+                     "triggered", "trained", "shadow_started", "promoted"], kinds  # fmt: skip
+    fired = history[3]["reason"]
+    assert re.search(r"auc = 0\.\d+ breached auc < 0\.58|psi\(score\)", fired), fired
+    assert history[4]["reason"].startswith("holdout: better")
+    assert history[6]["reason"].startswith("shadow: better"), history[6]["reason"]
+    registry = ModelRegistry(models)
+    assert registry.versions() == ["v0001", "v0002"]
+    assert registry.champion_version() == "v0002" and registry.shadow_version() is None
+
+    # -- what the monitor saw: v0001 lost quality after the change, v0002 was scored live
+    rows = pd.read_parquet(home / "demo" / "monitoring")
+    auc = rows[(rows["metric"] == "auc") & (rows["samples"] >= 1000)]
+    first = auc[auc["model_version"] == "v0001"]["value"]
+    assert first.max() - first.min() > 0.08  # the drop that fired the trigger
+    assert (auc["model_version"] == "v0002").sum() > 0
+
+    # -- the report, as a reader sees it
+    report = home / "reports" / "demo.html"
+    page = _Page()
+    page.feed(report.read_text(encoding="utf-8"))
+    assert page.outside == []  # works offline: nothing linked or loaded from elsewhere
+    assert len(page.charts) == 5
+    for title in ("Throughput", "Lag", "Freshness", "Live AUC", "Drift: PSI"):
+        assert any(c.startswith(title) for c in page.charts), (title, page.charts)
+    text = " ".join(page.text)
+    for label in ("world changes", "triggered v0001", "shadow_started v0002", "promoted v0002"):
+        assert label in text, label
+    summary, versions = page.tables
+    keys = [row[0] for row in summary]
+    for key in ("live events/s (sent and scored)", "freshness p99 (send to score)",
+                "/predict p99 (client side)", "live AUC before the change",
+                "live AUC after the change, worst", "live AUC after the promotion"):  # fmt: skip
+        assert key in keys, (key, keys)
+    values = dict((row[0], row[1]) for row in summary)
+    ceilings = re.findall(r"ceiling (0\.\d+)", " ".join(values.values()))
+    assert len(ceilings) == 3 and all(0.7 < float(c) < 0.9 for c in ceilings), ceilings
+    assert "0 errors" in values["/predict p99 (client side)"]
+    assert [row[0] for row in versions[1:]] == ["v0001", "v0002"]
+    assert [row[4] for row in versions[1:]] == ["promoted", "promoted"]
+    assert "shadow: better" in versions[2][5]
+
+    # -- the summary printed at the end says the same
+    assert "live AUC after the promotion" in done.stdout
+    assert f"report: {report}" in done.stdout
