@@ -37,7 +37,7 @@ from inference.registry import ModelRegistry
 from infra.predictions import Prediction
 from monitoring.drift import DriftWindow, Reference
 from monitoring.join import Label, PredictionJoin, Scored
-from monitoring.policy import Fired, Policy, Trigger
+from monitoring.policy import HOLDOUT_SAMPLES, Fired, Policy, Trigger
 from monitoring.quality import QualityWindow
 from monitoring.shadow import ShadowWindow
 from monitoring.snapshot import MetricRow, rows_of
@@ -80,7 +80,11 @@ def registry_book(registry: ModelRegistry) -> ModelBook:
             metrics = registry.get(version).metadata.get("holdout_metrics") or {}
         except UnknownVersion:
             return {}
-        return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        found = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        rows = registry.get(version).metadata.get("rows") or {}
+        if isinstance(rows.get("holdout"), int):
+            found[HOLDOUT_SAMPLES] = float(rows["holdout"])
+        return found
 
     return ModelBook(references, holdout, registry.champion_version)
 

@@ -44,6 +44,19 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
 
 
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Standard error of an AUC over ``positives`` and ``negatives`` (Hanley and McNeil,
+    1982): what a rule comparing a live AUC with another needs, so that a window of a few
+    dozen positives is not read as a drop. NaN without both classes."""
+    if positives < 1 or negatives < 1 or auc != auc:
+        return float("nan")
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (
+        auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)
+    ) / (positives * negatives)
+    return float(np.sqrt(max(var, 0.0)))
+
+
 def log_loss(scores: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-likelihood, scores clipped to ``[eps, 1 - eps]``."""
     if not len(scores):

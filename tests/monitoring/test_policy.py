@@ -5,6 +5,7 @@ number of snapshots; guards (minimum samples, consecutive snapshots, cooldown) h
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,9 +13,9 @@ from sklearn.metrics import roc_auc_score
 
 from inference.train import histogram
 from monitoring.drift import DriftWindow, Reference
-from monitoring.policy import Policy, Rule, Trigger
+from monitoring.policy import HOLDOUT_SAMPLES, Policy, Rule, Trigger
 from monitoring.quality import QualityWindow
-from monitoring.snapshot import rows_of
+from monitoring.snapshot import MetricRow, rows_of
 
 EVERY = 1000  # predictions per snapshot (5 s at 200 predictions/s)
 STEP_MS = 5000
@@ -39,7 +40,8 @@ def _run(
         "amount": Reference.of(histogram(train_amount)),
         "score": Reference.of(histogram(train_score, np.linspace(0, 1, 21))),
     }
-    baseline = {"auc": roc_auc_score(train_y, train_score)}
+    baseline = {"auc": roc_auc_score(train_y, train_score), "positive_rate": train_y.mean(),
+                HOLDOUT_SAMPLES: len(train_y)}  # fmt: skip
     quality, drift = QualityWindow(5000), DriftWindow(refs, 5000)
     trigger = Trigger(policy)
     fired = []
@@ -77,6 +79,29 @@ def test_a_concept_drift_fires_the_quality_rule() -> None:
     assert 40 < k <= 48, k
     assert "psi" not in first.reason and "auc" in first.reason  # features did not move
     assert first.values["auc"] < 0.7
+
+
+def test_an_auc_drop_within_the_noise_of_few_positives_does_not_breach() -> None:
+    """0.06 under a holdout AUC of 0.65 is a drop on 20,000 labels, noise on 1,000 labels
+    with 60 positives (standard error ~0.037); at confidence 0 the point values decide."""
+    rule = Rule("auc", drop=0.05)
+    baseline = {"auc": 0.65, "positive_rate": 0.06, HOLDOUT_SAMPLES: 2000.0}
+
+    def fires(samples: int, policy: Policy) -> bool:
+        rows = [MetricRow(0, "v1", "auc", None, 0.59, samples),
+                MetricRow(0, "v1", "positive_rate", None, 0.06, samples)]  # fmt: skip
+        trigger = Trigger(replace(policy, rules=(rule,), consecutive=1))
+        return trigger.observe(rows, "v1", baseline) is not None
+
+    assert not fires(1000, Policy())
+    assert fires(1000, Policy(confidence=0.0))
+    big = {**baseline, HOLDOUT_SAMPLES: 200_000.0}
+    rows = [MetricRow(0, "v1", "auc", None, 0.55, 200_000),
+            MetricRow(0, "v1", "positive_rate", None, 0.06, 200_000)]  # fmt: skip
+    assert Trigger(replace(Policy(), rules=(rule,), consecutive=1)).observe(rows, "v1", big)
+    missing = [MetricRow(0, "v1", "auc", None, 0.30, 5000)]  # no positive rate: no verdict
+    assert Trigger(replace(Policy(), rules=(rule,), consecutive=1)).observe(
+        missing, "v1", baseline) is None  # fmt: skip
 
 
 def test_consecutive_cooldown_and_minimum_samples() -> None:
