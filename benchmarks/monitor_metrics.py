@@ -12,7 +12,7 @@ At the end both are compared with scikit-learn on the final window.
 
 Drift: one snapshot of every default feature and the score over a window of ``--window``
 predictions, against reference histograms built as the trainer builds them
-(``inference.train.histogram``: quantile edges from 20,000 training rows). Features are the
+(``inference.reference.histogram``: quantile edges from 20,000 training rows). Features are the
 kernels' own output over generated events (Zipf users: many ties), the current window
 drawn after the amounts shift by 1.3x. featflow: ``DriftWindow`` fed the window's raw rows
 then ``metrics()`` (PSI, KS, JS per column): what a monitor restarted from nothing pays; and
@@ -38,7 +38,7 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from benchmarks._common import header, make_events, table, verdict, warm_up_kernels
 from features.spec import DAY_MS, DEFAULT_FEATURES, DEFAULT_LATENESS_MS, FEATURE_NAMES
 from features.state import WindowState
-from inference.train import histogram
+from inference.reference import histogram
 from monitoring.drift import DriftWindow, Reference, drift
 from monitoring.quality import QualityWindow
 
@@ -110,7 +110,7 @@ def drift_featflow(refs, current: pd.DataFrame, window: int) -> tuple[float, flo
     """(seconds from raw rows, seconds of a snapshot from kept counts, the metrics)."""
     start = time.perf_counter()
     w = DriftWindow(refs, size=window)
-    w.add_many({name: current[name].to_numpy() for name in refs})
+    w.add_many({name: current[name].to_numpy() for name in refs}, np.arange(len(current)))
     values = w.metrics()
     from_raw = time.perf_counter() - start
     start = time.perf_counter()
@@ -159,7 +159,7 @@ quality: {args.pairs:,} pairs, window {args.window:,}, a snapshot every {every:,
   river utils.Rolling(ROCAUC, LogLoss, MSE) per pair; best of {args.repeats}; values vs
   scikit-learn on the final window
 drift: {len(FEATURE_NAMES)} features + score, window {args.window:,}, reference 20,000 rows
-  (inference.train.histogram); featflow DriftWindow from raw rows, and one snapshot from its
+  (inference.reference.histogram); featflow DriftWindow from raw rows, and one snapshot from its
   kept counts; Evidently Report([DataDriftPreset(num_method="psi")]) on the raw rows;
   best of {args.repeats}""",
     )

@@ -31,7 +31,7 @@ import numpy as np
 
 from benchmarks._common import fresh_settings, header, servers, table, verdict
 from features.spec import FEATURE_NAMES
-from inference.train import histogram
+from inference.reference import histogram
 from infra.producer import publish
 from infra.topics import ensure_topics
 from monitoring.core import ModelBook

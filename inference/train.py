@@ -22,13 +22,12 @@ import pandas as pd
 
 from features.feast_repo import FEATURE_VIEW, JOIN_KEY, TIMESTAMP_FIELD
 from features.spec import FEATURE_NAMES
+from inference.reference import histogram
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
 ONNX_ATOL = 1e-5  # ONNX vs scikit-learn probability agreement required before registering
-HIST_BINS = 10
-EDGE_MIN_GAP = 0.1  # reference edges at least 10 % of their magnitude apart
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,7 @@ class TrainingSet:
     label: np.ndarray  # int8 [n]
     event_time: pd.Series  # UTC timestamps, for the time-ordered holdout split
     fingerprint: str  # sha256 of the rows, so a model names the data it was trained on
+    entity: np.ndarray | None = None  # int64 [n] user of each row (weights drift references)
 
 
 def training_set(store: FeatureStore, labelled: pd.DataFrame) -> TrainingSet:
@@ -51,7 +51,8 @@ def training_set(store: FeatureStore, labelled: pd.DataFrame) -> TrainingSet:
     features = frame[list(FEATURE_NAMES)].to_numpy(np.float64)
     label = frame["label"].to_numpy(np.int8)
     digest = hashlib.sha256(features.tobytes() + label.tobytes()).hexdigest()
-    return TrainingSet(features, label, frame[TIMESTAMP_FIELD].reset_index(drop=True), digest)
+    times = frame[TIMESTAMP_FIELD].reset_index(drop=True)
+    return TrainingSet(features, label, times, digest, frame[JOIN_KEY].to_numpy(np.int64))
 
 
 def training_set_by_event(
@@ -84,7 +85,7 @@ def training_set_by_event(
                     PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1
             ), joined AS (
                 SELECT {names}, l.label::TINYINT AS label, r.{TIMESTAMP_FIELD} AS ts,
-                       epoch_ms(r.{TIMESTAMP_FIELD}) AS t, r.event_id
+                       epoch_ms(r.{TIMESTAMP_FIELD}) AS t, r.event_id, r.{JOIN_KEY}
                 FROM rows r JOIN labels l USING (event_id)
             )
             SELECT * EXCLUDE (t) FROM joined {window} ORDER BY ts, event_id
@@ -97,55 +98,13 @@ def training_set_by_event(
     label = frame["label"].to_numpy(np.int8)
     digest = hashlib.sha256(features.tobytes() + label.tobytes()).hexdigest()
     times = pd.to_datetime(frame["ts"], utc=True).reset_index(drop=True)
-    return TrainingSet(features, label, times, digest)
+    return TrainingSet(features, label, times, digest, frame[JOIN_KEY].to_numpy(np.int64))
 
 
 def labelled_events(outcomes: pd.DataFrame, offline: pd.DataFrame) -> pd.DataFrame:
     """Join outcomes (event_id, label) to their events' user and time in the offline rows."""
     times = offline[["event_id", JOIN_KEY, TIMESTAMP_FIELD]].drop_duplicates("event_id")
     return outcomes[["event_id", "label"]].merge(times, on="event_id", how="inner")
-
-
-def histogram(values: np.ndarray, edges: np.ndarray | None = None) -> dict[str, list[float]]:
-    """Reference histogram for drift monitoring: counts per bin of :func:`reference_edges`
-    (or of ``edges`` where given, as for the score)."""
-    if edges is None:
-        edges = reference_edges(values)
-    counts, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)
-    return {"edges": edges.tolist(), "counts": counts.tolist()}
-
-
-def reference_edges(values: np.ndarray) -> np.ndarray:
-    """Decile edges that one busy entity cannot move PSI with by itself.
-
-    Real streams are skewed: one user can hold a sixth of the rows, and its feature value
-    (a 24 h count, a 1 h sum) is then a point mass that moves a little all the time. A
-    decile edge lands inside such a mass (a sixth of the rows spans a whole decile), the
-    training maximum is often that user's own value, and plain decile edges let its
-    jitter alone cross an edge or leave the top bin for the overflow: PSI "significant"
-    in a stable world (0.75-0.9 measured on the demo's stream). So each interior decile
-    edge moves to the middle of the widest gap between training values within
-    ``EDGE_MIN_GAP`` of its magnitude (out of any tight cluster; in a smooth bulk it
-    barely moves), edges closer than that to the previous one are merged, and the outer
-    edges lie one training range beyond the sample: under- and overflow mean a value far
-    outside what training saw, not one just past its most extreme row.
-    """
-    ordered = np.sort(values)
-    quantiles = np.unique(np.quantile(ordered, np.linspace(0, 1, HIST_BINS + 1)))
-    lo, hi = float(quantiles[0]), float(quantiles[-1])
-    inner: list[float] = []
-    for x in quantiles[1:-1]:
-        band = EDGE_MIN_GAP * abs(x)
-        near = ordered[np.searchsorted(ordered, x - band) : np.searchsorted(ordered, x + band)]
-        around = np.unique(np.r_[x - band, near, x + band])
-        if len(around) > 2:
-            widest = int(np.argmax(np.diff(around)))
-            x = (around[widest] + around[widest + 1]) / 2
-        previous = inner[-1] if inner else lo
-        if x - previous >= EDGE_MIN_GAP * max(abs(x), abs(previous)) and x < hi:
-            inner.append(float(x))
-    span = max(hi - lo, abs(hi), 1.0)
-    return np.array([lo - span, *inner, hi + span])
 
 
 @dataclass(frozen=True)
@@ -203,6 +162,7 @@ def train(
         "onnx_max_abs_diff": worst,
     }
     train_scores = model.predict_proba(x_train.astype(np.float32))[:, 1]
+    users = None if data.entity is None else data.entity[:cut]
     metadata = {
         "feature_names": list(feature_names),
         "model_type": type(model).__name__,
@@ -215,8 +175,11 @@ def train(
         "data_fingerprint": data.fingerprint,
         "holdout_metrics": metrics,
         "reference_histograms": {
-            **{name: histogram(x_train[:, j]) for j, name in enumerate(feature_names)},
-            "score": histogram(train_scores),
+            **{
+                name: histogram(x_train[:, j], entities=users)
+                for j, name in enumerate(feature_names)
+            },
+            "score": histogram(train_scores, entities=users),
         },
     }
     return TrainedModel(onx, metadata, x_hold, y_hold)

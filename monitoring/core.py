@@ -42,7 +42,7 @@ from monitoring.quality import QualityWindow
 from monitoring.shadow import ShadowWindow
 from monitoring.snapshot import MetricRow, rows_of
 
-CORE_STATE_VERSION = 1
+CORE_STATE_VERSION = 2  # 2: drift windows keep each prediction's entity
 ALL_VERSIONS = "*"
 # label completeness by prediction age: (band name, upper bound in ms)
 AGE_BANDS = (("<1m", 60_000), ("1m-10m", 600_000), ("10m-1h", 3_600_000),
@@ -168,7 +168,7 @@ class MonitorCore:
             columns = dict(zip(names, _feature_matrix(found, names).T, strict=True))
             if "score" in window.names:
                 columns["score"] = np.array([p.score for p in found])
-            window.add_many(columns)
+            window.add_many(columns, np.fromiter((p.user_id for p in found), np.int64, len(found)))
 
     def add_outcomes(self, labels: Sequence[Label]) -> None:
         """Take outcomes in arrival order."""

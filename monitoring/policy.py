@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields
 import msgspec
 import numpy as np
 
-from monitoring.drift import DRIFT_METRICS
+from monitoring.drift import DRIFT_METRICS, PSI_NOISE
 from monitoring.quality import QUALITY_METRICS, auc_standard_error
 from monitoring.snapshot import MetricRow
 
@@ -144,6 +144,7 @@ class Trigger:
         p = self.policy
         mine = [row for row in rows if row.model_version == champion]
         slack = self._auc_slack(mine, baseline)
+        noise = {row.feature: row.value for row in mine if row.metric == PSI_NOISE}
         breaches: dict[str, float] = {}
         for row in mine:
             enough = p.min_predictions if row.metric in DRIFT_METRICS else p.min_labelled
@@ -152,8 +153,10 @@ class Trigger:
             for rule in p.rules:
                 if rule.metric != row.metric or rule.feature not in (ANY_FEATURE, row.feature):
                     continue
-                noise = slack if rule.metric == "auc" and rule.drop is not None else 0.0
-                if rule.breached(row.value, baseline, noise):
+                allowance = slack if rule.metric == "auc" and rule.drop is not None else 0.0
+                if rule.metric == "psi" and not row.value > noise.get(row.feature, 0.0):
+                    continue  # no more than a stable stream reaches by chance
+                if rule.breached(row.value, baseline, allowance):
                     feature = f"({row.feature})" if row.feature is not None else ""
                     breaches[f"{rule.describe()}|{row.metric}{feature}"] = row.value
         self.streaks = {key: self.streaks.get(key, 0) + 1 for key in breaches}

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from featflow.settings import Settings
@@ -96,4 +97,11 @@ def test_train_learns_the_hidden_rule_and_onnx_agrees(tmp_path: Path) -> None:
     assert model.metadata["rows"]["train"] + model.metadata["rows"]["holdout"] == len(events)
     hist = model.metadata["reference_histograms"]
     assert set(hist) == {*FEATURE_NAMES, "score"}
-    assert sum(hist["score"]["counts"]) == model.metadata["rows"]["train"]
+    # every user weighs at most 2 % of the reference: the busiest users' rows count less
+    users = pd.Series(training_set(store, labels).entity[: model.metadata["rows"]["train"]])
+    per_user = users.value_counts().to_numpy(np.float64)
+    cap = max(1.0, 0.02 * len(users))
+    expected = float(np.minimum(per_user, cap).sum())
+    assert hist["score"]["entity_share"] == 0.02
+    assert sum(hist["score"]["counts"]) == pytest.approx(expected, rel=1e-9)
+    assert expected < len(users)  # the generator's users are skewed

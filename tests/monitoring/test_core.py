@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from inference.train import histogram
+from inference.reference import histogram
 from infra.predictions import Prediction
 from monitoring.core import ALL_VERSIONS, ModelBook, MonitorCore
 from monitoring.drift import Reference

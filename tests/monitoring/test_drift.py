@@ -4,12 +4,13 @@ recount from the raw values."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
-from inference.train import HIST_BINS, histogram
-from monitoring.drift import PSI_FLOOR, DriftWindow, Reference, drift, psi_band
+from inference.reference import HIST_BINS, histogram
+from monitoring.drift import PSI_FLOOR, DriftWindow, Reference, drift, psi_band, psi_noise
 
 TOL = 1e-9
 
@@ -95,33 +96,50 @@ def test_bins_follow_numpy_histogram_and_edges() -> None:
     assert np.bincount(ref.bin_of(inside), minlength=5)[1:4].tolist() == counts.tolist()
 
 
-def test_the_window_equals_a_recount_of_its_last_values() -> None:
+def _recount(ref: Reference, values: np.ndarray, users: np.ndarray, share: float) -> np.ndarray:
+    """The oracle: pandas counts each user's rows among the values, weighs each row
+    min(1, max(1, share * rows) / user's rows), and sums the weights per bin."""
+    frame = pd.DataFrame({"bin": ref.bin_of(values), "user": users})
+    per_user = frame.groupby("user")["user"].transform("size").to_numpy(np.float64)
+    cap = max(1.0, share * len(frame))
+    frame["w"] = np.minimum(1.0, cap / per_user) if share > 0 else 1.0
+    return frame.groupby("bin")["w"].sum().reindex(range(ref.n_bins), fill_value=0.0).to_numpy()
+
+
+@pytest.mark.parametrize("share", [0.0, 0.02])
+def test_the_window_equals_a_recount_of_its_last_values(share: float) -> None:
     rng = np.random.default_rng(5)
     train = {"a": rng.normal(0, 1, 10_000), "b": rng.exponential(2.0, 10_000)}
-    refs = {k: Reference.of(histogram(v)) for k, v in train.items()}
-    refs["score"] = Reference.of(histogram(rng.random(10_000), np.linspace(0, 1, 21)))
+    hists = {k: histogram(v) for k, v in train.items()}
+    hists["score"] = histogram(rng.random(10_000), np.linspace(0, 1, 21))
+    refs = {k: Reference.of({**h, "entity_share": share}) for k, h in hists.items()}
     n = 23_456
     stream = {
         "a": np.r_[rng.normal(0, 1, n // 2), rng.normal(1.5, 1, n - n // 2)],  # shifts midway
         "b": rng.exponential(2.0, n),
         "score": rng.random(n),
     }
+    # skewed users: the busiest holds ~20 % of the rows, bursts of one user in a row
+    users = np.minimum(rng.zipf(1.6, n), 5000).astype(np.int64)
+    users[3000:3400] = 77
     w = DriftWindow(refs, size=5000)
     lo = 0
     while lo < n:
         size = int(rng.integers(1, 1200))
-        w.add_many({k: v[lo : lo + size] for k, v in stream.items()})
+        w.add_many({k: v[lo : lo + size] for k, v in stream.items()}, users[lo : lo + size])
         lo = min(lo + size, n)
-        for k, v in stream.items():  # after every batch: counts of the last 5000 values
-            recount = np.bincount(
-                refs[k].bin_of(v[max(0, lo - 5000) : lo]), minlength=refs[k].n_bins
-            )
-            assert np.array_equal(w.counts(k), recount), (k, lo)
+        last = slice(max(0, lo - 5000), lo)
+        for k, v in stream.items():  # after every batch: the weighted counts of the last 5000
+            recount = _recount(refs[k], v[last], users[last], share)
+            np.testing.assert_allclose(w.counts(k), recount, rtol=1e-12, atol=1e-9)
     assert len(w) == 5000
+    restored = DriftWindow.restore(w.snapshot())
     for k, v in stream.items():
-        recount = np.bincount(refs[k].bin_of(v[-5000:]), minlength=refs[k].n_bins)
-        assert np.array_equal(w.counts(k), recount), k
-        assert w.metrics()[k] == drift(refs[k].shares(), recount)
+        recount = _recount(refs[k], v[-5000:], users[-5000:], share)
+        got = w.metrics()[k]
+        for metric, value in drift(refs[k].shares(), recount).items():
+            assert got[metric] == pytest.approx(value, abs=1e-12)
+        assert restored.metrics()[k] == got
     assert psi_band(w.metrics()["a"]["psi"]) == "significant"
     assert psi_band(w.metrics()["b"]["psi"]) == "stable"
 
@@ -133,3 +151,32 @@ def test_bad_references_are_refused() -> None:
         Reference.of({"edges": [0, 1, 1], "counts": [1, 2]})
     with pytest.raises(ValueError, match="at least one"):
         DriftWindow({}, size=0)
+
+
+def test_psi_noise_is_what_samples_of_one_distribution_exceed_one_time_in_a_thousand() -> None:
+    """The oracle is simulation: PSI between two independent samples of one distribution,
+    4,000 times; psi_noise at 0.999 must be exceeded about 0.1 % of the time (at most 0.5 %),
+    and the median PSI must sit well under it (it is a tail bound, not a typical value)."""
+    rng = np.random.default_rng(12)
+    ref = Reference.of(histogram(rng.lognormal(3, 1, 2000)))
+    floor = psi_noise(len(ref.counts), 2000, 1000)
+    psis = []
+    for _ in range(4000):
+        live = np.bincount(ref.bin_of(rng.lognormal(3, 1, 1000)), minlength=ref.n_bins)
+        psis.append(drift(ref.shares(), live)["psi"])
+    exceed = float(np.mean(np.array(psis) > floor))
+    assert exceed <= 0.005, (exceed, floor)
+    assert np.median(psis) < floor / 3
+
+
+def test_a_window_of_few_users_is_worth_few_predictions() -> None:
+    """Users whose rows all carry one value count once each; rows that vary freely within
+    each user count fully (inference.reference.effective_size)."""
+    ref = Reference.of(histogram(np.arange(1000.0)))
+    w = DriftWindow({"x": ref}, size=1000)
+    stuck = np.repeat(np.linspace(0, 999, 20), 50)  # 20 users, each one value
+    w.add_many({"x": stuck}, np.repeat(np.arange(20), 50))
+    assert w.effective_size("x") == pytest.approx(20, rel=0.05)
+    free = np.random.default_rng(1).uniform(0, 999, 1000)
+    w.add_many({"x": free}, np.repeat(np.arange(20), 50))
+    assert w.effective_size("x") > 500

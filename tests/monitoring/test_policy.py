@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from inference.train import histogram
+from inference.reference import histogram
 from monitoring.drift import DriftWindow, Reference
 from monitoring.policy import HOLDOUT_SAMPLES, Policy, Rule, Trigger
 from monitoring.quality import QualityWindow
@@ -53,7 +53,7 @@ def _run(
             rng, EVERY, shift=changed and kind == "covariate", concept=changed and kind == "concept"
         )
         quality.add_many(score, y)
-        drift.add_many({"amount": amount, "score": score})
+        drift.add_many({"amount": amount, "score": score}, np.arange(k * EVERY, (k + 1) * EVERY))
         rows = rows_of(k * STEP_MS, "v1", quality, drift)
         got = trigger.observe(rows, "v1", baseline)
         if got is not None:

@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 
 from featflow.query import run_query
 from featflow.settings import Settings
-from inference.train import histogram
+from inference.reference import histogram
 from infra.lag import log_end_offsets
 from infra.producer import publish
 from infra.topics import ensure_topics

@@ -45,13 +45,14 @@ N = 40_000  # four days
 TRAIN = (T0 + DAY * 3 // 2, T0 + DAY * 5 // 2)
 CHANGE = TRAIN[1]  # the scenarios begin where training data ends
 CHUNK = 500  # events per chunk, one snapshot after each
+USERS = 2000
 enc = msgspec.json.Encoder()
 
 
 def _world(shift: bool, concept: bool) -> tuple[pa.Table, pa.Table]:
     """Feature rows (as of each event) and labels; before ``CHANGE`` every world is the same."""
     events = generate_events(
-        N, users=400, start_ms=T0, mean_gap_ms=GAP_MS, seed=5,
+        N, users=USERS, start_ms=T0, mean_gap_ms=GAP_MS, seed=5,
         change_ms=CHANGE, amount_factor=1.8 if shift else 1.0,
     )  # fmt: skip
     outcomes = generate_outcomes(events, seed=5, change_ms=CHANGE if concept else None)
@@ -160,15 +161,6 @@ def _scenario(settings: Settings, models: Path, *, shift: bool, concept: bool) -
     return [{**r, "after_events": n} for r, n in zip(requests, fired_at, strict=True)]
 
 
-SKEWED_DRIFT = (
-    "known defect: drift is row-weighted, and on a Zipf stream the few busiest users are "
-    "point masses (20 %, 8 %, ... of the rows) whose own features crossing one bin edge move "
-    "PSI past 0.25 in a stable world (merchant_distinct_24h 0.27, the score 0.28); the fix "
-    "is to cap each entity's weight in the drift window and its reference"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=SKEWED_DRIFT)
 @pytest.mark.timeout(300)
 def test_a_stable_skewed_stream_never_fires(settings: Settings, champion: Path) -> None:
     requests = _scenario(settings, champion, shift=False, concept=False)
@@ -184,7 +176,6 @@ def test_a_covariate_shift_fires_the_drift_rule_soon(settings: Settings, champio
     assert first["after_events"] <= 4000  # the drift window (5,000) not even full of it
 
 
-@pytest.mark.xfail(strict=True, reason=SKEWED_DRIFT)
 @pytest.mark.timeout(300)
 def test_a_concept_drift_fires_the_quality_rule(settings: Settings, champion: Path) -> None:
     requests = _scenario(settings, champion, shift=False, concept=True)
