@@ -68,6 +68,32 @@ def _validate(
     return outcome, t_ms
 
 
+def check_outcomes(
+    values: Sequence[bytes | None],
+    *,
+    partitions: Sequence[int],
+    offsets: Sequence[int],
+    topic: str = "outcomes",
+    now_ms: int | None = None,
+    rules: EventRules = EventRules(),
+) -> tuple[list[tuple[Outcome, int, int, int]], list[DeadLetter]]:
+    """Valid outcomes as ``(outcome, time ms, partition, offset)`` in order, and the dead
+    letters (the monitor joins these directly; :func:`decode_outcomes` tabulates them)."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    good: list[tuple[Outcome, int, int, int]] = []
+    dead: list[DeadLetter] = []
+    for raw, partition, offset in zip(values, partitions, offsets, strict=True):
+        checked = _validate(raw, now_ms, rules)
+        if isinstance(checked[0], Reason):
+            reason, detail = checked
+            dead.append(DeadLetter(reason, str(detail), raw, None, topic, partition, offset))
+            continue
+        outcome, t_ms = checked
+        assert isinstance(outcome, Outcome) and isinstance(t_ms, int)
+        good.append((outcome, t_ms, partition, offset))
+    return good, dead
+
+
 def decode_outcomes(
     values: Sequence[bytes | None],
     *,
@@ -78,22 +104,16 @@ def decode_outcomes(
     rules: EventRules = EventRules(),
 ) -> tuple[pa.Table, list[DeadLetter]]:
     """Valid outcomes as an Arrow table (``OUTCOME_SCHEMA``) and the dead letters."""
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rows: dict[str, list] = {name: [] for name in OUTCOME_SCHEMA.names}
-    dead: list[DeadLetter] = []
-    for raw, partition, offset in zip(values, partitions, offsets, strict=True):
-        checked = _validate(raw, now_ms, rules)
-        if isinstance(checked[0], Reason):
-            reason, detail = checked
-            dead.append(DeadLetter(reason, str(detail), raw, None, topic, partition, offset))
-            continue
-        outcome, t_ms = checked
-        assert isinstance(outcome, Outcome)
-        rows["event_id"].append(outcome.event_id)
-        rows["user_id"].append(outcome.user_id)
-        rows["label"].append(outcome.label)
-        rows["outcome_timestamp"].append(t_ms)
-        rows["prediction_id"].append(outcome.prediction_id)
-        rows["kafka_partition"].append(partition)
-        rows["kafka_offset"].append(offset)
-    return pa.Table.from_pydict(rows, schema=OUTCOME_SCHEMA), dead
+    good, dead = check_outcomes(
+        values, partitions=partitions, offsets=offsets, topic=topic, now_ms=now_ms, rules=rules
+    )
+    columns = {
+        "event_id": [o.event_id for o, _, _, _ in good],
+        "user_id": [o.user_id for o, _, _, _ in good],
+        "label": [o.label for o, _, _, _ in good],
+        "outcome_timestamp": [t for _, t, _, _ in good],
+        "prediction_id": [o.prediction_id for o, _, _, _ in good],
+        "kafka_partition": [p for _, _, p, _ in good],
+        "kafka_offset": [off for _, _, _, off in good],
+    }
+    return pa.Table.from_pydict(columns, schema=OUTCOME_SCHEMA), dead

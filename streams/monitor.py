@@ -33,7 +33,7 @@ from kafka.errors import KafkaError
 from inference.registry import ModelRegistry
 from infra.dead_letter import DeadLetter
 from infra.lag import group_lag
-from infra.outcomes import decode_outcomes
+from infra.outcomes import check_outcomes
 from infra.predictions import Prediction, decode_predictions
 from infra.topics import ensure_topics
 from monitoring.core import ALL_VERSIONS, ModelBook, MonitorCore, registry_book
@@ -174,10 +174,12 @@ class Monitor:
                 self._unstored += [(p, tp.partition, o) for p, o in zip(good, kept, strict=True)]
                 await self._dead(topics.predictions_dlq, dead)
             else:
-                table, dead = decode_outcomes(
+                checked, dead = check_outcomes(
                     values, partitions=parts, offsets=offsets, topic=tp.topic, rules=rules
                 )
-                self.core.add_outcomes(_labels(table))
+                self.core.add_outcomes(
+                    [Label(o.event_id, o.prediction_id, o.label, t) for o, t, _, _ in checked]
+                )
                 await self._dead(topics.outcomes_dlq, dead)
             self.consumed[tp.topic] += len(msgs)
             self.offsets[(tp.topic, tp.partition)] = msgs[-1].offset
@@ -348,21 +350,6 @@ class Monitor:
         await runner.setup()
         await web.TCPSite(runner, self.config.web_host, self.config.web_port).start()
         return runner
-
-
-def _labels(table: pa.Table) -> list[Label]:
-    """The join's labels from decoded outcomes (``infra.outcomes.OUTCOME_SCHEMA``)."""
-    times = table.column("outcome_timestamp").cast(pa.int64()).to_pylist()
-    return [
-        Label(e, p, int(y), t)
-        for e, p, y, t in zip(
-            table.column("event_id").to_pylist(),
-            table.column("prediction_id").to_pylist(),
-            table.column("label").to_pylist(),
-            times,
-            strict=True,
-        )
-    ]
 
 
 def _escape(value: str) -> str:
