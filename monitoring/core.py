@@ -148,9 +148,8 @@ class MonitorCore:
         by_version: dict[str, list[Prediction]] = {}
         for p in predictions:
             by_version.setdefault(p.model_version, []).append(p)
-            self._seen[p.model_version] += 1
-            if not p.features_found:
-                self._missing[p.model_version] += 1
+            if p.role == "shadow":
+                self.shadow.active = True
             scored = Scored(
                 p.prediction_id, p.event_id, p.model_version, p.score, p.time_ms, p.role
             )
@@ -158,6 +157,10 @@ class MonitorCore:
                 self.newest_ms = p.time_ms
             self._to_quality(self.join.add_prediction(scored))
         for version, preds in by_version.items():
+            self._seen[version] += len(preds)
+            missing = sum(1 for p in preds if not p.features_found)
+            if missing:
+                self._missing[version] += missing
             window = self._drift_window(version)
             if window is None:
                 continue

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-JOIN_STATE_VERSION = 1
+JOIN_STATE_VERSION = 2  # 2: pending outcomes by kind, matched event ids apart
 
 
 class Scored(msgspec.Struct, frozen=True):
@@ -76,7 +76,9 @@ class _State(msgspec.Struct):
     watermark: int | None
     waiting: list[Scored]
     labelled: list[tuple[str, int]]  # (prediction id, time) kept to refuse repeats
-    pending: list[tuple[Label, bool]]  # outcomes waiting for predictions, (label, matched)
+    pending_id: list[Label]  # outcomes naming a prediction not seen yet
+    pending_event: list[Label]  # outcomes by event, kept for later predictions of it
+    matched: list[str]  # event ids whose pending outcome labelled something
     expired_predictions: dict[str, int]
     unmatched_outcomes: int
     duplicate_predictions: int
@@ -104,7 +106,8 @@ class PredictionJoin:
         self._labelled: dict[str, int] = {}  # labelled prediction id -> its time
         self._pending_id: dict[str, Label] = {}  # outcomes naming a prediction not seen yet
         self._pending_event: dict[str, Label] = {}  # outcomes by event, kept for later ones
-        self._matched: set[str] = set()  # event ids whose pending outcome labelled something
+        self._matched: dict[str, None] = {}  # event ids whose pending outcome labelled
+        # something (a dict: insertion order, so a restored join snapshots the same bytes)
         self._expiry: list[tuple[int, int, str]] = []  # (time, kind, key): a min-heap
 
     # ------------------------------------------------------------------ input
@@ -119,7 +122,7 @@ class PredictionJoin:
         if label is None and p.event_id is not None:
             label = self._pending_event.get(p.event_id)
             if label is not None:
-                self._matched.add(p.event_id)
+                self._matched[p.event_id] = None
         if label is not None:
             out = [self._pair(p, label)]
         else:
@@ -151,7 +154,7 @@ class PredictionJoin:
                 for pid in sorted(self._by_event.get(eid, ())):
                     out.append(self._pair(self._unwait(pid), o))
                 if out:
-                    self._matched.add(eid)
+                    self._matched[eid] = None
                 self._pending_event[eid] = o  # later predictions of the event join it too
                 heapq.heappush(self._expiry, (o.time_ms, _PENDING_EVENT, eid))
         self._advance(o.time_ms)
@@ -177,14 +180,14 @@ class PredictionJoin:
     def snapshot(self) -> bytes:
         """The whole state, for a checkpoint (:meth:`restore` reads it back)."""
         c = self.counts
-        pending = [(label, False) for label in self._pending_id.values()] + [
-            (label, eid in self._matched) for eid, label in self._pending_event.items()
-        ]
+        # whole containers only (no per-record Python): a checkpoint of 200k records runs
+        # in the monitor's loop every few seconds
         return msgspec.msgpack.encode(
             _State(
                 JOIN_STATE_VERSION, self.horizon_ms, self.watermark,
-                list(self._waiting.values()), list(self._labelled.items()), pending,
-                dict(c.expired_predictions), c.unmatched_outcomes,
+                list(self._waiting.values()), list(self._labelled.items()),
+                list(self._pending_id.values()), list(self._pending_event.values()),
+                list(self._matched), dict(c.expired_predictions), c.unmatched_outcomes,
                 c.duplicate_predictions, c.duplicate_outcomes,
             )
         )  # fmt: skip
@@ -209,15 +212,14 @@ class PredictionJoin:
         for pid, t in s.labelled:
             j._labelled[pid] = t
             j._expiry.append((t, _LABELLED, pid))
-        for label, matched in s.pending:
-            if label.prediction_id is not None:
-                j._pending_id[label.prediction_id] = label
-                j._expiry.append((label.time_ms, _PENDING_ID, label.prediction_id))
-            else:
-                j._pending_event[label.event_id] = label
-                if matched:
-                    j._matched.add(label.event_id)
-                j._expiry.append((label.time_ms, _PENDING_EVENT, label.event_id))
+        for label in s.pending_id:
+            assert label.prediction_id is not None
+            j._pending_id[label.prediction_id] = label
+            j._expiry.append((label.time_ms, _PENDING_ID, label.prediction_id))
+        for label in s.pending_event:
+            j._pending_event[label.event_id] = label
+            j._expiry.append((label.time_ms, _PENDING_EVENT, label.event_id))
+        j._matched = dict.fromkeys(s.matched)
         heapq.heapify(j._expiry)
         return j
 
@@ -267,7 +269,7 @@ class PredictionJoin:
                 if label is not None and label.time_ms == t:
                     del self._pending_event[key]
                     if key in self._matched:
-                        self._matched.discard(key)
+                        self._matched.pop(key, None)
                     else:
                         self.counts.unmatched_outcomes += 1
 

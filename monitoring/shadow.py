@@ -13,7 +13,11 @@ compared with; ``samples`` the paired events):
 
 The trainer turns gain and standard error into its promotion decision with its own margin
 and confidence (:func:`inference.gate.decide`). A half pair (one role labelled, the other
-not yet) waits among at most ``4 * size`` others, the oldest leaving first.
+not yet) waits among at most ``4 * size`` others, the oldest leaving first. Until a shadow
+prediction has been seen (:attr:`ShadowWindow.active`, set by the monitor's core) no half is
+kept: the worker publishes an event's shadow prediction right after its champion one, on the
+same partition, before any outcome can pair either, and keeping a half of every labelled
+event of a monitor without shadows cost it a tenth of its time.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from inference.gate import delong
 from monitoring.join import Joined
 from monitoring.snapshot import MetricRow
 
-SHADOW_STATE_VERSION = 1
+SHADOW_STATE_VERSION = 2  # 2: active
 SHADOW_METRICS = ("shadow_auc", "shadow_champion_auc", "shadow_auc_gain", "shadow_auc_gain_se")
 
 
@@ -41,6 +45,7 @@ class _Half(msgspec.Struct, array_like=True):
 class _State(msgspec.Struct):
     version: int
     size: int
+    active: bool
     halves: list[tuple[str, _Half]]
     pairs: list[tuple[str, str, list[tuple[int, float, float]]]]
 
@@ -52,14 +57,16 @@ class ShadowWindow:
         if size < 1:
             raise ValueError(f"size must be positive, got {size}")
         self.size = size
+        self.active = False  # a shadow prediction has been seen: pairs can form
         self._halves: OrderedDict[str, _Half] = OrderedDict()
         # (champion, shadow) -> (label, champion score, shadow score), newest last
         self.pairs: dict[tuple[str, str], deque[tuple[int, float, float]]] = {}
 
     def add(self, pair: Joined) -> None:
         """Take one labelled prediction (those without an event id cannot be paired)."""
-        if pair.event_id is None:
+        if pair.event_id is None or not (self.active or pair.role == "shadow"):
             return
+        self.active = True
         half = self._halves.get(pair.event_id)
         if half is None:
             half = self._halves[pair.event_id] = _Half(int(pair.label))
@@ -101,6 +108,7 @@ class ShadowWindow:
             _State(
                 SHADOW_STATE_VERSION,
                 self.size,
+                self.active,
                 list(self._halves.items()),
                 [(c, s, list(w)) for (c, s), w in self.pairs.items()],
             )
@@ -113,6 +121,7 @@ class ShadowWindow:
         if s.version != SHADOW_STATE_VERSION:
             raise ValueError(f"shadow state version {s.version}, expected {SHADOW_STATE_VERSION}")
         w = ShadowWindow(s.size)
+        w.active = s.active
         w._halves = OrderedDict(s.halves)
         w.pairs = {(c, sh): deque(map(tuple, p), maxlen=s.size) for c, sh, p in s.pairs}
         return w

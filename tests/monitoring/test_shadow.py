@@ -49,7 +49,11 @@ def test_rows_equal_scikit_learn_on_the_paired_events() -> None:
 
 
 def test_only_complete_pairs_count_and_the_window_keeps_the_latest() -> None:
+    idle = ShadowWindow(size=4)
+    idle.add(_pair("e0", "v1", "champion", 0.1, 1))
+    assert not idle.active and len(idle._halves) == 0  # no shadow seen: nothing kept
     window = ShadowWindow(size=4)
+    window.active = True  # the core saw a shadow prediction
     for i in range(6):
         window.add(_pair(f"e{i}", "v1", "champion", 0.1 * i, i % 2))
     assert window.rows(0) == []  # no shadow yet: nothing paired
