@@ -4,7 +4,7 @@ Both read the same pre-published ``predictions`` and ``outcomes`` topics (8 part
 on an embedded Tansu broker, every partition assigned, from the start:
 
 (a) raw: an aiokafka consumer in this process that only JSON-decodes each value with
-    msgspec (the ceiling: fetching and parsing);
+    msgspec (the ceiling: fetching and parsing), with the monitor's fetch size;
 (b) featflow: :class:`streams.monitor.Monitor` in this process: the validating decoders,
     the join, the quality window of every model version, the drift window over all 11
     features and the score, and a snapshot (parquet, topic ``monitoring``, checkpoint)
@@ -32,6 +32,7 @@ import numpy as np
 from benchmarks._common import fresh_settings, header, servers, table, verdict
 from features.spec import FEATURE_NAMES
 from inference.reference import histogram
+from infra.config import PARTITION_FETCH_BYTES
 from infra.producer import publish
 from infra.topics import ensure_topics
 from monitoring.core import ModelBook
@@ -91,7 +92,8 @@ async def raw(settings, total: int) -> float:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                enable_auto_commit=False)  # fmt: skip
+                                enable_auto_commit=False,
+                                max_partition_fetch_bytes=PARTITION_FETCH_BYTES)  # fmt: skip
     await consumer.start()
     try:
         topics = (settings.predictions_topic, settings.outcomes_topic)

@@ -65,6 +65,7 @@ from featflow.processes import settings_env, start_worker, stop_process, wait_ca
 from featflow.settings import Settings
 from features.feast_repo import apply_repo
 from features.spec import DEFAULT_FEATURES
+from infra.config import PARTITION_FETCH_BYTES
 from infra.events import decode_events
 from infra.producer import publish
 from infra.topics import ensure_topics
@@ -105,7 +106,7 @@ async def _consume(settings: Settings, n: int, mode: str, passes: int) -> list[R
         group_id=f"{settings.consumer_group}-{mode}-{uuid.uuid4().hex[:6]}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_partition_fetch_bytes=4 * 1024 * 1024,  # as streams/worker.py
+        max_partition_fetch_bytes=PARTITION_FETCH_BYTES,  # as streams/worker.py
         fetch_max_wait_ms=max(settings.batch_max_wait_ms, 1),
     )
     decode = msgspec.json.decode

@@ -31,6 +31,11 @@ def check_online_store(value: str) -> str:
     return value
 
 
+# Bytes a consumer fetches per partition and request: a batch of ~600-byte records is a few
+# thousand of them, so a reader that works in batches waits on fewer round trips.
+PARTITION_FETCH_BYTES = 4 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaConfig:
     """Where the broker is and how long a new client waits for it to answer."""

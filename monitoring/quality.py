@@ -143,7 +143,8 @@ class QualityWindow:
         self._scores[self._next] = score
         self._labels[self._next] = label
         self._next = (self._next + 1) % self.size
-        self._count = min(self.size, self._count + 1)
+        if self._count < self.size:
+            self._count += 1
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """The window's (scores, labels), oldest first."""

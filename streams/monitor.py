@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from inference.registry import ModelRegistry
+from infra.config import PARTITION_FETCH_BYTES
 from infra.dead_letter import DeadLetter
 from infra.lag import group_lag
 from infra.outcomes import check_outcomes
@@ -105,8 +106,9 @@ class Monitor:
         cfg = self.config
         await asyncio.to_thread(ensure_topics, cfg.kafka, cfg.topics)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False, group_id=None
-        )
+            bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False, group_id=None,
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
+        )  # fmt: skip
         self._producer = AIOKafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, linger_ms=5)
         await self._consumer.start()
         await self._producer.start()
@@ -207,7 +209,7 @@ class Monitor:
         rows += self._service_rows(now_ms)
         if self.config.worker_group is not None:
             rows.append(await self._worker_lag(now_ms, wait=final))
-        self._write_parquet(rows, now_ms)
+        await asyncio.to_thread(self._write_parquet, rows, now_ms)
         topics = self.config.topics
         for row in rows:
             await self._producer.send(

@@ -33,6 +33,7 @@ from features.offline import OfflineWriter
 from features.online import OnlineStore, open_online
 from features.spec import DEFAULT_FEATURES, FeatureSpec
 from features.state import WindowState
+from infra.config import PARTITION_FETCH_BYTES
 from infra.dead_letter import DeadLetter
 from infra.lag import log_end_offsets
 from infra.outcomes import decode_outcomes
@@ -175,7 +176,7 @@ class FeatureWorker:
             group_id=config.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
             # A SIGKILLed member must leave the group quickly: the broker waits up to
             # the rebalance timeout for members to rejoin (Tansu waits all of it).
             session_timeout_ms=int(config.session_timeout_s * 1000),
