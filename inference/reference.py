@@ -14,10 +14,10 @@ EDGE_MIN_GAP = 0.1  # reference edges at least 10 % of their magnitude apart
 ENTITY_SHARE = 0.02  # an entity weighs at most this share of a reference or a window
 
 
-def effective_size(per_entity_bins: np.ndarray, row_weight: np.ndarray) -> float:
-    """How many independent rows a weighted sample grouped by entity is worth, for one
-    feature: ``per_entity_bins`` [E, B] counts each entity's rows per bin, ``row_weight``
-    [E] the weight of each of its rows.
+def effective_size(per_entity_bins: np.ndarray, row_weight: np.ndarray) -> np.ndarray | float:
+    """How many independent rows a weighted sample grouped by entity is worth:
+    ``per_entity_bins`` [E, B] counts each entity's rows per bin (or [E, F, B] for F
+    features at once: one size per feature), ``row_weight`` [E] the weight of each of its rows.
 
     Rows of one entity are not independent: a user's 24 h count is nearly the same for all
     its rows of an hour. The intra-entity correlation ``rho`` is estimated from how often
@@ -27,29 +27,40 @@ def effective_size(per_entity_bins: np.ndarray, row_weight: np.ndarray) -> float
     agree count once each.
 
     >>> free = np.array([[1, 1], [1, 1]])  # two entities, each with a row in both bins
-    >>> effective_size(free, np.ones(2))
+    >>> float(effective_size(free, np.ones(2)))
     4.0
     >>> stuck = np.array([[2, 0], [0, 2]])  # each entity's rows agree
-    >>> effective_size(stuck, np.ones(2))
+    >>> float(effective_size(stuck, np.ones(2)))
     2.0
     """
     c = np.asarray(per_entity_bins, dtype=np.float64)
-    n = c.sum(axis=1)
-    weight = n * np.asarray(row_weight, dtype=np.float64)
+    single = c.ndim == 2
+    if single:
+        c = c[:, None, :]
+    w_row = np.asarray(row_weight, dtype=np.float64)
+    n = c[:, 0, :].sum(axis=1)  # rows per entity (the same for every feature)
+    weight = n * w_row
     total = float(weight.sum())
+    features = c.shape[1]
     if total <= 0:
-        return 0.0
-    shares = (c * np.asarray(row_weight, dtype=np.float64)[:, None]).sum(axis=0) / total
-    chance = float(np.dot(shares, shares))
+        out = np.zeros(features)
+        return float(out[0]) if single else out
+    shares = np.einsum("efb,e->fb", c, w_row) / total
+    chance = (shares * shares).sum(axis=1)  # [F]
     pairs = n * (n - 1)
     many = pairs > 0
-    if not many.any() or chance >= 1.0:
-        return total if not many.any() else total * total / float(np.dot(weight, weight))
-    agree = (c[many] * (c[many] - 1)).sum(axis=1) / pairs[many]
-    same = float(np.average(agree, weights=weight[many]))
-    rho = min(1.0, max(0.0, (same - chance) / (1.0 - chance)))
     mean_size = float(np.dot(weight, weight)) / total
-    return total / (1.0 + max(mean_size - 1.0, 0.0) * rho)
+    if not many.any():
+        out = np.full(features, total)
+    else:
+        cm = c[many]
+        agree = (cm * (cm - 1)).sum(axis=2) / pairs[many][:, None]  # [E', F]
+        same = np.average(agree, axis=0, weights=weight[many])  # [F]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.where(chance < 1.0, (same - chance) / (1.0 - chance), 1.0)
+        rho = np.clip(rho, 0.0, 1.0)
+        out = total / (1.0 + max(mean_size - 1.0, 0.0) * rho)
+    return float(out[0]) if single else out
 
 
 def entity_weights(counts: np.ndarray, total: int, share: float) -> np.ndarray:
@@ -85,7 +96,7 @@ def histogram(
         bins = np.clip(np.searchsorted(edges, clipped, side="right") - 1, 0, len(edges) - 2)
         per_entity = np.zeros((len(per), len(edges) - 1))
         np.add.at(per_entity, (inverse, bins), 1)
-        effective = effective_size(per_entity, entity_weights(per, len(values), share))
+        effective = float(effective_size(per_entity, entity_weights(per, len(values), share)))
     counts, _ = np.histogram(clipped, bins=edges, weights=weights)
     return {"edges": edges.tolist(), "counts": counts.tolist(), "entity_share": share,
             "effective_rows": effective}  # fmt: skip

