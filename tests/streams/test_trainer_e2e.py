@@ -122,3 +122,35 @@ def test_requests_to_promotion_through_a_shadow_trial_and_a_kill(settings: Setti
     (dead,) = _read(settings, f"{settings.retrain_topic}.dlq")
     assert dead.value == b'{"request_id": 7}'
     assert dict(dead.headers)["featflow.reason"] == b"schema"
+
+
+@pytest.mark.timeout(300)
+def test_a_challenger_that_is_not_better_is_rejected_on_the_broker(settings: Settings) -> None:
+    """A stable world and a margin no challenger can clear: the request is answered with
+    ``rejected`` on topic model.events, the champion keeps serving, no shadow is started."""
+    settings = settings.model_copy(
+        update={"trainer_shadow": True, "promotion_min_auc_gain": 0.2}
+    )  # an AUC gain of 0.2 on the same holdout: not in a stable world
+    World(settings.stores, change=False).write(T0, T0 + 10 * N * 1000)
+    ensure_topics(settings.kafka, settings.topics)
+    registry = ModelRegistry(settings.stores.models_dir)
+
+    async def scenario() -> None:
+        trainer = Trainer(settings.trainer)
+        task = asyncio.create_task(trainer.run())
+        await trainer.started.wait()
+        publish(settings.kafka, settings.retrain_topic, [_request("r0", None)])
+        await _until(lambda: _kinds(settings)[-1:] == ["promoted"])  # the first champion
+        publish(settings.kafka, settings.retrain_topic, [_request("r1", "v0001")])
+        await _until(lambda: _kinds(settings)[-1:] == ["rejected"])
+        trainer.stop()
+        await task
+
+    asyncio.run(scenario())
+    assert _kinds(settings) == ["triggered", "trained", "promoted",
+                                "triggered", "trained", "rejected"]  # fmt: skip
+    rejected = ModelEvents(settings.stores.models_dir).rows()[-1]
+    assert rejected["model_version"] == "v0002" and "margin 0.2" in rejected["reason"]
+    assert registry.champion_version() == "v0001" and registry.shadow_version() is None
+    on_topic = [json.loads(m.value) for m in _read(settings, settings.model_events_topic)]
+    assert [r["kind"] for r in on_topic] == _kinds(settings)
