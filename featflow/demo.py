@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import threading
 import time
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -272,6 +275,7 @@ def run_demo(settings: Settings, plan: Plan = Plan(), *, timeout_s: float = 300.
     (home / "policy.yaml").write_text(POLICY)
     started = time.monotonic()
     with ExitStack() as stack:
+        stack.enter_context(_stopped_by_signals())
         bootstrap = settings.kafka_bootstrap
         if "FEATFLOW_KAFKA_BOOTSTRAP" not in os.environ:
             broker = stack.enter_context(embedded_broker(log_path=home / "logs" / "broker.log"))
@@ -283,7 +287,7 @@ def run_demo(settings: Settings, plan: Plan = Plan(), *, timeout_s: float = 300.
         # /predict does not publish here: its predictions carry the wall clock's time, while
         # this story's event time runs 500x faster; one watermark cannot hold both.
         procs = {
-            name: start_command(settings, name, home / "logs" / f"{name}.log", args)
+            name: start_command(settings, name, home / "logs" / f"{name}.log", args, bound=True)
             for name, args in (("worker", ()), ("monitor", ()), ("trainer", ()),
                                ("serve", ("--port", str(port), "--no-publish")))
         }  # fmt: skip
@@ -327,6 +331,22 @@ def run_demo(settings: Settings, plan: Plan = Plan(), *, timeout_s: float = 300.
 
     return _finish(settings, plan, stream, watcher, asker, wall_start_ms, change_sent_ms,
                    live_s, report)  # fmt: skip
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the story as Ctrl-C does: the services and the broker are
+    stopped on the way out (Python's default for SIGTERM would exit without it)."""
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        raise click.ClickException(f"stopped by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _request_first_model(settings: Settings, producer: Any) -> None:

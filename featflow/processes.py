@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from featflow.settings import Settings
+from infra.process import die_with_parent
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -33,15 +34,23 @@ def start_worker(settings: Settings, log_path: Path | None = None) -> subprocess
 
 
 def start_command(
-    settings: Settings, command: str, log_path: Path | None = None, args: Sequence[str] = ()
+    settings: Settings,
+    command: str,
+    log_path: Path | None = None,
+    args: Sequence[str] = (),
+    *,
+    bound: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """``featflow <command> [args]`` (``worker``, ``monitor``, ...) in a child process."""
+    """``featflow <command> [args]`` (``worker``, ``monitor``, ...) in a child process;
+    ``bound``: on Linux it is SIGKILLed when this process dies, however it dies (the demo's
+    services must not outlive it)."""
     log = open(log_path, "ab") if log_path else None  # noqa: SIM115 (owned by the child)
     return subprocess.Popen(
         [sys.executable, "-m", "featflow.cli", command, *args],
         env=settings_env(settings),
         stdout=log,
         stderr=subprocess.STDOUT if log else None,
+        preexec_fn=die_with_parent() if bound else None,
     )
 
 

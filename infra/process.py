@@ -66,7 +66,7 @@ def wait_for_port(
             time.sleep(0.05)
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` that has Linux SIGKILL the child when its parent dies; None elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
@@ -110,7 +110,7 @@ class ServerProcess:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent()
+                self.argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent()
             )
         finally:
             if log is not subprocess.DEVNULL:

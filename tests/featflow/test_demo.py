@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from inference.model_events import ModelEvents, verify
@@ -132,3 +135,35 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path) -> None:
     # -- the summary printed at the end says the same
     assert "live AUC after the promotion" in done.stdout
     assert f"report: {report}" in done.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.timeout(180)
+def test_a_stopped_demo_leaves_no_process_behind(tmp_path: Path, sig: signal.Signals) -> None:
+    """Stopped mid-story, by a supervisor's SIGTERM (the services are stopped on the way out)
+    or by SIGKILL (the kernel kills them with it), the demo leaves no broker or service."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATFLOW_")}
+    env |= {"FEATFLOW_HOME": str(tmp_path / "home")}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "featflow.cli", "demo"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:  # the services have started
+            if line.startswith("services:"):
+                break
+        else:
+            raise AssertionError("the demo ended before starting its services")
+        children = psutil.Process(demo.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in children)
+        for part in ("worker", "monitor", "trainer", "serve", "tansu"):
+            assert part in names, (part, names)
+        time.sleep(2)
+        demo.send_signal(sig)
+        demo.wait(timeout=120)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert alive == [], [" ".join(p.cmdline()) for p in alive]
+    finally:
+        if demo.poll() is None:
+            demo.kill()
