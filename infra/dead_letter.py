@@ -38,6 +38,13 @@ class DeadLetter:
     partition: int
     offset: int
 
+    @property
+    def record_value(self) -> bytes | None:
+        """The value to send: the original, except that a record with neither key nor value
+        (some clients write one) goes out with an empty value, since Kafka clients refuse
+        to send such a record and the refusal would stop the sender."""
+        return b"" if self.value is None and self.key is None else self.value
+
     def headers(self) -> list[tuple[str, bytes]]:
         """Kafka headers that explain this dead letter."""
         return [

@@ -76,17 +76,19 @@ def check_outcomes(
     topic: str = "outcomes",
     now_ms: int | None = None,
     rules: EventRules = EventRules(),
+    keys: Sequence[bytes | None] | None = None,
 ) -> tuple[list[tuple[Outcome, int, int, int]], list[DeadLetter]]:
     """Valid outcomes as ``(outcome, time ms, partition, offset)`` in order, and the dead
     letters (the monitor joins these directly; :func:`decode_outcomes` tabulates them)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     good: list[tuple[Outcome, int, int, int]] = []
     dead: list[DeadLetter] = []
-    for raw, partition, offset in zip(values, partitions, offsets, strict=True):
+    keys = [None] * len(values) if keys is None else keys  # the dead letter keeps its key
+    for raw, key, partition, offset in zip(values, keys, partitions, offsets, strict=True):
         checked = _validate(raw, now_ms, rules)
         if isinstance(checked[0], Reason):
             reason, detail = checked
-            dead.append(DeadLetter(reason, str(detail), raw, None, topic, partition, offset))
+            dead.append(DeadLetter(reason, str(detail), raw, key, topic, partition, offset))
             continue
         outcome, t_ms = checked
         assert isinstance(outcome, Outcome) and isinstance(t_ms, int)
@@ -102,10 +104,17 @@ def decode_outcomes(
     topic: str = "outcomes",
     now_ms: int | None = None,
     rules: EventRules = EventRules(),
+    keys: Sequence[bytes | None] | None = None,
 ) -> tuple[pa.Table, list[DeadLetter]]:
     """Valid outcomes as an Arrow table (``OUTCOME_SCHEMA``) and the dead letters."""
     good, dead = check_outcomes(
-        values, partitions=partitions, offsets=offsets, topic=topic, now_ms=now_ms, rules=rules
+        values,
+        partitions=partitions,
+        offsets=offsets,
+        topic=topic,
+        now_ms=now_ms,
+        rules=rules,
+        keys=keys,
     )
     columns = {
         "event_id": [o.event_id for o, _, _, _ in good],

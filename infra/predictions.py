@@ -71,6 +71,7 @@ def decode_predictions(
     offsets: Sequence[int],
     topic: str = "predictions",
     rules: EventRules = EventRules(),
+    keys: Sequence[bytes | None] | None = None,
 ) -> tuple[list[Prediction], list[DeadLetter]]:
     """Valid predictions in order, and a dead letter with its reason for every other record.
 
@@ -83,11 +84,12 @@ def decode_predictions(
     """
     good: list[Prediction] = []
     dead: list[DeadLetter] = []
-    for raw, partition, offset in zip(values, partitions, offsets, strict=True):
+    keys = [None] * len(values) if keys is None else keys  # the dead letter keeps its key
+    for raw, key, partition, offset in zip(values, keys, partitions, offsets, strict=True):
         checked = _validate(raw, rules)
         if isinstance(checked, Prediction):
             good.append(checked)
         else:
             reason, detail = checked
-            dead.append(DeadLetter(reason, detail, raw, None, topic, partition, offset))
+            dead.append(DeadLetter(reason, detail, raw, key, topic, partition, offset))
     return good, dead

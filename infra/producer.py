@@ -30,7 +30,7 @@ def make_producer(kafka: KafkaConfig) -> KafkaProducer:
 def publish(
     kafka: KafkaConfig,
     topic: str,
-    records: Iterable[tuple[bytes, bytes]],
+    records: Iterable[tuple[bytes | None, bytes | None]],
     *,
     rate: float = 0.0,
 ) -> int:

@@ -59,6 +59,7 @@ def decode_requests(
     offsets: Sequence[int],
     topic: str = "retrain",
     rules: EventRules = EventRules(),
+    keys: Sequence[bytes | None] | None = None,
 ) -> tuple[list[RetrainRequest], list[DeadLetter]]:
     """Valid requests in order, and a dead letter with its reason for every other record.
 
@@ -70,11 +71,12 @@ def decode_requests(
     """
     good: list[RetrainRequest] = []
     dead: list[DeadLetter] = []
-    for raw, partition, offset in zip(values, partitions, offsets, strict=True):
+    keys = [None] * len(values) if keys is None else keys  # the dead letter keeps its key
+    for raw, key, partition, offset in zip(values, keys, partitions, offsets, strict=True):
         checked = _validate(raw, rules)
         if isinstance(checked, RetrainRequest):
             good.append(checked)
         else:
             reason, detail = checked
-            dead.append(DeadLetter(reason, detail, raw, None, topic, partition, offset))
+            dead.append(DeadLetter(reason, detail, raw, key, topic, partition, offset))
     return good, dead

@@ -165,12 +165,14 @@ class Monitor:
             if not msgs:
                 continue
             values = [m.value for m in msgs]
+            keys = [m.key for m in msgs]
             parts = [tp.partition] * len(msgs)
             offsets = [m.offset for m in msgs]
             if tp.topic == topics.predictions:
                 good, dead = decode_predictions(
-                    values, partitions=parts, offsets=offsets, topic=tp.topic, rules=rules
-                )
+                    values, partitions=parts, offsets=offsets, topic=tp.topic, rules=rules,
+                    keys=keys,
+                )  # fmt: skip
                 self.core.add_predictions(good)
                 refused = {d.offset for d in dead}
                 kept = [o for o in offsets if o not in refused]
@@ -178,8 +180,9 @@ class Monitor:
                 await self._dead(topics.predictions_dlq, dead)
             else:
                 checked, dead = check_outcomes(
-                    values, partitions=parts, offsets=offsets, topic=tp.topic, rules=rules
-                )
+                    values, partitions=parts, offsets=offsets, topic=tp.topic, rules=rules,
+                    keys=keys,
+                )  # fmt: skip
                 self.core.add_outcomes(
                     [Label(o.event_id, o.prediction_id, o.label, t) for o, t, _, _ in checked]
                 )
@@ -192,7 +195,7 @@ class Monitor:
         if not letters:
             return
         sends = [
-            await self._producer.send(topic, value=d.value, key=d.key, headers=d.headers())
+            await self._producer.send(topic, value=d.record_value, key=d.key, headers=d.headers())
             for d in letters
         ]
         await asyncio.gather(*sends)

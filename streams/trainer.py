@@ -112,6 +112,7 @@ class Trainer:
             offsets=[m.offset for m in messages],
             topic=self.config.topics.retrain,
             rules=self.config.rules,
+            keys=[m.key for m in messages],
         )
         refused = {d.offset: d for d in dead}
         requests = iter(good)
@@ -123,7 +124,7 @@ class Trainer:
                 assert self._producer is not None
                 await self._producer.send_and_wait(
                     self.config.topics.retrain_dlq,
-                    value=letter.value,
+                    value=letter.record_value,
                     key=letter.key,
                     headers=letter.headers(),
                 )

@@ -268,7 +268,7 @@ class FeatureWorker:
         """Send to the DLQ ``topic`` and wait for every acknowledgement, then count them."""
         assert self._producer is not None
         sends = [
-            await self._producer.send(topic, value=d.value, key=d.key, headers=d.headers())
+            await self._producer.send(topic, value=d.record_value, key=d.key, headers=d.headers())
             for d in letters
         ]
         await asyncio.gather(*sends)
@@ -382,6 +382,7 @@ class OutcomeStore:
                 offsets=[e.message.offset for e in events],
                 topic=config.topics.outcomes,
                 rules=config.rules,
+                keys=[e.message.key for e in events],
             )
             first = events[0].message
             tag = f"{first.partition:04d}-{first.offset:012d}"

@@ -117,6 +117,10 @@ def test_snapshots_dead_letters_and_outputs(settings: Settings) -> None:
            b'"score":7,"model_version":"v1","event_time":1767225600000}']  # fmt: skip
     publish(settings.kafka, settings.predictions_topic, [(b"1", v) for v in bad])
     publish(settings.kafka, settings.outcomes_topic, [(b"1", b'{"event_id": "e1", "label": 3}')])
+    # keyed tombstones: their dead letters keep the key (aiokafka refuses to send a record
+    # with neither key nor value, and that refusal once stopped the monitor)
+    publish(settings.kafka, settings.predictions_topic, [(b"7", None)])
+    publish(settings.kafka, settings.outcomes_topic, [(b"7", None)])
     publish(settings.kafka, settings.events_topic, [(b"1", b"{}")] * 3)  # and no worker runs
     cfg = dataclasses.replace(settings.monitor, window_labels=10**6, window_events=10**6)
     monitor = Monitor(cfg, _book())
@@ -129,9 +133,10 @@ def test_snapshots_dead_letters_and_outputs(settings: Settings) -> None:
     assert monitor.snapshots >= 1
     assert dict(monitor.dead_letters) == {
         (settings.predictions_topic, "schema"): 1,
-        (settings.predictions_topic, "malformed_json"): 1,
+        (settings.predictions_topic, "malformed_json"): 2,
         (settings.predictions_topic, "out_of_range"): 1,
         (settings.outcomes_topic, "schema"): 1,
+        (settings.outcomes_topic, "malformed_json"): 1,
     }
     consumer = KafkaConsumer(
         settings.topics.predictions_dlq,
@@ -139,9 +144,13 @@ def test_snapshots_dead_letters_and_outputs(settings: Settings) -> None:
         auto_offset_reset="earliest",
         consumer_timeout_ms=3000,
     )
-    reasons = sorted(dict(m.headers)["featflow.reason"].decode() for m in consumer)
+    letters = list(consumer)
     consumer.close()
-    assert reasons == ["malformed_json", "out_of_range", "schema"]
+    reasons = sorted(dict(m.headers)["featflow.reason"].decode() for m in letters)
+    assert reasons == ["malformed_json", "malformed_json", "out_of_range", "schema"]
+    (tombstone,) = [m for m in letters if m.value is None]
+    assert tombstone.key == b"7"
+    assert {m.key for m in letters} == {b"1", b"7"}  # every letter keeps its record's key
     files = sorted(settings.stores.monitoring_dir.glob("snapshot-*.parquet"))
     last = pq.read_table(files[-1]).to_pandas()
     auc_v1 = last[(last.metric == "auc") & (last.model_version == "v1")]
@@ -157,6 +166,7 @@ def test_snapshots_dead_letters_and_outputs(settings: Settings) -> None:
     assert service[("worker_lag", None)] == 3  # the worker group has read none of them
     assert service[("dead_letters", f"{settings.predictions_topic}/schema")] == 1
     assert service[("dead_letters", f"{settings.outcomes_topic}/schema")] == 1
+    assert service[("dead_letters", f"{settings.outcomes_topic}/malformed_json")] == 1
     stored = pd.concat(
         pq.read_table(f).to_pandas() for f in settings.stores.predictions_dir.glob("*.parquet")
     )

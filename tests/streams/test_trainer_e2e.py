@@ -77,7 +77,7 @@ def test_requests_to_promotion_through_a_shadow_trial_and_a_kill(settings: Setti
         task = asyncio.create_task(trainer.run())
         await trainer.started.wait()
         bad = (b"", b'{"request_id": 7}')
-        requests = [bad, _request("r0", None), _request("r1", "v0001")]
+        requests = [bad, (b"k", None), _request("r0", None), _request("r1", "v0001")]
         publish(settings.kafka, settings.retrain_topic, requests)
         await _until(lambda: "shadow_started" in _kinds(settings))
         assert registry.champion_version() == "v0001"
@@ -119,9 +119,11 @@ def test_requests_to_promotion_through_a_shadow_trial_and_a_kill(settings: Setti
     history = ModelEvents(settings.stores.models_dir).rows()
     on_topic = [json.loads(m.value) for m in _read(settings, settings.model_events_topic)]
     assert on_topic == history  # every decision once, in order, across the kill
-    (dead,) = _read(settings, f"{settings.retrain_topic}.dlq")
+    dead, tombstone = _read(settings, f"{settings.retrain_topic}.dlq")
     assert dead.value == b'{"request_id": 7}'
     assert dict(dead.headers)["featflow.reason"] == b"schema"
+    assert (tombstone.key, tombstone.value) == (b"k", None)  # keeps its key
+    assert dict(tombstone.headers)["featflow.reason"] == b"malformed_json"
 
 
 @pytest.mark.timeout(300)
