@@ -92,11 +92,12 @@ def histogram(
     if entities is not None:
         _, inverse, per = np.unique(entities, return_inverse=True, return_counts=True)
         share = ENTITY_SHARE
-        weights = entity_weights(per[inverse], len(values), share)
+        per_row = entity_weights(per, len(values), share)  # each entity's rows' weight
+        weights = per_row[inverse]
         bins = np.clip(np.searchsorted(edges, clipped, side="right") - 1, 0, len(edges) - 2)
         per_entity = np.zeros((len(per), len(edges) - 1))
         np.add.at(per_entity, (inverse, bins), 1)
-        effective = float(effective_size(per_entity, entity_weights(per, len(values), share)))
+        effective = float(effective_size(per_entity, per_row))
     counts, _ = np.histogram(clipped, bins=edges, weights=weights)
     return {"edges": edges.tolist(), "counts": counts.tolist(), "entity_share": share,
             "effective_rows": effective}  # fmt: skip

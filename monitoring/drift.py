@@ -277,10 +277,6 @@ class DriftWindow:
         weights = entity_weights(self._n[present], self._count, self.entity_share)
         return np.atleast_1d(effective_size(per_entity, weights))
 
-    def effective_size(self, name: str) -> float:
-        """:meth:`effective_sizes` of one feature."""
-        return float(self.effective_sizes()[self.names.index(name)])
-
     def metrics(self) -> dict[str, dict[str, float]]:
         """:func:`drift` of every feature against its reference, and its ``psi_noise``,
         by feature name."""
