@@ -1,12 +1,11 @@
 """Training: point-in-time features, scikit-learn, ONNX export, checks.
 
-Two ways to the same rows. :func:`training_set_by_event` joins each label to its own
-event's offline row (features computed as of that event, exactly what stream scoring saw)
-with a hash join in DuckDB: O(N log N) and memory bounded by N, whatever the busiest
-entity holds; the trainer uses it. :func:`training_set` asks Feast's
-``get_historical_features`` for the features at each labelled event's time, for labels at
-arbitrary times; Feast's file store joins each entity's labels with all its rows, so its
-cost grows with the square of the busiest entity's rows.
+:func:`training_set_by_event` joins each label to its own event's offline row (features
+computed as of that event, exactly what stream scoring saw) with a hash join in DuckDB:
+O(N log N) and memory bounded by N, whatever the busiest entity holds. Feast's
+``get_historical_features`` reads the same rows (tests/inference/feast_training.py proves
+it) but its file store joins each entity's labels with all its rows, so its cost grows with
+the square of the busiest entity's rows: ``featflow train`` and the trainer use the join.
 """
 
 from __future__ import annotations
@@ -20,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from features.feast_repo import FEATURE_VIEW, JOIN_KEY, TIMESTAMP_FIELD
+from features.feast_repo import JOIN_KEY, TIMESTAMP_FIELD
 from features.spec import FEATURE_NAMES
 from inference.reference import histogram
 
 if TYPE_CHECKING:
-    from feast import FeatureStore
+    pass
 
 ONNX_ATOL = 1e-5  # ONNX vs scikit-learn probability agreement required before registering
 
@@ -39,20 +38,6 @@ class TrainingSet:
     event_time: pd.Series  # UTC timestamps, for the time-ordered holdout split
     fingerprint: str  # sha256 of the rows, so a model names the data it was trained on
     entity: np.ndarray | None = None  # int64 [n] user of each row (weights drift references)
-
-
-def training_set(store: FeatureStore, labelled: pd.DataFrame) -> TrainingSet:
-    """Features as of each labelled event (columns: user_id, event_timestamp, label)."""
-    entity_df = labelled[[JOIN_KEY, TIMESTAMP_FIELD, "label"]].copy()
-    entity_df[TIMESTAMP_FIELD] = pd.to_datetime(entity_df[TIMESTAMP_FIELD], utc=True)
-    refs = [f"{FEATURE_VIEW}:{name}" for name in FEATURE_NAMES]
-    frame = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
-    frame = frame.dropna(subset=list(FEATURE_NAMES)).sort_values(TIMESTAMP_FIELD, kind="stable")
-    features = frame[list(FEATURE_NAMES)].to_numpy(np.float64)
-    label = frame["label"].to_numpy(np.int8)
-    digest = hashlib.sha256(features.tobytes() + label.tobytes()).hexdigest()
-    times = frame[TIMESTAMP_FIELD].reset_index(drop=True)
-    return TrainingSet(features, label, times, digest, frame[JOIN_KEY].to_numpy(np.int64))
 
 
 def training_set_by_event(
@@ -99,12 +84,6 @@ def training_set_by_event(
     digest = hashlib.sha256(features.tobytes() + label.tobytes()).hexdigest()
     times = pd.to_datetime(frame["ts"], utc=True).reset_index(drop=True)
     return TrainingSet(features, label, times, digest, frame[JOIN_KEY].to_numpy(np.int64))
-
-
-def labelled_events(outcomes: pd.DataFrame, offline: pd.DataFrame) -> pd.DataFrame:
-    """Join outcomes (event_id, label) to their events' user and time in the offline rows."""
-    times = offline[["event_id", JOIN_KEY, TIMESTAMP_FIELD]].drop_duplicates("event_id")
-    return outcomes[["event_id", "label"]].merge(times, on="event_id", how="inner")
 
 
 @dataclass(frozen=True)

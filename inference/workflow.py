@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from features.feast_repo import apply_repo
 from features.spec import DEFAULT_LATENESS_MS
 from infra.config import Stores
 from infra.events import EventRules
@@ -80,21 +79,18 @@ def train_and_register(
     from features.spec import FEATURE_NAMES
     from inference.predictor import load_model
     from inference.registry import ModelRegistry
-    from inference.train import labelled_events, train, training_set
+    from inference.train import train, training_set_by_event
 
     with tempfile.TemporaryDirectory() as scratch:
-        source = stores
-        if events is not None:  # analysts' path: the same kernels, in a scratch store
-            source = Stores(Path(scratch), "sqlite")
+        offline_dir = stores.offline_dir
+        if events is not None:  # analysts' path: the same kernels, into a scratch directory
+            offline_dir = Path(scratch)
             rows = read_events(events, rules=rules)
             result = backfill(rows, lateness_ms=lateness_ms)
-            apply_repo(source)
-            OfflineWriter(source.offline_dir).write(result.table, tag="backfill")
-        store = apply_repo(source)
-        offline = pd.read_parquet(
-            source.offline_dir, columns=["event_id", "user_id", "event_timestamp"]
-        )
-        data = training_set(store, labelled_events(labels, offline))
+            OfflineWriter(offline_dir).write(result.table, tag="backfill")
+        # Each label joins its own event's row (features as of that event): O(N log N),
+        # whatever the busiest user holds (Feast's file store is quadratic in it).
+        data = training_set_by_event(offline_dir, labels)
         model = train(data)
 
     registry = ModelRegistry(stores.models_dir)

@@ -17,8 +17,9 @@ from features.feast_repo import apply_repo
 from features.offline import OfflineWriter
 from features.rows import offline_table
 from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
-from inference.train import labelled_events, train, training_set
+from inference.train import train, training_set_by_event
 from streams.generator import fraud_probability, generate_events, generate_outcomes
+from tests.inference.feast_training import training_set
 
 T0 = pd.Timestamp("2026-03-01T12:00:00Z")
 
@@ -80,13 +81,10 @@ def test_train_learns_the_hidden_rule_and_onnx_agrees(tmp_path: Path) -> None:
     events = generate_events(12_000, users=300, start_ms=1_767_225_600_000, mean_gap_ms=2_000)
     outcomes = generate_outcomes(events, seed=2)
     result = backfill(from_records([v for _, v in events.records()]), lateness_ms=60_000)
-    store = apply_repo(settings.stores)
     OfflineWriter(settings.stores.offline_dir).write(result.table, tag="backfill")
-    labels = labelled_events(
-        pd.DataFrame({"event_id": outcomes.event_id, "label": outcomes.label}),
-        result.table.to_pandas(),
-    )
-    model = train(training_set(store, labels))
+    labels = pd.DataFrame({"event_id": outcomes.event_id, "label": outcomes.label})
+    data = training_set_by_event(settings.stores.offline_dir, labels)
+    model = train(data)
 
     metrics = model.metadata["holdout_metrics"]
     assert metrics["onnx_max_abs_diff"] <= 1e-5
@@ -98,7 +96,7 @@ def test_train_learns_the_hidden_rule_and_onnx_agrees(tmp_path: Path) -> None:
     hist = model.metadata["reference_histograms"]
     assert set(hist) == {*FEATURE_NAMES, "score"}
     # every user weighs at most 2 % of the reference: the busiest users' rows count less
-    users = pd.Series(training_set(store, labels).entity[: model.metadata["rows"]["train"]])
+    users = pd.Series(data.entity[: model.metadata["rows"]["train"]])
     per_user = users.value_counts().to_numpy(np.float64)
     cap = max(1.0, 0.02 * len(users))
     expected = float(np.minimum(per_user, cap).sum())

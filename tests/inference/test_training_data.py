@@ -16,9 +16,10 @@ from features.event_files import from_records
 from features.feast_repo import apply_repo
 from features.offline import OfflineWriter
 from features.spec import FEATURE_NAMES
-from inference.train import labelled_events, training_set, training_set_by_event
+from inference.train import training_set_by_event
 from infra.config import Stores
 from streams.generator import generate_events, generate_outcomes
+from tests.inference.feast_training import labelled_events, training_set
 
 T0 = 1_767_225_600_000
 
