@@ -3,16 +3,30 @@
 The stream worker, the batch backfill, generated docs and the Feast feature view all read
 ``DEFAULT_FEATURES``; the kernels are generic over the spec list (they dispatch on integer
 codes derived from it), so adding a feature is a one-line change to that tuple.
+
+Three kinds of feature, all computed per event as of that event:
+
+* **windowed** aggregations of the user's rows in ``(t - window_ms, t]``;
+* **unwindowed** ones read per-entity state (``since_last``, ``ewm_mean``) or the event
+  itself (``last``: this event's amount or merchant);
+* **derived** ones combine other features of the same row (``ratio``, ``difference``,
+  ``below``, ``equals``), after the kernels, in :mod:`features.derived`: every path that
+  computes a row (stream, backfill, request time) goes through that one function.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-Agg = Literal["count", "sum", "mean", "std", "max", "min", "distinct", "since_last", "ewm_mean"]
+Agg = Literal[
+    "count", "sum", "mean", "std", "max", "min", "distinct", "first", "quantile",
+    "count_same", "since_last", "ewm_mean", "last",
+    "ratio", "difference", "below", "equals",
+]  # fmt: skip
 Column = Literal["amount", "merchant_id"]
 
 SECOND_MS = 1_000
@@ -25,7 +39,14 @@ COLUMNS: tuple[str, ...] = get_args(Column)
 
 # Aggregations over the sliding window (t - window_ms, t]; these set how much history the
 # per-entity state must retain. ``ewm_mean`` uses window_ms as a halflife and needs no history.
-WINDOWED_AGGS: frozenset[str] = frozenset({"count", "sum", "mean", "std", "max", "min", "distinct"})
+WINDOWED_AGGS: frozenset[str] = frozenset(
+    {"count", "sum", "mean", "std", "max", "min", "distinct", "first", "quantile", "count_same"}
+)
+# Row-wise functions of other features of the same row (``inputs``), not kernel work.
+DERIVED_AGGS: frozenset[str] = frozenset({"ratio", "difference", "below", "equals"})
+# How many input features each derived operation takes; ``below``/``equals`` compare their
+# one input with ``threshold``.
+_ARITY = {"ratio": 2, "difference": 2, "below": 1, "equals": 1}
 
 # Which input column each aggregation may read. Kept as a table (not if/else in the kernels)
 # so that widening e.g. ``distinct`` to another column is a data change plus a kernel test.
@@ -37,8 +58,13 @@ _ALLOWED_COLUMNS: dict[str, tuple[str | None, ...]] = {
     "std": ("amount",),
     "max": ("amount",),
     "min": ("amount",),
+    "first": ("amount",),
+    "quantile": ("amount",),
     "ewm_mean": ("amount",),
     "distinct": ("merchant_id",),
+    "count_same": ("merchant_id",),
+    "last": ("amount", "merchant_id"),
+    **{op: (None,) for op in DERIVED_AGGS},
 }
 
 # Names become Feast fields / parquet columns, so keep them boring and portable.
@@ -51,11 +77,13 @@ DEFAULT_LATENESS_MS = 60 * SECOND_MS
 
 @dataclass(frozen=True, kw_only=True)
 class FeatureSpec:
-    """One output feature: ``agg`` of ``column`` over a sliding event-time window.
+    """One output feature: ``agg`` of ``column`` over a sliding event-time window, or a
+    derived value of other features of the row.
 
     ``window_ms`` is the sliding window length, the halflife for ``ewm_mean`` and ``None``
-    for ``since_last``. Validated on construction so a bad spec fails at import time,
-    not deep inside a Numba kernel.
+    for ``since_last``, ``last`` and derived features. ``percentile`` (an integer 1-99) is the
+    rank of a ``quantile``; ``inputs`` and ``threshold`` define a derived feature. Validated on
+    construction so a bad spec fails at import time, not deep inside a Numba kernel.
     """
 
     name: str
@@ -63,6 +91,9 @@ class FeatureSpec:
     column: Column | None
     window_ms: int | None
     description: str
+    percentile: int | None = None
+    inputs: tuple[str, ...] = ()
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -80,10 +111,10 @@ class FeatureSpec:
             raise ValueError(
                 f"{self.name}: agg {self.agg!r} requires column in {allowed}, got {self.column!r}"
             )
-        if self.agg == "since_last":
+        if self.agg in ("since_last", "last") or self.agg in DERIVED_AGGS:
             if self.window_ms is not None:
                 raise ValueError(
-                    f"{self.name}: since_last takes no window_ms, got {self.window_ms!r}"
+                    f"{self.name}: {self.agg} takes no window_ms, got {self.window_ms!r}"
                 )
         elif (
             isinstance(self.window_ms, bool)
@@ -95,14 +126,50 @@ class FeatureSpec:
                 f"{self.name}: {self.agg} needs a positive integer {what} in window_ms, "
                 f"got {self.window_ms!r}"
             )
+        if (self.agg == "quantile") != (self.percentile is not None):
+            raise ValueError(f"{self.name}: a percentile is for (and needed by) quantile only")
+        if self.percentile is not None and (
+            isinstance(self.percentile, bool)
+            or not isinstance(self.percentile, int)
+            or not 1 <= self.percentile <= 99
+        ):
+            raise ValueError(f"{self.name}: percentile must be an integer in 1..99")
+        self._check_derived()
         if not isinstance(self.description, str) or not self.description.strip():
             raise ValueError(f"{self.name}: description must be a non-empty string")
         if "\n" in self.description:
             raise ValueError(f"{self.name}: description must be a single line")
 
+    def _check_derived(self) -> None:
+        if self.agg not in DERIVED_AGGS:
+            if self.inputs or self.threshold is not None:
+                raise ValueError(f"{self.name}: inputs and threshold are for derived features")
+            return
+        arity = _ARITY[self.agg]
+        if (
+            not isinstance(self.inputs, tuple)
+            or len(self.inputs) != arity
+            or not all(isinstance(x, str) for x in self.inputs)
+        ):
+            raise ValueError(f"{self.name}: {self.agg} takes {arity} input feature name(s)")
+        if arity == 1:
+            if (
+                isinstance(self.threshold, bool)
+                or not isinstance(self.threshold, (int, float))
+                or not math.isfinite(self.threshold)
+            ):
+                raise ValueError(f"{self.name}: {self.agg} needs a finite threshold")
+        elif self.threshold is not None:
+            raise ValueError(f"{self.name}: {self.agg} takes no threshold")
+
 
 def validate_specs(specs: Iterable[FeatureSpec]) -> tuple[FeatureSpec, ...]:
-    """Check a spec list as a whole (non-empty, all FeatureSpec, unique names); return a tuple."""
+    """Check a spec list as a whole (non-empty, all FeatureSpec, unique names, a derived
+    feature's inputs defined earlier in the list and not derived themselves); return a tuple.
+
+    Inputs come from the kernels' features only, so every derived value is one step from
+    them, whatever order the list is computed in.
+    """
     out = tuple(specs)
     if not out:
         raise ValueError("at least one FeatureSpec is required")
@@ -113,7 +180,21 @@ def validate_specs(specs: Iterable[FeatureSpec]) -> tuple[FeatureSpec, ...]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"duplicate feature names: {dupes}")
+    earlier: set[str] = set()
+    for s in out:
+        for name in s.inputs:
+            if name not in earlier:
+                raise ValueError(
+                    f"{s.name}: input {name!r} must be a non-derived feature listed before it"
+                )
+        if s.agg not in DERIVED_AGGS:
+            earlier.add(s.name)
     return out
+
+
+def kernel_specs(specs: Sequence[FeatureSpec]) -> tuple[FeatureSpec, ...]:
+    """The specs the kernels compute (all but the derived ones), in list order."""
+    return tuple(s for s in specs if s.agg not in DERIVED_AGGS)
 
 
 def feature_names(specs: Sequence[FeatureSpec]) -> tuple[str, ...]:
@@ -130,8 +211,11 @@ def max_window_ms(specs: Iterable[FeatureSpec]) -> int:
 
 
 def spec_fingerprint(specs: Sequence[FeatureSpec]) -> list[list[object]]:
-    """JSON-able identity of a spec list (everything that changes kernel output)."""
-    return [[s.name, s.agg, s.column, s.window_ms] for s in specs]
+    """JSON-able identity of a spec list (everything that changes a feature's value)."""
+    return [
+        [s.name, s.agg, s.column, s.window_ms, s.percentile, list(s.inputs), s.threshold]
+        for s in specs
+    ]
 
 
 # One line per feature: (name, aggregation, column, window_ms or ewm halflife, description).

@@ -17,9 +17,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from features import kernels as K
+from features.derived import derived_plan, fill_derived
 from features.spec import (
     DEFAULT_FEATURES,
     DEFAULT_LATENESS_MS,
+    DERIVED_AGGS,
     FeatureSpec,
     feature_names,
     spec_fingerprint,
@@ -124,6 +126,11 @@ class WindowState:
             raise ValueError(f"tuning must be a features.kernels.Tuning of ints >= 0: {tuning!r}")
         self._specs = validate_specs(specs)
         self._enc = K.encode_specs(self._specs)
+        # the kernels fill their own columns of the feature matrix; derived ones follow
+        self._kernel_cols = np.array(
+            [j for j, s in enumerate(self._specs) if s.agg not in DERIVED_AGGS], dtype=np.int64
+        )
+        self._derived = derived_plan(self._specs)
         self._lateness_ms = lateness_ms
         self._min_seg = int(min_segment)
         self._tuning = tuning
@@ -164,7 +171,7 @@ class WindowState:
             + self._n * _ID_TABLE_BYTES_PER_ENTRY
             + int(st.meta[K.META_XBYTES])
             + len(st.xi) * _SIDE_BYTES_PER_SLOT
-            + len(st.dmap) * _DIST_MAP_BYTES_PER_ENTRY
+            + (len(st.dmap) + len(st.cmap)) * _DIST_MAP_BYTES_PER_ENTRY
         )
 
     @property
@@ -213,7 +220,7 @@ class WindowState:
         self._n = K.assign_dense_ids(self._st.table, users, self._st.keys, self._n, ent)
 
         events = K.Events(ent=ent, t=times, amt=amts, mer=mers)
-        out = np.empty((n, len(self._specs)), dtype=np.float64)
+        out = np.empty((n, len(self._kernel_cols)), dtype=np.float64)
         late = np.zeros(n, dtype=np.bool_)
         i = 0
         failed: list[tuple[int, str]] = []
@@ -239,6 +246,11 @@ class WindowState:
             rev = accepted_at_max[::-1]
             _, first_in_rev = np.unique(ent[rev], return_index=True)
             latest[rev[first_in_rev]] = True
+        if self._derived:
+            full = np.empty((n, len(self._specs)), dtype=np.float64)
+            full[:, self._kernel_cols] = out
+            fill_derived(full, self._derived)
+            out = full
         return BatchResult(
             features=out,
             late=late,

@@ -22,7 +22,7 @@ import pandas as pd
 
 from features.spec import DAY_MS, HOUR_MS, MINUTE_MS, FeatureSpec
 
-WINDOWED = ("count", "sum", "mean", "std", "max", "min", "distinct")
+DERIVED = ("ratio", "difference", "below", "equals")
 
 
 @dataclass(frozen=True)
@@ -40,30 +40,99 @@ class History:
         return (self.t > t - w) & (self.t <= t)
 
 
-def _since_last(h: History, _: int | None) -> float:
+def _since_last(h: History, _: FeatureSpec) -> float:
     prev = h.t[:-1][h.t[:-1] <= h.t[-1]]
     return (h.t[-1] - prev.max()) / 1000.0 if prev.size else -1.0
 
 
-def _ewm_mean(h: History, halflife: int) -> float:
-    w = 0.5 ** ((h.tmax - h.t) / halflife)
+def _ewm_mean(h: History, s: FeatureSpec) -> float:
+    w = 0.5 ** ((h.tmax - h.t) / s.window_ms)
     return float((w * h.a).sum() / w.sum())
 
 
+def _first(h: History, s: FeatureSpec) -> float:
+    inside = h.window(s.window_ms)
+    t = np.where(inside, h.t, np.iinfo(np.int64).max)
+    return float(h.a[np.argmin(t)])  # earliest time; argmin takes the earliest arrival
+
+
+# The quantile definition (features/kernels/quantile.py's docstring) written again: the
+# nearest-rank order statistic, reported as its log bucket's representative.
+Q_MIN, Q_MAX, Q_BUCKETS = 0.01, 1e12, 1024
+
+
+def nearest_rank(values: np.ndarray, percentile: int) -> float:
+    """The exact nearest-rank percentile: the k-th smallest, k = ceil(p * n / 100)."""
+    k = -(-percentile * values.shape[0] // 100)
+    return float(np.sort(values)[max(k, 1) - 1])
+
+
+def bucketed(value: float) -> float:
+    """``value`` as the representative of its quantile bucket."""
+    if value < Q_MIN:
+        return 0.0
+    log_g = (np.log(Q_MAX) - np.log(Q_MIN)) / (Q_BUCKETS - 1)
+    b = min(Q_BUCKETS - 1, 1 + int(np.floor((np.log(value) - np.log(Q_MIN)) / log_g)))
+    g = np.exp(log_g)
+    return float(np.exp(np.log(Q_MIN) + (b - 1) * log_g) * 2 * g / (1 + g))
+
+
+def _quantile(h: History, s: FeatureSpec) -> float:
+    return bucketed(nearest_rank(h.a[h.window(s.window_ms)], s.percentile))
+
+
+def _count_same(h: History, s: FeatureSpec) -> float:
+    return float((h.m[h.window(s.window_ms)] == h.m[-1]).sum())
+
+
+def _last(h: History, s: FeatureSpec) -> float:
+    return float(h.a[-1] if s.column == "amount" else h.m[-1])
+
+
 # One reference per aggregation (numbagg's COMPARISONS): the definition written with numpy
-# over the entity's history, window_ms (or halflife) as the second argument. It drives
-# :func:`bruteforce_oracle_np` and test_kernels::test_each_aggregation_matches_its_reference.
-REFERENCES: dict[str, Callable[[History, int], float]] = {
-    "count": lambda h, w: float(h.window(w).sum()),
-    "sum": lambda h, w: float(np.sum(h.a[h.window(w)])),
-    "mean": lambda h, w: float(np.mean(h.a[h.window(w)])),
-    "std": lambda h, w: float(np.std(h.a[h.window(w)], ddof=0)),
-    "max": lambda h, w: float(np.max(h.a[h.window(w)])),
-    "min": lambda h, w: float(np.min(h.a[h.window(w)])),
-    "distinct": lambda h, w: float(np.unique(h.m[h.window(w)]).shape[0]),
+# over the entity's history and the spec. It drives :func:`bruteforce_oracle_np` and
+# test_kernels::test_each_aggregation_matches_its_reference. Derived features are functions
+# of the row (:func:`derived_reference`), not of the history: None here.
+REFERENCES: dict[str, Callable[[History, FeatureSpec], float] | None] = {
+    "count": lambda h, s: float(h.window(s.window_ms).sum()),
+    "sum": lambda h, s: float(np.sum(h.a[h.window(s.window_ms)])),
+    "mean": lambda h, s: float(np.mean(h.a[h.window(s.window_ms)])),
+    "std": lambda h, s: float(np.std(h.a[h.window(s.window_ms)], ddof=0)),
+    "max": lambda h, s: float(np.max(h.a[h.window(s.window_ms)])),
+    "min": lambda h, s: float(np.min(h.a[h.window(s.window_ms)])),
+    "distinct": lambda h, s: float(np.unique(h.m[h.window(s.window_ms)]).shape[0]),
+    "first": _first,
+    "quantile": _quantile,
+    "count_same": _count_same,
     "since_last": _since_last,
     "ewm_mean": _ewm_mean,
+    "last": _last,
+    "ratio": None,
+    "difference": None,
+    "below": None,
+    "equals": None,
 }
+
+
+def derived_reference(out: np.ndarray, specs: Sequence[FeatureSpec]) -> None:
+    """Fill the derived columns of an oracle's ``out`` from its other columns, in place,
+    with pandas (the definitions of features/derived.py written again)."""
+    frame = pd.DataFrame(out, columns=[s.name for s in specs])
+    for j, s in enumerate(specs):
+        if s.agg == "ratio":
+            a, b = frame[s.inputs[0]], frame[s.inputs[1]]
+            col = (a / b.replace(0.0, np.nan)).where(b != 0.0, 0.0).where(a.notna())
+        elif s.agg == "difference":
+            col = frame[s.inputs[0]] - frame[s.inputs[1]]
+        elif s.agg == "below":
+            a = frame[s.inputs[0]]
+            col = (a < s.threshold).astype(float).where(a.notna())
+        elif s.agg == "equals":
+            a = frame[s.inputs[0]]
+            col = (a == s.threshold).astype(float).where(a.notna())
+        else:
+            continue
+        out[:, j] = col.to_numpy(np.float64)
 
 
 @dataclass(frozen=True)
@@ -327,6 +396,24 @@ def pandas_oracle(stream: Stream, specs: Sequence[FeatureSpec]) -> np.ndarray:
                 )
             elif s.agg == "distinct":
                 vals = _distinct_rolling(sub["time"].to_numpy(), sub[s.column].to_numpy(), s)
+            elif s.agg == "last":
+                vals = sub[s.column].to_numpy(np.float64)
+            elif s.agg in DERIVED:
+                continue
+            elif s.agg == "count_same":
+                same = pd.Series(np.nan, index=sub.index)
+                for _, g in sub.groupby("merchant_id", sort=False):
+                    roll = g.rolling(f"{s.window_ms}ms", on="ts")["amount"]
+                    same[g.index] = roll.count().to_numpy()
+                vals = same.to_numpy()
+            elif s.agg in ("first", "quantile"):
+                pick = (
+                    (lambda x: x[0])
+                    if s.agg == "first"
+                    else (lambda x, p=s.percentile: bucketed(nearest_rank(x, p)))
+                )
+                roll = sub.rolling(f"{s.window_ms}ms", on="ts")[s.column]
+                vals = roll.apply(pick, raw=True).to_numpy()
             else:
                 # count has no column: count rows via any non-null column
                 roll = sub.rolling(f"{s.window_ms}ms", on="ts")[s.column or "amount"]
@@ -335,6 +422,7 @@ def pandas_oracle(stream: Stream, specs: Sequence[FeatureSpec]) -> np.ndarray:
                 else:
                     vals = getattr(roll, s.agg)().to_numpy()
             out[pos, f] = vals
+    derived_reference(out, specs)
     return out
 
 
@@ -385,7 +473,11 @@ def bruteforce_oracle(
         hist.append((t, float(stream.amounts[i]), int(stream.merchants[i])))
         tmax[u] = max(tmax.get(u, t), t)
         for f, s in enumerate(specs):
-            if s.agg == "since_last":
+            if s.agg in DERIVED:
+                continue
+            if s.agg == "last":
+                out[i, f] = hist[-1][1] if s.column == "amount" else hist[-1][2]
+            elif s.agg == "since_last":
                 prev = [tj for tj, _, _ in hist[:-1] if tj <= t]
                 out[i, f] = (t - max(prev)) / 1000.0 if prev else -1.0
             elif s.agg == "ewm_mean":
@@ -393,16 +485,23 @@ def bruteforce_oracle(
                 x = np.array([a for _, a, _ in hist])
                 out[i, f] = float((w * x).sum() / w.sum())
             else:
-                rows = [(a, m) for tj, a, m in hist if t - s.window_ms < tj <= t]
-                amts = np.array([a for a, _ in rows])
+                rows = [(tj, a, m) for tj, a, m in hist if t - s.window_ms < tj <= t]
+                amts = np.array([a for _, a, _ in rows])
                 if s.agg == "count":
                     out[i, f] = len(rows)
+                elif s.agg == "first":
+                    out[i, f] = min(rows, key=lambda r: r[0])[1]  # min keeps the earliest
+                elif s.agg == "quantile":
+                    out[i, f] = bucketed(nearest_rank(amts, s.percentile))
+                elif s.agg == "count_same":
+                    out[i, f] = sum(1 for _, _, m in rows if m == hist[-1][2])
                 elif s.agg == "distinct":
-                    out[i, f] = len({m for _, m in rows})
+                    out[i, f] = len({m for _, _, m in rows})
                 elif s.agg == "std":
                     out[i, f] = float(np.std(amts, ddof=0))
                 else:
                     out[i, f] = float(getattr(np, s.agg)(amts))
+    derived_reference(out, specs)
     return out, late
 
 
@@ -432,5 +531,8 @@ def bruteforce_oracle_np(
         tmax[u] = max(tmax.get(u, t), t)
         h = History(*(col[:k] for col in hist[u]), tmax=tmax[u])
         for f, s in enumerate(specs):
-            out[i, f] = REFERENCES[s.agg](h, s.window_ms)
+            ref = REFERENCES[s.agg]
+            if ref is not None:
+                out[i, f] = ref(h, s)
+    derived_reference(out, specs)
     return out, late

@@ -82,6 +82,7 @@ def new_state(n_entities: int, arena_size: int, n_ewm: int) -> KernelState:
         arena_m=np.empty(arena_size, dtype=np.int64),
         meta=np.zeros(META_SIZE, dtype=np.int64),
         dmap=new_dist_map(),
+        cmap=new_dist_map(),
         xi=xi,
         xf=xf,
         xr=xr,

@@ -58,6 +58,7 @@ from features.kernels.incremental import (
     dist_unindex,
     promote,
     ring_fit,
+    same_add,
     set_run,
     stack_push,
 )
@@ -66,8 +67,10 @@ from features.kernels.layout import (
     BASE,
     CAP,
     COUNT,
+    COUNT_SAME,
     EVICTED,
     EWM_MEAN,
+    FIRST,
     GL_DMAX,
     GL_NRC,
     GL_PMAX,
@@ -75,6 +78,7 @@ from features.kernels.layout import (
     GL_PREV,
     GL_RUN,
     HEAD,
+    LAST,
     LEN,
     MAX,
     MAX_BLOCK,
@@ -85,6 +89,7 @@ from features.kernels.layout import (
     MIN,
     NO_TIME,
     NONE,
+    QUANTILE,
     SINCE_LAST,
     STD,
     SUM,
@@ -93,6 +98,8 @@ from features.kernels.layout import (
     WL_FMAX,
     WL_FMIN,
     WL_LO,
+    WL_QFEN,
+    WL_SAME,
     WL_SQ,
     WL_SUM,
     X_DIDX,
@@ -104,6 +111,7 @@ from features.kernels.layout import (
     Events,
     KernelState,
 )
+from features.kernels.quantile import bucket, fen_add, fen_find, rank, representative
 from features.kernels.scan import scan_features, two_pass_std, unwindowed
 
 
@@ -127,17 +135,17 @@ def process_events(
     # activity, every row on the scan path; interleaved A/B against the previous module).
     return _event_loop(
         ev.ent, ev.t, ev.amt, ev.mer, start,
-        enc.agg, enc.win_id, enc.uwin, enc.wlay, enc.glay, enc.slot, enc.halflife,
+        enc.agg, enc.win_id, enc.uwin, enc.wlay, enc.glay, enc.slot, enc.halflife, enc.param,
         st.seg, st.ewm, st.meta, st.arena_t, st.arena_a, st.arena_m, st.xi, st.xf, st.xr,
-        st.dmap, enc, cfg, st, out, late,
+        st.dmap, st.cmap, enc, cfg, st, out, late,
     )  # fmt: skip
 
 
 @njit(cache=True)
 def _event_loop(
     ent, t, amt, mer, start,  # the batch (Events), resume point
-    agg, win_id, uwin, wlay, glay, slot, halflife,  # EncodedSpecs' arrays
-    seg, ewm, meta, arena_t, arena_a, arena_m, xi, xf, xr, dmap,  # KernelState's
+    agg, win_id, uwin, wlay, glay, slot, halflife, param,  # EncodedSpecs' arrays
+    seg, ewm, meta, arena_t, arena_a, arena_m, xi, xf, xr, dmap, cmap,  # KernelState's
     enc, cfg, st,  # the tuples themselves, for the calls off the per-event path
     out, late,
 ) -> int:  # fmt: skip
@@ -208,11 +216,17 @@ def _event_loop(
                     c = wlay[u, WL_SUM]
                     sq = wlay[u, WL_SQ] > 0
                     dc = wlay[u, WL_DIST]
+                    qc = wlay[u, WL_QFEN]
+                    same = wlay[u, WL_SAME] > 0
                     while lo < end and arena_t[off + lo] <= bound:
                         if c >= 0:
                             acc_sub(cf, c, sq, arena_a[off + lo])
                         if dc >= 0 and ring[lo & mask, fcol] == 0:
                             ci[dc] -= 1
+                        if qc >= 0:
+                            fen_add(ci, qc, bucket(arena_a[off + lo]), -1)
+                        if same:
+                            same_add(cmap, e * nu + u, arena_m[off + lo], -1)
                         lo += 1
                     if lo == lo0:
                         continue
@@ -313,7 +327,7 @@ def _event_loop(
             # rounding; every path is checked against the oracles
             # (tests/features/conftest.py::TUNINGS forces each one)
             scratch = scan_features(
-                i, e, ti, first, pos, agg, win_id, uwin, slot, seg, ewm,
+                i, e, ti, first, pos, agg, win_id, uwin, slot, param, seg, ewm,
                 arena_t, arena_a, arena_m, lo_cache, scratch, out,
             )  # fmt: skip
             if length > tuning.promote_above:
@@ -325,11 +339,12 @@ def _event_loop(
             # (the arrays, not the tuples: a tuple's fields bound per late row cost ~8%)
             insert_late(
                 e, pos, uwin, wlay, glay, tuning, seg, arena_t, arena_a, arena_m,
-                xi, xf, xr, dmap, meta,
+                xi, xf, xr, dmap, cmap, meta,
             )  # fmt: skip
             scratch = late_features(
-                i, e, pos, agg, win_id, uwin, wlay, glay, slot, tuning, seg, ewm,
-                arena_t, arena_a, arena_m, xi, xf, xr, lo_cache, derive, acc, scratch, out,
+                i, e, pos, agg, win_id, uwin, wlay, glay, slot, param, tuning, seg, ewm,
+                arena_t, arena_a, arena_m, xi, xf, xr, cmap, lo_cache, derive, acc, scratch,
+                out,
             )  # fmt: skip
             if length < tuning.demote_below:
                 demote(e, enc, st)
@@ -348,6 +363,11 @@ def _event_loop(
         if rc >= 0:
             set_run(ring, mask, rc, arena_a, off, seq, j)
         for u in range(nu):
+            qc = wlay[u, WL_QFEN]
+            if qc >= 0:
+                fen_add(ci, qc, bucket(x), 1)
+            if wlay[u, WL_SAME] > 0:
+                same_add(cmap, e * nu + u, mer[i], 1)
             c = wlay[u, WL_SUM]
             if c >= 0:
                 sq = wlay[u, WL_SQ] > 0
@@ -399,14 +419,24 @@ def _event_loop(
         # -- features from the incremental state
         for f in range(nf):
             code = agg[f]
-            if code in (SINCE_LAST, EWM_MEAN):
-                out[i, f] = unwindowed(code, slot[f], e, ti, pos, first, arena_t, seg, ewm)
+            if code in (SINCE_LAST, EWM_MEAN, LAST):
+                out[i, f] = unwindowed(
+                    code, slot[f], param[f], e, ti, pos, first, arena_t, arena_a, arena_m,
+                    seg, ewm,
+                )  # fmt: skip
                 continue
             u = win_id[f]
             lo = ci[wlay[u, WL_LO]]
             cnt = end - lo
             if code == COUNT:
                 out[i, f] = float(cnt)
+            elif code == FIRST:
+                out[i, f] = arena_a[off + lo]
+            elif code == QUANTILE:
+                b = fen_find(ci, wlay[u, WL_QFEN], rank(param[f], cnt))
+                out[i, f] = representative(b)
+            elif code == COUNT_SAME:
+                out[i, f] = float(cmap[(e * nu + u, mer[i])])
             elif code in (SUM, MEAN):
                 # hi == fl(hi + lo): the sum rounded once, however many rows came and went
                 # (test_kernels::test_hot_user_matches_pandas: sums next to 1e9 spikes)

@@ -45,11 +45,14 @@ from features.kernels.layout import (
     LEN,
     META_XBYTES,
     NONE,
+    QB,
     TMAX,
     WL_DIST,
     WL_FMAX,
     WL_FMIN,
     WL_LO,
+    WL_QFEN,
+    WL_SAME,
     WL_SQ,
     WL_SUM,
     X_DIDX,
@@ -60,6 +63,7 @@ from features.kernels.layout import (
     KernelState,
     Tuning,
 )
+from features.kernels.quantile import bucket, fen_add
 from features.kernels.scan import DISTINCT_NAIVE_MAX, first_after
 
 MIN_RING = 16
@@ -153,6 +157,18 @@ def set_run(ring, mask: int, rc: int, arena_a, off: int, seq: int, q: int) -> No
         ring[q & mask, rc] = 0
 
 
+@njit(cache=True, inline="always")
+def same_add(cmap, key: int, merchant: int, d: int) -> None:
+    """Add ``d`` to the rows of ``merchant`` in window ``key`` (entity * U + window); an
+    entry leaves the map at zero, so the map holds only merchants in some window."""
+    k = (key, merchant)
+    v = (cmap[k] if k in cmap else 0) + d  # noqa: SIM401 (numba: get is Optional)
+    if v > 0:
+        cmap[k] = v
+    else:
+        cmap.pop(k, 0)
+
+
 @njit(cache=True)
 def rebuild(e: int, enc: EncodedSpecs, tuning: Tuning, st: KernelState) -> None:
     """Compute a newly promoted entity's incremental state from its rows, anchored at TMAX."""
@@ -177,6 +193,14 @@ def rebuild(e: int, enc: EncodedSpecs, tuning: Tuning, st: KernelState) -> None:
         c = wlay[u, WL_SUM]
         if c >= 0:
             acc_fill(cf, c, wlay[u, WL_SQ] > 0, arena_a, a, first + length)
+        qc = wlay[u, WL_QFEN]
+        if qc >= 0:
+            ci[qc : qc + QB] = 0
+            for j in range(a, first + length):
+                fen_add(ci, qc, bucket(arena_a[j]), 1)
+        if wlay[u, WL_SAME] > 0:
+            for j in range(a, first + length):
+                same_add(st.cmap, e * nu + u, arena_m[j], 1)
     rc = glay[GL_RUN]
     if rc >= 0:
         for j in range(seq, end):
@@ -269,6 +293,14 @@ def demote(e: int, enc: EncodedSpecs, st: KernelState) -> None:
     s = seg[e, XSLOT]
     ci = st.xi[s]
     ring = st.xr[s]
+    wlay = enc.wlay
+    nu = wlay.shape[0]
+    first = seg[e, BASE] + seg[e, HEAD]
+    for u in range(nu):
+        if wlay[u, WL_SAME] > 0:
+            # the window's merchants leave the map (a scan-path entity keeps no counts)
+            for j in range(first + ci[wlay[u, WL_LO]] - ci[X_SEQ], first + seg[e, LEN]):
+                st.cmap.pop((e * nu + u, st.arena_m[j]), 0)
     if ci[X_DIDX] != 0:
         seq = ci[X_SEQ]
         off = seg[e, BASE] + seg[e, HEAD] - seq

@@ -25,11 +25,13 @@ import numpy as np
 from numba import njit
 
 from features.kernels.ddarith import acc_add, acc_fill, acc_sub, dd_std
-from features.kernels.incremental import dist_index, dist_unindex, ring_fit, set_run
+from features.kernels.incremental import dist_index, dist_unindex, ring_fit, same_add, set_run
 from features.kernels.layout import (
     BASE,
     COUNT,
+    COUNT_SAME,
     EWM_MEAN,
+    FIRST,
     GL_DMAX,
     GL_NRC,
     GL_PMAX,
@@ -37,11 +39,13 @@ from features.kernels.layout import (
     GL_PREV,
     GL_RUN,
     HEAD,
+    LAST,
     LEN,
     MAX,
     MEAN,
     MIN,
     NONE,
+    QUANTILE,
     SINCE_LAST,
     STD,
     SUM,
@@ -50,6 +54,8 @@ from features.kernels.layout import (
     WL_FMAX,
     WL_FMIN,
     WL_LO,
+    WL_QFEN,
+    WL_SAME,
     WL_SQ,
     WL_SUM,
     X_DIDX,
@@ -57,12 +63,14 @@ from features.kernels.layout import (
     X_SEQ,
     XSLOT,
 )
+from features.kernels.quantile import bucket, fen_add, fen_find, rank, representative
 from features.kernels.scan import first_after, scan_value, two_pass_std, unwindowed
 
 
 @njit(cache=True)
 def insert_late(
-    e, pos, uwin, wlay, glay, tuning, seg, arena_t, arena_a, arena_m, xi, xf, xr, dmap, meta
+    e, pos, uwin, wlay, glay, tuning, seg, arena_t, arena_a, arena_m, xi, xf, xr, dmap, cmap,
+    meta,
 ) -> None:  # fmt: skip
     """Fold an out-of-order row (already inserted at arena index ``pos``, before the row of
     time TMAX) into a promoted entity's state, anchored at TMAX.
@@ -98,6 +106,10 @@ def insert_late(
         if ti <= tm - uwin[u]:
             ci[wlay[u, WL_LO]] += 1
         else:
+            if wlay[u, WL_QFEN] >= 0:
+                fen_add(ci, wlay[u, WL_QFEN], bucket(x), 1)
+            if wlay[u, WL_SAME] > 0:
+                same_add(cmap, e * nu + u, mm, 1)
             c = wlay[u, WL_SUM]
             if c >= 0:
                 sq = wlay[u, WL_SQ] > 0
@@ -222,8 +234,8 @@ def insert_late(
 
 @njit(cache=True)
 def late_features(
-    i, e, pos, agg, win_id, uwin, wlay, glay, slot, tuning, seg, ewm, arena_t, arena_a,
-    arena_m, xi, xf, xr, lo_cache, derive, acc, scratch, out,
+    i, e, pos, agg, win_id, uwin, wlay, glay, slot, param, tuning, seg, ewm, arena_t, arena_a,
+    arena_m, xi, xf, xr, cmap, lo_cache, derive, acc, scratch, out,
 ) -> np.ndarray:  # fmt: skip
     """Features of an out-of-order row of a promoted entity (arena index ``pos``, already
     folded in by :func:`insert_late`), derived from the state anchored at TMAX.
@@ -273,8 +285,10 @@ def late_features(
     rc = glay[GL_RUN]
     for f in range(agg.shape[0]):
         code = agg[f]
-        if code in (SINCE_LAST, EWM_MEAN):
-            out[i, f] = unwindowed(code, slot[f], e, ti, pos, first, arena_t, seg, ewm)
+        if code in (SINCE_LAST, EWM_MEAN, LAST):
+            out[i, f] = unwindowed(
+                code, slot[f], param[f], e, ti, pos, first, arena_t, arena_a, arena_m, seg, ewm
+            )
             continue
         u = win_id[f]
         lt = lo_cache[u]
@@ -282,12 +296,40 @@ def late_features(
         if code == COUNT:
             out[i, f] = float(cnt)
             continue
+        if code == FIRST:
+            out[i, f] = arena_a[off + lt]
+            continue
         if not derive[u]:
-            out[i, f], scratch = scan_value(code, arena_a, arena_m, off + lt, pos, scratch)
+            out[i, f], scratch = scan_value(
+                code, param[f], arena_a, arena_m, off + lt, pos, scratch
+            )
             continue
         lo = ci[wlay[u, WL_LO]]
         b = 4 * u
-        if code in (SUM, MEAN):
+        if code == QUANTILE:
+            # counts(O) = counts(T) + counts(L) - counts(R): adjusted, read, put back
+            qc = wlay[u, WL_QFEN]
+            for q in range(lt, lo):
+                fen_add(ci, qc, bucket(arena_a[off + q]), 1)
+            for q in range(p + 1, end):
+                fen_add(ci, qc, bucket(arena_a[off + q]), -1)
+            out[i, f] = representative(fen_find(ci, qc, rank(param[f], cnt)))
+            for q in range(lt, lo):
+                fen_add(ci, qc, bucket(arena_a[off + q]), -1)
+            for q in range(p + 1, end):
+                fen_add(ci, qc, bucket(arena_a[off + q]), 1)
+        elif code == COUNT_SAME:
+            mm = arena_m[pos]
+            key = (e * uwin.shape[0] + u, mm)
+            same = cmap[key] if key in cmap else 0  # noqa: SIM401 (numba: get is Optional)
+            for q in range(lt, lo):
+                if arena_m[off + q] == mm:
+                    same += 1
+            for q in range(p + 1, end):
+                if arena_m[off + q] == mm:
+                    same -= 1
+            out[i, f] = float(same)
+        elif code in (SUM, MEAN):
             out[i, f] = acc[b] if code == SUM else acc[b] / cnt
         elif code == STD:
             if p - ring[p & mask, rc] <= lt:
@@ -303,7 +345,9 @@ def late_features(
             if fr == NONE or fr > p:
                 # T's max lies after the row in time: says nothing about O's (rare for
                 # random amounts, always for a rising max ramp)
-                out[i, f], scratch = scan_value(code, arena_a, arena_m, off + lt, pos, scratch)
+                out[i, f], scratch = scan_value(
+                    code, param[f], arena_a, arena_m, off + lt, pos, scratch
+                )
             else:
                 # T's max is in O, so it is the max of O's rows in T
                 best = arena_a[off + fr]

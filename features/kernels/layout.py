@@ -39,8 +39,10 @@ from numba.extending import typeof_impl
 from features.spec import (
     _ALLOWED_COLUMNS,
     AGGS,
+    DERIVED_AGGS,
     WINDOWED_AGGS,
     FeatureSpec,
+    kernel_specs,
     max_window_ms,
     validate_specs,
 )
@@ -59,8 +61,10 @@ META_SIZE = 4
 X_SEQ, X_DIDX, X_MASK = range(3)
 X_COLS = 3
 # per-window layout columns (EncodedSpecs.wlay[u, :]); -1 = absent
-WL_LO, WL_SUM, WL_SQ, WL_FMAX, WL_FMIN, WL_DIST = range(6)
-WL_COLS = 6
+WL_LO, WL_SUM, WL_SQ, WL_FMAX, WL_FMIN, WL_DIST, WL_QFEN, WL_SAME = range(8)
+WL_COLS = 8
+# quantile buckets (features.kernels.quantile): a Fenwick tree of QB counts per window
+QB = 1024
 # global layout slots (EncodedSpecs.glay)
 GL_PMAX, GL_PMIN, GL_DMAX, GL_PREV, GL_RUN, GL_NXI, GL_NXF, GL_NRC = range(8)
 GL_SIZE = 8
@@ -78,16 +82,31 @@ MIN = AGG_CODES["min"]
 DISTINCT = AGG_CODES["distinct"]
 SINCE_LAST = AGG_CODES["since_last"]
 EWM_MEAN = AGG_CODES["ewm_mean"]
+FIRST = AGG_CODES["first"]
+LAST = AGG_CODES["last"]
+QUANTILE = AGG_CODES["quantile"]
+COUNT_SAME = AGG_CODES["count_same"]
 
-# The kernels compute since_last and ewm_mean from per-entity state and every other
-# aggregation over a window of rows; which column each reads is fixed in them: distinct reads
-# merchant_id (arena_m), count and since_last no column, the rest amount (arena_a). A spec
-# change that breaks this (another unwindowed aggregation, a widened column table) fails here,
-# at import, instead of computing a silently wrong feature.
-if set(AGGS) - WINDOWED_AGGS != {"since_last", "ewm_mean"}:
+# The kernels compute since_last and ewm_mean from per-entity state, last from the event
+# and every other aggregation over a window of rows (derived features are not theirs:
+# features.derived); which column each reads is fixed in them: distinct and count_same read
+# merchant_id (arena_m), count and since_last no column, last either (EncodedSpecs.param),
+# the rest amount (arena_a). A spec change that breaks this (another unwindowed aggregation,
+# a widened column table) fails here, at import, instead of computing a wrong feature.
+if set(AGGS) - WINDOWED_AGGS - DERIVED_AGGS != {"since_last", "ewm_mean", "last"}:
     raise ImportError(f"kernels: unknown unwindowed aggregation in {sorted(AGGS)}")
-_READS = {"distinct": "merchant_id", "count": None, "since_last": None}
-_WRONG = {a: c for a, c in _ALLOWED_COLUMNS.items() if c != (_READS.get(a, "amount"),)}
+_READS: dict[str, tuple[str | None, ...]] = {
+    "distinct": ("merchant_id",),
+    "count_same": ("merchant_id",),
+    "count": (None,),
+    "since_last": (None,),
+    "last": ("amount", "merchant_id"),
+}
+_WRONG = {
+    a: c
+    for a, c in _ALLOWED_COLUMNS.items()
+    if a not in DERIVED_AGGS and c != _READS.get(a, ("amount",))
+}
 if _WRONG:
     raise ImportError(f"kernels: the column table in features/spec.py changed: {_WRONG}")
 
@@ -128,11 +147,14 @@ class EncodedSpecs(NamedTuple):
     uwin: np.ndarray  # int64[U] distinct window lengths (lower bound searched once per event)
     slot: np.ndarray  # int64[F] ewm slot (-1 if not ewm)
     halflife: np.ndarray  # float64[K] halflife per ewm slot, ms
+    param: np.ndarray  # int64[F]: a quantile's percentile; last: 1 reads merchant_id
     retention_ms: int  # max sliding window
     # incremental-state layout of promoted entities
     wlay: np.ndarray  # int64[U, WL_COLS]: xi column of the window start (WL_LO), xf column
     # of the sums (WL_SUM), 1 if x*x sums are kept (WL_SQ), xi column of the max/min front
-    # (WL_FMAX/WL_FMIN) and of the distinct count (WL_DIST); -1 where absent
+    # (WL_FMAX/WL_FMIN), of the distinct count (WL_DIST) and of the first of QB quantile
+    # bucket counts (WL_QFEN), 1 if per-merchant counts are kept in ``cmap`` (WL_SAME); -1
+    # where absent
     glay: np.ndarray  # int64[GL_SIZE]: ring column of the max/min stack links, window index
     # of the longest distinct window, ring column of the previous-occurrence links (distinct)
     # and of the run lengths (std), -1 where absent; sizes of xi/xf/ring rows
@@ -171,6 +193,7 @@ class KernelState(NamedTuple):
     arena_m: np.ndarray  # int64[A]
     meta: np.ndarray  # int64[META_SIZE] (used, garbage, requested capacity, side bytes)
     dmap: Any  # typed.Dict[(int64, int64), int64]: (entity, merchant) -> last live row
+    cmap: Any  # typed.Dict[(int64, int64), int64]: (entity * U + window, merchant) -> rows
     xi: Any  # typed.List of int64[:], side storage of promoted entities (per slot)
     xf: Any  # typed.List of float64[:]
     xr: Any  # typed.List of int32[:, :]
@@ -210,8 +233,15 @@ def _typeof_kernel_state(val: KernelState, c: object) -> types.Type:
 
 def encode_specs(specs: Sequence[FeatureSpec]) -> EncodedSpecs:
     """Validate and lower a spec list; the only place spec semantics meet kernel codes."""
-    specs = validate_specs(specs)
+    specs = kernel_specs(validate_specs(specs))
     agg = np.array([AGG_CODES[s.agg] for s in specs], dtype=np.int64)
+    param = np.array(
+        [
+            s.percentile if s.agg == "quantile" else int(s.agg == "last" and s.column != "amount")
+            for s in specs
+        ],
+        dtype=np.int64,
+    )
     windowed = [s for s in specs if s.agg in WINDOWED_AGGS]
     windows = sorted({s.window_ms for s in windowed})
     win_id = np.array(
@@ -226,6 +256,7 @@ def encode_specs(specs: Sequence[FeatureSpec]) -> EncodedSpecs:
 
     wlay = np.full((len(windows), WL_COLS), -1, dtype=np.int64)
     wlay[:, WL_SQ] = 0
+    wlay[:, WL_SAME] = 0
     n_xi, n_xf = X_COLS, 0
     for u, w in enumerate(windows):
         aggs = {s.agg for s in windowed if s.window_ms == w}
@@ -239,6 +270,10 @@ def encode_specs(specs: Sequence[FeatureSpec]) -> EncodedSpecs:
             if name in aggs:
                 wlay[u, c] = n_xi
                 n_xi += 1
+        if "quantile" in aggs:
+            wlay[u, WL_QFEN] = n_xi
+            n_xi += QB
+        wlay[u, WL_SAME] = int("count_same" in aggs)
     has_max = any(s.agg == "max" for s in specs)
     has_min = any(s.agg == "min" for s in specs)
     has_std = any(s.agg == "std" for s in specs)
@@ -268,6 +303,7 @@ def encode_specs(specs: Sequence[FeatureSpec]) -> EncodedSpecs:
         uwin=np.array(windows, dtype=np.int64),
         slot=slot,
         halflife=halflife,
+        param=param,
         retention_ms=max_window_ms(specs),
         wlay=wlay,
         glay=glay,

@@ -13,16 +13,21 @@ from numba import njit
 
 from features.kernels.layout import (
     COUNT,
+    COUNT_SAME,
     DISTINCT,
     EVICTED,
     EWM_MEAN,
+    FIRST,
+    LAST,
     MAX,
     MIN,
     NO_TIME,
+    QUANTILE,
     SINCE_LAST,
     STD,
     SUM,
 )
+from features.kernels.quantile import scan_quantile
 
 DISTINCT_NAIVE_MAX = 32  # below this an O(k^2) scan beats copying + sorting
 
@@ -82,11 +87,28 @@ def distinct_count(arena_m: np.ndarray, lo: int, hi: int, scratch: np.ndarray) -
 
 @njit(cache=True, inline="always")
 def scan_value(
-    code: int, arena_a: np.ndarray, arena_m: np.ndarray, lo: int, pos: int, scratch: np.ndarray
+    code: int,
+    param: int,
+    arena_a: np.ndarray,
+    arena_m: np.ndarray,
+    lo: int,
+    pos: int,
+    scratch: np.ndarray,
 ) -> tuple[float, np.ndarray]:
-    """One windowed feature (not count) of arena rows [lo, pos] by scanning them; returns it
-    and the (possibly regrown) scratch buffer."""
+    """One windowed feature (not count) of arena rows [lo, pos] (the row itself at ``pos``)
+    by scanning them; returns it and the (possibly regrown) scratch buffer."""
     cnt = pos - lo + 1
+    if code == FIRST:
+        return arena_a[lo], scratch
+    if code == QUANTILE:
+        return scan_quantile(arena_a, lo, pos + 1, param, scratch)
+    if code == COUNT_SAME:
+        mm = arena_m[pos]
+        same = 0
+        for j in range(lo, pos + 1):
+            if arena_m[j] == mm:
+                same += 1
+        return float(same), scratch
     if code == DISTINCT:
         if cnt > scratch.shape[0]:
             scratch = np.empty(2 * cnt, dtype=np.int64)
@@ -111,16 +133,22 @@ def scan_value(
 def unwindowed(
     code: int,
     q: int,
+    param: int,
     e: int,
     ti: int,
     pos: int,
     first: int,
     arena_t: np.ndarray,
+    arena_a: np.ndarray,
+    arena_m: np.ndarray,
     seg: np.ndarray,
     ewm: np.ndarray,
 ) -> float:
-    """``since_last`` or ``ewm_mean`` (ewm slot ``q``) of the row at ``pos``: the same on
-    every path, since neither reads a window (the driver module states both)."""
+    """``since_last``, ``ewm_mean`` (ewm slot ``q``) or ``last`` (``param`` 1: the
+    merchant) of the row at ``pos``: the same on every path, since none reads a window (the
+    driver module states all three)."""
+    if code == LAST:
+        return float(arena_m[pos]) if param else arena_a[pos]
     if code == SINCE_LAST:
         prev = arena_t[pos - 1] if pos > first else seg[e, EVICTED]
         return -1.0 if prev == NO_TIME else (ti - prev) / 1000.0
@@ -138,6 +166,7 @@ def scan_features(
     win_id: np.ndarray,
     uwin: np.ndarray,
     slot: np.ndarray,
+    param: np.ndarray,
     seg: np.ndarray,
     ewm: np.ndarray,
     arena_t: np.ndarray,
@@ -158,8 +187,10 @@ def scan_features(
         lo_cache[u] = -1
     for f in range(agg.shape[0]):
         code = agg[f]
-        if code in (SINCE_LAST, EWM_MEAN):
-            out[i, f] = unwindowed(code, slot[f], e, ti, pos, first, arena_t, seg, ewm)
+        if code in (SINCE_LAST, EWM_MEAN, LAST):
+            out[i, f] = unwindowed(
+                code, slot[f], param[f], e, ti, pos, first, arena_t, arena_a, arena_m, seg, ewm
+            )
             continue
         u = win_id[f]
         lo = lo_cache[u]
@@ -171,5 +202,5 @@ def scan_features(
         if code == COUNT:
             out[i, f] = float(pos - lo + 1)
         else:
-            out[i, f], scratch = scan_value(code, arena_a, arena_m, lo, pos, scratch)
+            out[i, f], scratch = scan_value(code, param[f], arena_a, arena_m, lo, pos, scratch)
     return scratch

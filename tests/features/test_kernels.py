@@ -13,6 +13,7 @@ from features.spec import (
     AGGS,
     DAY_MS,
     DEFAULT_FEATURES,
+    DERIVED_AGGS,
     HOUR_MS,
     MINUTE_MS,
     FeatureSpec,
@@ -54,7 +55,43 @@ EXTRA_SPECS: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         name="amount_ewm_mean_2s", agg="ewm_mean", column="amount", window_ms=2_000, description="e"
     ),
-)
+    FeatureSpec(name="amount_now", agg="last", column="amount", window_ms=None, description="a"),
+    FeatureSpec(
+        name="merchant_now", agg="last", column="merchant_id", window_ms=None, description="m"
+    ),
+    FeatureSpec(
+        name="amount_first_5m", agg="first", column="amount", window_ms=5 * MINUTE_MS,
+        description="f",
+    ),
+    FeatureSpec(
+        name="amount_median_5m", agg="quantile", column="amount", window_ms=5 * MINUTE_MS,
+        percentile=50, description="q",
+    ),
+    FeatureSpec(
+        name="amount_p90_2s", agg="quantile", column="amount", window_ms=2_000, percentile=90,
+        description="q",
+    ),
+    FeatureSpec(
+        name="same_merchant_5m", agg="count_same", column="merchant_id",
+        window_ms=5 * MINUTE_MS, description="s",
+    ),
+    FeatureSpec(
+        name="amount_to_median_5m", agg="ratio", column=None, window_ms=None,
+        inputs=("amount_now", "amount_median_5m"), description="r",
+    ),
+    FeatureSpec(
+        name="amount_minus_first_5m", agg="difference", column=None, window_ms=None,
+        inputs=("amount_now", "amount_first_5m"), description="d",
+    ),
+    FeatureSpec(
+        name="new_merchant_5m", agg="equals", column=None, window_ms=None,
+        inputs=("same_merchant_5m",), threshold=1.0, description="e",
+    ),
+    FeatureSpec(
+        name="burst_2s", agg="below", column=None, window_ms=None, inputs=("txn_count_2s",),
+        threshold=3.0, description="b",
+    ),
+)  # fmt: skip
 
 
 def run_kernel(
@@ -370,16 +407,30 @@ SHORT_LATENESS = 4_000
 def _short_specs() -> tuple[FeatureSpec, ...]:
     out = []
     for w in (2_000, 10_000):
-        for agg in ("count", "sum", "mean", "std", "max", "min", "distinct"):
-            col = None if agg == "count" else "merchant_id" if agg == "distinct" else "amount"
+        for agg in ("count", "sum", "mean", "std", "max", "min", "distinct", "first", "count_same"):
+            col = (
+                None if agg == "count"
+                else "merchant_id" if agg in ("distinct", "count_same")
+                else "amount"
+            )  # fmt: skip
             out.append(
                 FeatureSpec(name=f"{agg}_{w}", agg=agg, column=col, window_ms=w, description="x")
             )
+        for pct in (50, 95):
+            out.append(
+                FeatureSpec(
+                    name=f"quantile{pct}_{w}", agg="quantile", column="amount", window_ms=w,
+                    percentile=pct, description="x",
+                )
+            )  # fmt: skip
     out.append(
         FeatureSpec(name="since", agg="since_last", column=None, window_ms=None, description="x")
     )
     out.append(
         FeatureSpec(name="ewm", agg="ewm_mean", column="amount", window_ms=2_000, description="x")
+    )
+    out.append(
+        FeatureSpec(name="last", agg="last", column="amount", window_ms=None, description="x")
     )
     return tuple(out)
 
@@ -469,7 +520,7 @@ def test_promoted_late_rows_derived_from_state(seed: int, tuning: Tuning) -> Non
             assert (got[constant, col[f"std_{w}"]] == 0.0).all()
 
 
-@pytest.mark.parametrize("agg", AGGS)
+@pytest.mark.parametrize("agg", [a for a in AGGS if a not in DERIVED_AGGS])
 def test_each_aggregation_matches_its_reference(agg: str, tuning: Tuning) -> None:
     """numbagg's shape: every aggregation, alone in its spec list (so with its own state
     layout), against its entry in oracle.REFERENCES, on the shuffled hot stream (promoted
@@ -517,6 +568,24 @@ def test_spec_helpers() -> None:
         ({"agg": "since_last", "column": None, "window_ms": 5}, "takes no window_ms"),
         ({"agg": "median", "column": "amount", "window_ms": 5}, "unknown agg"),
         ({"agg": "distinct", "column": "amount", "window_ms": 5}, "requires column"),
+        ({"agg": "quantile", "column": "amount", "window_ms": 5}, "percentile"),
+        ({"agg": "quantile", "column": "amount", "window_ms": 5, "percentile": 100}, "1..99"),
+        ({"agg": "max", "column": "amount", "window_ms": 5, "percentile": 50}, "percentile"),
+        ({"agg": "last", "column": "amount", "window_ms": 5}, "takes no window_ms"),
+        ({"agg": "count_same", "column": "amount", "window_ms": 5}, "requires column"),
+        ({"agg": "ratio", "column": None, "window_ms": None, "inputs": ("a",)}, "2 input"),
+        ({"agg": "below", "column": None, "window_ms": None, "inputs": ("a",)}, "threshold"),
+        (
+            {
+                "agg": "equals",
+                "column": None,
+                "window_ms": None,
+                "inputs": ("a",),
+                "threshold": float("nan"),
+            },
+            "finite threshold",
+        ),
+        ({"agg": "count", "column": None, "window_ms": 5, "inputs": ("a",)}, "derived"),
     ],
 )
 def test_invalid_spec_raises(kwargs: dict[str, object], match: str) -> None:
