@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import resource
@@ -51,7 +52,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from benchmarks._common import describe_activity, header, make_events, table, verdict
-from benchmarks.backfill_vs_engines import featflow_cmd, featflow_env
+from benchmarks.backfill_vs_engines import ROOT, featflow_cmd, featflow_env
 from features.spec import DAY_MS, DEFAULT_LATENESS_MS, FEATURE_NAMES
 from streams.generator import GeneratedEvents, generate_outcomes
 
@@ -63,6 +64,24 @@ TARGETS = {  # from the issue, "Training data at scale"
     "feast_ratio": 20.0,  # >= 20 x Feast at the largest size Feast completes
 }
 CHILD = [sys.executable, "-m", "benchmarks.training_set_child"]
+
+
+def inference_version() -> str:
+    """The build and the fit live in inference/, which the banner's source hash leaves out:
+    its own hash and uncommitted files."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "inference").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    dirty = ""
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        status = subprocess.run(
+            ["git", "--no-optional-locks", "-C", str(ROOT), "status", "--porcelain", "inference"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
+        dirty = ", ".join(line[3:] for line in status if line.strip())
+    return f"sha256 {digest.hexdigest()[:12]}" + (f", uncommitted {dirty}" if dirty else "")
 
 
 @dataclass
@@ -485,6 +504,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     header(
         "training_set: the training set for N labelled events, featflow vs Feast",
         f"""
+inference/ (build, fit): {inference_version()}
 data: generate_events(n, users = {args.users_per_event:g} n, {args.days:g} days, zipf
   {args.zipf:g}, in order), a label for every event (generate_outcomes), seed {args.seed}
 every figure: one fresh process, wall time from spawn to exit (start-up included), its own
