@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "state_memory": [],
     "predict_latency": [],
     "http_load": [],
+    "training_set": [],
 }
 QUICK: dict[str, list[str]] = {
     "stream_throughput": [
@@ -44,6 +45,9 @@ QUICK: dict[str, list[str]] = {
     "state_memory": ["--users", "100000"],
     "predict_latency": ["--n", "2000"],
     "http_load": ["--seconds", "10", "--rounds", "1"],
+    "training_set": [
+        "--sizes", "20000", "--build-repeats", "1", "--feast-sizes", "2000", "5000",
+    ],
 }  # fmt: skip
 
 
