@@ -38,8 +38,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks._common import describe_activity, header, make_events, table, verdict
-from features.spec import DAY_MS, DEFAULT_FEATURES, feature_names, spec_fingerprint
+from benchmarks._common import (
+    ENGINE_FEATURES,
+    describe_activity,
+    header,
+    make_events,
+    table,
+    verdict,
+)
+from features.spec import DAY_MS, feature_names, spec_fingerprint
 from streams.generator import GeneratedEvents
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -93,7 +100,7 @@ def command(engine: str, source: Path, output: Path) -> list[str]:
         io = ["--input", str(source), "--output", str(output)]
         return [*featflow_cmd(), "backfill", *io, "--no-store"]
     script = ROOT / "benchmarks" / f"engine_{engine}.py"
-    specs = json.dumps(spec_fingerprint(DEFAULT_FEATURES))
+    specs = json.dumps(spec_fingerprint(ENGINE_FEATURES))
     return [sys.executable, str(script), str(source), str(output), specs]
 
 
@@ -129,7 +136,7 @@ def compare(reference: Path, other: Path) -> list[tuple[str, int, float]]:
     if a["event_id"].cast(pa.string()) != b["event_id"].cast(pa.string()):
         raise AssertionError(f"{other.name}: rows are not in the input's order")
     out = []
-    for name in feature_names(DEFAULT_FEATURES):
+    for name in feature_names(ENGINE_FEATURES):
         x = a[name].to_numpy().astype(np.float64)
         y = b[name].to_numpy().astype(np.float64)
         bad = int(np.count_nonzero(~np.isclose(x, y, rtol=RTOL, atol=ATOL)))

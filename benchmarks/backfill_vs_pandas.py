@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from benchmarks._common import (
     ACTIVITIES,
     ACTIVITY_HELP,
+    ENGINE_FEATURES,
     describe_activity,
     header,
     make_events,
@@ -45,7 +46,7 @@ from benchmarks._common import (
 )
 from features.backfill import BackfillResult, backfill, write_output
 from features.event_files import from_records, read_events
-from features.spec import DAY_MS, DEFAULT_FEATURES, DEFAULT_LATENESS_MS, FeatureSpec
+from features.spec import DAY_MS, DEFAULT_LATENESS_MS, FeatureSpec
 from features.state import WindowState
 from streams.generator import generate_events
 from testing.oracle import Stream, pandas_oracle
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    specs = DEFAULT_FEATURES
+    specs = ENGINE_FEATURES
     n = args.events
 
     header(

@@ -2,7 +2,7 @@
 
 Run as a script (``python benchmarks/engine_duckdb.py IN OUT SPECS_JSON``) so that its process
 imports DuckDB and nothing of featflow: ``backfill_vs_engines`` times the whole process.
-SPECS_JSON is ``features.spec.spec_fingerprint(DEFAULT_FEATURES)``.
+SPECS_JSON is ``features.spec.spec_fingerprint(benchmarks._common.ENGINE_FEATURES)``.
 
 Semantics as featflow's kernels (features/kernels/driver.py) for in-order input: a row's window is
 the user's rows in ``(t - w, t]`` that arrived no later than it. ``RANGE ... PRECEDING AND
@@ -33,7 +33,7 @@ def feature_sql(specs: list[list[object]]) -> tuple[str, str, str]:
     weights: list[str] = []
     selects: list[str] = []
     order = "PARTITION BY user_id ORDER BY t, arr"
-    for name, agg, column, window in specs:
+    for name, agg, column, window, *_ in specs:
         if agg == "since_last":
             selects.append(f"coalesce((t - lag(t) OVER ({order})) / 1000.0, -1.0) AS {name}")
             continue

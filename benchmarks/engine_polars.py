@@ -2,7 +2,7 @@
 
 Run as a script (``python benchmarks/engine_polars.py IN OUT SPECS_JSON``) so that its process
 imports Polars and nothing of featflow: ``backfill_vs_engines`` times the whole process.
-SPECS_JSON is ``features.spec.spec_fingerprint(DEFAULT_FEATURES)``.
+SPECS_JSON is ``features.spec.spec_fingerprint(benchmarks._common.ENGINE_FEATURES)``.
 
 Semantics as featflow's kernels (features/kernels/driver.py) for in-order input: a row's window is
 the user's rows in ``(t - w, t]`` that arrived no later than it. Polars' ``rolling_*_by``
@@ -60,7 +60,7 @@ def main(argv: list[str]) -> None:
         "ref": pl.col("amount").first().over(PEERS),
         "t0": t.first().over(USER),
     }
-    for _, agg, column, _ in specs:
+    for _, agg, column, *_ in specs:
         if agg == "distinct":  # previous occurrence of the row's merchant (same user)
             first[f"prev_{column}"] = t.shift(1).over([USER, column])
     df = df.with_columns(**first)
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
     }
     final: dict[str, pl.Expr] = {}
     later: dict[str, pl.Expr] = {}
-    for name, agg, column, window in specs:
+    for name, agg, column, window, *_ in specs:
         w = int(window) if window is not None else 0
         if agg == "since_last":
             final[name] = pl.col("gap")

@@ -31,7 +31,7 @@ import numpy as np
 
 from benchmarks._common import header, scratch_dir, verdict
 from featflow.settings import Settings
-from features.feast_repo import FEATURE_VIEW, JOIN_KEY, apply_repo
+from features.feast_repo import FEATURE_VIEW, JOIN_KEY, apply_repo, feast_type_name
 from features.online import open_online
 from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
 from inference.predictor import Predictor
@@ -57,7 +57,7 @@ def populate(settings: Settings, users: int, seed: int) -> tuple[FeatureStore, n
     ids = np.arange(1, users + 1, dtype=np.int64)
     features = rng.normal(10, 5, size=(users, len(FEATURE_NAMES)))
     for j, spec in enumerate(DEFAULT_FEATURES):
-        if spec.agg in ("count", "distinct"):
+        if feast_type_name(spec) == "Int64":
             features[:, j] = rng.integers(1, 50, size=users)
     writer = open_online(store, DEFAULT_FEATURES)
     for lo in range(0, users, 5000):

@@ -33,12 +33,13 @@ ENTITY_KEY_SERIALIZATION_VERSION = 3
 #: Columns every offline row carries besides the features, for replay de-duplication.
 OFFLINE_EXTRA_COLUMNS = ("event_id", "kafka_partition", "kafka_offset")
 
-_INTEGER_AGGS = frozenset({"count", "distinct"})
+_INTEGER_AGGS = frozenset({"count", "distinct", "count_same", "below", "equals"})
 
 
 def feast_type_name(spec: FeatureSpec) -> str:
-    """Feast type of a feature: counts are integers, everything else float64."""
-    return "Int64" if spec.agg in _INTEGER_AGGS else "Float64"
+    """Feast type of a feature: counts, indicators and ids are integers, the rest float64."""
+    integer = spec.agg in _INTEGER_AGGS or (spec.agg == "last" and spec.column == "merchant_id")
+    return "Int64" if integer else "Float64"
 
 
 def feature_store_yaml(stores: Stores) -> dict[str, object]:

@@ -218,28 +218,39 @@ def spec_fingerprint(specs: Sequence[FeatureSpec]) -> list[list[object]]:
     ]
 
 
-# One line per feature: (name, aggregation, column, window_ms or ewm halflife, description).
-# Adding a feature is adding a line; kernels, Feast repo, docs and tests follow.
-# fmt: off
-_DEFAULT_TABLE: tuple[tuple[str, Agg, Column | None, int | None, str], ...] = (
-    ("txn_count_5m", "count", None, 5 * MINUTE_MS, "Transactions in the last 5 minutes (incl. this one)."),  # noqa: E501
-    ("txn_count_1h", "count", None, HOUR_MS, "Transactions in the last hour (incl. this one)."),
-    ("txn_count_24h", "count", None, DAY_MS, "Transactions in the last 24 hours (incl. this one)."),
-    ("amount_sum_1h", "sum", "amount", HOUR_MS, "Sum of amounts in the last hour."),
-    ("amount_sum_24h", "sum", "amount", DAY_MS, "Sum of amounts in the last 24 hours."),
-    ("amount_mean_24h", "mean", "amount", DAY_MS, "Mean amount in the last 24 hours."),
-    ("amount_std_24h", "std", "amount", DAY_MS, "Population std (ddof=0) of amounts in the last 24 hours; 0.0 for one."),  # noqa: E501
-    ("amount_max_1h", "max", "amount", HOUR_MS, "Largest amount in the last hour."),
-    ("merchant_distinct_24h", "distinct", "merchant_id", DAY_MS, "Distinct merchants in the last 24 hours."),  # noqa: E501
-    ("seconds_since_last_txn", "since_last", None, None, "Seconds since the user's previous transaction; -1.0 for the first."),  # noqa: E501
-    ("amount_ewm_mean_1h", "ewm_mean", "amount", HOUR_MS, "Exponentially weighted mean amount, halflife 1 hour (event time)."),  # noqa: E501
-)
-# fmt: on
+def _f(
+    name: str, agg: Agg, column: Column | None, window_ms: int | None, text: str, **extra: object
+) -> FeatureSpec:
+    return FeatureSpec(
+        name=name, agg=agg, column=column, window_ms=window_ms, description=text, **extra
+    )  # type: ignore[arg-type]
 
-DEFAULT_FEATURES: tuple[FeatureSpec, ...] = validate_specs(
-    FeatureSpec(name=name, agg=agg, column=column, window_ms=window, description=text)
-    for name, agg, column, window, text in _DEFAULT_TABLE
-)
+
+# One line per feature: (name, aggregation, column, window_ms or ewm halflife, description,
+# then a quantile's percentile or a derived feature's inputs and threshold). Adding a feature
+# is adding a line; kernels, Feast repo, docs and tests follow.
+# fmt: off
+DEFAULT_FEATURES: tuple[FeatureSpec, ...] = validate_specs([
+    _f("txn_count_5m", "count", None, 5 * MINUTE_MS, "Transactions in the last 5 minutes (incl. this one)."),  # noqa: E501
+    _f("txn_count_1h", "count", None, HOUR_MS, "Transactions in the last hour (incl. this one)."),
+    _f("txn_count_24h", "count", None, DAY_MS, "Transactions in the last 24 hours (incl. this one)."),  # noqa: E501
+    _f("amount_sum_1h", "sum", "amount", HOUR_MS, "Sum of amounts in the last hour."),
+    _f("amount_sum_24h", "sum", "amount", DAY_MS, "Sum of amounts in the last 24 hours."),
+    _f("amount_mean_24h", "mean", "amount", DAY_MS, "Mean amount in the last 24 hours."),
+    _f("amount_std_24h", "std", "amount", DAY_MS, "Population std (ddof=0) of amounts in the last 24 hours; 0.0 for one."),  # noqa: E501
+    _f("amount_max_1h", "max", "amount", HOUR_MS, "Largest amount in the last hour."),
+    _f("merchant_distinct_24h", "distinct", "merchant_id", DAY_MS, "Distinct merchants in the last 24 hours."),  # noqa: E501
+    _f("seconds_since_last_txn", "since_last", None, None, "Seconds since the user's previous transaction; -1.0 for the first."),  # noqa: E501
+    _f("amount_ewm_mean_1h", "ewm_mean", "amount", HOUR_MS, "Exponentially weighted mean amount, halflife 1 hour (event time)."),  # noqa: E501
+    _f("amount", "last", "amount", None, "This transaction's amount."),
+    _f("amount_median_24h", "quantile", "amount", DAY_MS, "Median amount in the last 24 hours (nearest rank, within 1.6 %).", percentile=50),  # noqa: E501
+    _f("amount_p95_24h", "quantile", "amount", DAY_MS, "95th percentile of amounts in the last 24 hours (nearest rank, within 1.6 %).", percentile=95),  # noqa: E501
+    _f("merchant_txn_count_30d", "count_same", "merchant_id", 30 * DAY_MS, "Transactions of this user at this merchant in the last 30 days (incl. this one)."),  # noqa: E501
+    _f("amount_to_median_24h", "ratio", None, None, "This amount over the 24-hour median; 0.0 when the median is 0.", inputs=("amount", "amount_median_24h")),  # noqa: E501
+    _f("amount_to_mean_24h", "ratio", None, None, "This amount over the 24-hour mean; 0.0 when the mean is 0.", inputs=("amount", "amount_mean_24h")),  # noqa: E501
+    _f("first_time_at_merchant_30d", "equals", None, None, "1 if this is the user's first transaction at this merchant in 30 days, else 0.", inputs=("merchant_txn_count_30d",), threshold=1.0),  # noqa: E501
+])
+# fmt: on
 
 #: The default features' names, in the column order of every feature matrix and model input.
 FEATURE_NAMES: tuple[str, ...] = feature_names(DEFAULT_FEATURES)

@@ -25,8 +25,13 @@ Semantics
   A late-but-accepted event (``t < tmax_e``) is added with weight ``0.5 ** ((tmax_e - t) / h)``
   and the emitted value is the entity's value *as of tmax_e* (O(1) state cannot exclude
   "future" events; documented divergence from the windowed aggregates).
-* sum/mean/std (population, ddof=0; 0.0 for one event) and max/min read ``amount``,
-  distinct reads ``merchant_id`` (the only columns spec validation allows for them).
+* sum/mean/std (population, ddof=0; 0.0 for one event), max/min, ``first`` (the amount of
+  the window's earliest row, ties by arrival) and ``quantile`` read ``amount``; distinct and
+  ``count_same`` (rows of the window whose merchant is this event's) read ``merchant_id``
+  (the only columns spec validation allows for them).
+* ``quantile``: the nearest-rank percentile on log buckets, within 1.6 % of the exact one
+  (:mod:`features.kernels.quantile` states the definition and the bound).
+* ``last``: this event's own amount or merchant.
 
 Algorithms
 ----------

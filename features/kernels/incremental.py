@@ -23,6 +23,10 @@ amortized however many rows the window holds (the per-event updates are in
   window?) and when a row leaves (unflagged => -1). The previous occurrence is found by
   scanning the live rows while they are few, else in a hash map (entity, merchant) ->
   last live row that holds only such entities' merchants (entries leave with their rows).
+- quantile: per window a Fenwick tree of QB log-bucket counts in the side storage (rows
+  added on append, removed when they leave; the rank's bucket found in O(log QB)).
+- count_same: per window a hash map (entity * U + window, merchant) -> rows, entries
+  leaving at zero and with the entity on demotion.
 """
 
 from __future__ import annotations

@@ -17,10 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks import engine_duckdb, engine_polars
+from benchmarks._common import ENGINE_FEATURES
 from benchmarks.backfill_vs_engines import RTOL, compare, write_events
 from features.backfill import backfill, write_output
 from features.event_files import read_events
-from features.spec import DAY_MS, DEFAULT_FEATURES, DEFAULT_LATENESS_MS, spec_fingerprint
+from features.spec import DAY_MS, DEFAULT_LATENESS_MS, spec_fingerprint
 from streams.generator import generate_events
 
 START_MS = 1_767_225_600_000
@@ -48,7 +49,7 @@ def test_engine_equals_featflow(
 ) -> None:
     source, reference = tied_events
     output = tmp_path / "out.parquet"
-    engine.main([str(source), str(output), json.dumps(spec_fingerprint(DEFAULT_FEATURES))])
+    engine.main([str(source), str(output), json.dumps(spec_fingerprint(ENGINE_FEATURES))])
     assert pq.read_metadata(output).num_rows == pq.read_metadata(reference).num_rows
     diffs = compare(reference, output)
     assert [(name, bad) for name, bad, _ in diffs if bad] == [], f"rtol {RTOL}"

@@ -18,6 +18,7 @@ from features.spec import (
     MINUTE_MS,
     FeatureSpec,
     feature_names,
+    kernel_specs,
     max_window_ms,
     validate_specs,
 )
@@ -27,6 +28,7 @@ from testing.oracle import (
     Stream,
     bruteforce_oracle,
     bruteforce_oracle_np,
+    bucketed,
     distinct_rolling_counter,
     make_hot_stream,
     make_shuffled_hot_stream,
@@ -239,8 +241,16 @@ def test_single_event(tuning: Tuning) -> None:
         "merchant_distinct_24h": 1.0,
         "seconds_since_last_txn": -1.0,
         "amount_ewm_mean_1h": 42.5,
+        "amount": 42.5,
+        "amount_median_24h": bucketed(42.5),
+        "amount_p95_24h": bucketed(42.5),
+        "merchant_txn_count_30d": 1.0,
+        "amount_to_median_24h": 42.5 / bucketed(42.5),
+        "amount_to_mean_24h": 1.0,
+        "first_time_at_merchant_30d": 1.0,
     }
-    assert dict(zip(feature_names(DEFAULT_FEATURES), got[0].tolist(), strict=True)) == expected
+    got_row = dict(zip(feature_names(DEFAULT_FEATURES), got[0].tolist(), strict=True))
+    assert got_row == pytest.approx(expected, rel=1e-12, abs=0)
 
 
 def test_all_events_same_time(tuning: Tuning) -> None:
@@ -553,9 +563,10 @@ def test_numpy_oracles_match_reference_oracles() -> None:
 
 
 def test_spec_helpers() -> None:
-    assert max_window_ms(DEFAULT_FEATURES) == DAY_MS
-    assert len(feature_names(DEFAULT_FEATURES)) == 11
-    assert feature_names(DEFAULT_FEATURES)[-2:] == ("seconds_since_last_txn", "amount_ewm_mean_1h")
+    assert max_window_ms(DEFAULT_FEATURES) == 30 * DAY_MS  # merchant_txn_count_30d
+    assert len(feature_names(DEFAULT_FEATURES)) == 18
+    assert feature_names(DEFAULT_FEATURES)[-1] == "first_time_at_merchant_30d"
+    assert len(kernel_specs(DEFAULT_FEATURES)) == 15
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ def _rows(seed: int, n: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     times = rng.integers(1_600_000_000_000, 1_800_000_000_000, size=n).astype(np.int64)
     features = rng.normal(0, 1e6, size=(n, len(NAMES)))
     for j, spec in enumerate(DEFAULT_FEATURES):
-        if spec.agg in ("count", "distinct"):
+        if feast_type_name(spec) == "Int64":
             features[:, j] = rng.integers(0, 10**6, size=n)
     times[2] = 1_700_000_000_000  # whole seconds: Timestamp.nanos is omitted
     features[0, :] = 0.0

@@ -24,7 +24,7 @@ from skl2onnx import to_onnx
 from sklearn.linear_model import LogisticRegression
 
 from featflow.settings import Settings
-from features.feast_repo import apply_repo
+from features.feast_repo import apply_repo, feast_type_name
 from features.online import default_features, open_online
 from features.reader import read_online
 from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
@@ -58,7 +58,7 @@ def _setup(
     rng = np.random.default_rng(0)
     features = rng.normal(10, 5, size=(len(USERS), F))
     for j, spec in enumerate(DEFAULT_FEATURES):
-        if spec.agg in ("count", "distinct"):
+        if feast_type_name(spec) == "Int64":
             features[:, j] = rng.integers(1, 50, size=len(USERS))
     times = np.full(len(USERS), 1_767_225_600_000, dtype=np.int64)
     open_online(store, DEFAULT_FEATURES).write(
