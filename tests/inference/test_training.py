@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -88,10 +89,10 @@ def test_train_learns_the_hidden_rule_and_onnx_agrees(tmp_path: Path) -> None:
 
     metrics = model.metadata["holdout_metrics"]
     assert metrics["onnx_max_abs_diff"] <= 1e-5
-    # The hidden rule itself scores AUC ~0.80 on this holdout; window features alone
-    # (without the request's own amount and merchant) recover part of it. Chance is 0.5.
+    # The hidden rule itself (the ceiling) scores AUC ~0.80 on this holdout; chance is 0.5.
     truth = fraud_probability(events)[-len(model.holdout_label) :]
-    assert roc_auc_score(model.holdout_label, truth) > metrics["auc"] > 0.62, metrics
+    ceiling = roc_auc_score(model.holdout_label, truth)
+    assert ceiling > metrics["auc"] > ceiling - 0.06, (metrics, ceiling)
     assert model.metadata["rows"]["train"] + model.metadata["rows"]["holdout"] == len(events)
     hist = model.metadata["reference_histograms"]
     assert set(hist) == {*FEATURE_NAMES, "score"}
@@ -103,3 +104,37 @@ def test_train_learns_the_hidden_rule_and_onnx_agrees(tmp_path: Path) -> None:
     assert hist["score"]["entity_share"] == 0.02
     assert sum(hist["score"]["counts"]) == pytest.approx(expected, rel=1e-9)
     assert expected < len(users)  # the generator's users are skewed
+
+
+# The features the project had before this vocabulary (windows of the user alone): nothing
+# about the transaction being scored, its merchant, or a typical amount to compare it with.
+WINDOW_ONLY = (
+    "txn_count_5m", "txn_count_1h", "txn_count_24h", "amount_sum_1h", "amount_sum_24h",
+    "amount_mean_24h", "amount_std_24h", "amount_max_1h", "merchant_distinct_24h",
+    "seconds_since_last_txn", "amount_ewm_mean_1h",
+)  # fmt: skip
+
+
+def test_the_feature_vocabulary_beats_window_features_alone(tmp_path: Path) -> None:
+    """Fresh data (another seed, Zipf users): the default features come within 0.04 AUC of
+    the generator's own probability and beat the window-only features by a clear margin."""
+    events = generate_events(
+        30_000, users=800, start_ms=1_767_225_600_000, mean_gap_ms=1_000, seed=11, zipf=1.3
+    )
+    outcomes = generate_outcomes(events, seed=11)
+    result = backfill(from_records([v for _, v in events.records()]), lateness_ms=60_000)
+    OfflineWriter(tmp_path).write(result.table, tag="backfill")
+    labels = pd.DataFrame({"event_id": outcomes.event_id, "label": outcomes.label})
+    data = training_set_by_event(tmp_path, labels)
+    full = train(data).metadata["holdout_metrics"]["auc"]
+    cols = [FEATURE_NAMES.index(n) for n in WINDOW_ONLY]
+    window_only = dataclasses.replace(data, features=data.features[:, cols])
+    base = train(window_only, feature_names=WINDOW_ONLY).metadata["holdout_metrics"]["auc"]
+
+    n_hold = len(data.label) - int(len(data.label) * 0.8)
+    by_id = dict(zip(events.event_id, fraud_probability(events), strict=True))
+    ids = pd.read_parquet(tmp_path, columns=["event_id", "event_timestamp"])
+    ids = ids.sort_values(["event_timestamp", "event_id"])["event_id"].to_numpy()[-n_hold:]
+    ceiling = roc_auc_score(data.label[-n_hold:], [by_id[i] for i in ids])
+    assert full > ceiling - 0.04, (full, ceiling)
+    assert full > base + 0.05, (full, base)
