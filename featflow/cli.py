@@ -334,7 +334,11 @@ def worker(config: str | None, loglevel: str) -> None:
 @click.option("--disorder-ms", default=0, show_default=True, help="Max event-time jitter.")
 @click.option("--outcomes", is_flag=True, help="Also publish a label per event to 'outcomes'.")
 @click.option("--label-delay-s", default=3600.0, show_default=True, help="Max label delay.")
-@click.option("--labels-out", type=click.Path(dir_okay=False), help="Also write labels (.jsonl).")
+@click.option(
+    "--labels-out",
+    type=click.Path(dir_okay=False),
+    help="Also write labels (.jsonl) with the hidden rule's probability of each.",
+)
 @click.pass_obj
 def produce(
     config: str | None,
@@ -378,7 +382,8 @@ def produce(
     if outcomes or labels_out:
         labels = generate_outcomes(events, seed=seed, label_delay_ms=int(label_delay_s * 1000))
         if labels_out:
-            Path(labels_out).write_bytes(b"\n".join(v for _, v in labels.records()) + b"\n")
+            lines = (v for _, v in labels.records(with_probability=True))
+            Path(labels_out).write_bytes(b"\n".join(lines) + b"\n")
             click.echo(f"wrote {len(labels.event_id)} labels to {labels_out}")
         if outcomes:
             publish(settings.kafka, settings.topics.outcomes, labels.records())
@@ -435,7 +440,8 @@ def backfill(
 @click.option(
     "--labels",
     type=click.Path(exists=True, dir_okay=False),
-    help="Outcomes file with event_id and label (.parquet, .csv, .jsonl).",
+    help="Outcomes file with event_id and label (.parquet, .csv, .jsonl); an optional "
+    "probability column (a known true probability) makes train report the ceiling AUC.",
 )
 @click.option(
     "--events",
@@ -467,6 +473,12 @@ def train(config: str | None, labels: str | None, events: str | None) -> None:
         )
     report = train_with(settings, frame, Path(events) if events else None)
     click.echo(f"registered {report.version}: {report.metrics}")
+    auc, ceiling = report.metrics.get("auc"), report.metrics.get("ceiling_auc")
+    if auc is not None and ceiling is not None:
+        click.echo(
+            f"holdout AUC {auc:.4f}; ceiling {ceiling:.4f} (the labels' own probability on "
+            f"the same rows; {ceiling - auc:+.4f} left)"
+        )
     click.echo(f"{'promoted' if report.promoted else 'not promoted'}: {report.reason}")
 
 

@@ -169,6 +169,24 @@ class Stream:
         side = ((self.events.event_time_ms < self.change_ms) == before) & self.label_sent
         return float(roc_auc_score(self.outcomes.label[side], self.truth[side]))
 
+    def holdout_ceiling(self, metadata: dict[str, Any]) -> float | None:
+        """AUC of the true probability on a model's holdout: the labelled events of its
+        holdout's event-time range (after its training window, up to the newest row)."""
+        from sklearn.metrics import roc_auc_score
+
+        window = metadata.get("training_window", {})
+        if "end" not in window or "holdout_end" not in window:
+            return None
+        import pandas as pd
+
+        lo, hi = (pd.Timestamp(window[k]).value // 1_000_000 for k in ("end", "holdout_end"))
+        t = self.events.event_time_ms
+        rows = (t > lo) & (t <= hi) & self.label_sent
+        labels = self.outcomes.label[rows]
+        if len(np.unique(labels)) < 2:
+            return None
+        return float(roc_auc_score(labels, self.truth[rows]))
+
 
 class Watcher:
     """What the story shows while it runs: the monitor's rows (topic ``monitoring``) and
@@ -444,6 +462,13 @@ def _finish(settings, plan, stream, watcher, asker, wall_start_ms, change_sent_m
     scored = champion[champion["event_id"].isin(sent_by_id)]
     fresh = scored["prediction_ms"].to_numpy() - scored["event_id"].map(sent_by_id).to_numpy()
     story.ceiling = {"before": stream.ceiling(True), "after": stream.ceiling(False)}
+    from inference.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.stores.models_dir)
+    for version in registry.versions():
+        ceiling = stream.holdout_ceiling(registry.get(version).metadata)
+        if ceiling is not None:
+            story.holdout_ceiling[version] = ceiling
     _series(story, sent, scored["prediction_ms"].to_numpy(), fresh, wall_start_ms)
 
     history = watcher.history.rows()

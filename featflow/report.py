@@ -41,6 +41,8 @@ class Story:
     throughput: list[Series] = field(default_factory=list)  # events/s
     lag: list[Series] = field(default_factory=list)  # events sent, not yet scored
     freshness: list[Series] = field(default_factory=list)  # ms from send to score
+    # per model version: AUC of the true probability on that model's holdout rows
+    holdout_ceiling: dict[str, float] = field(default_factory=dict)
 
 
 def _s(ms: float, started_ms: int) -> float:
@@ -128,7 +130,7 @@ def build_report(stores: Stores, story: Story, path: Path) -> Path:
                                  x_range=x_range))  # fmt: skip
     charts.append(_auc_chart(rows, story, markers, x_range, history))
     charts.append(_psi_chart(rows, story, markers, x_range, history))
-    html = _page(story, charts, _versions_table(stores, history))
+    html = _page(story, charts, _versions_table(stores, history, story.holdout_ceiling))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html, encoding="utf-8")
     return path
@@ -203,7 +205,9 @@ def _psi_chart(
     )  # fmt: skip
 
 
-def _versions_table(stores: Stores, history: list[dict[str, Any]]) -> str:
+def _versions_table(
+    stores: Stores, history: list[dict[str, Any]], ceilings: dict[str, float]
+) -> str:
     registry = ModelRegistry(stores.models_dir)
     last: dict[str, dict[str, Any]] = {}
     for r in history:
@@ -223,13 +227,14 @@ def _versions_table(stores: Stores, history: list[dict[str, Any]]) -> str:
             f"{escape(str(window.get('end', ''))[:19])}</td>"
             f"<td>{meta.get('rows', {}).get('train', '')}</td>"
             f"<td>{'' if auc is None else f'{auc:.3f}'}</td>"
+            f"<td>{f'{ceilings[version]:.3f}' if version in ceilings else ''}</td>"
             f"<td class='kind {escape(decision.get('kind', ''))}'>"
             f"{escape(decision.get('kind', 'registered'))}</td>"
             f"<td>{escape(decision.get('reason', ''))}</td>"
             "</tr>"
         )
     head = ("<tr><th>version</th><th>trained on events (event time)</th><th>rows</th>"
-            "<th>holdout AUC</th><th>decision</th><th>why</th></tr>")  # fmt: skip
+            "<th>holdout AUC</th><th>ceiling</th><th>decision</th><th>why</th></tr>")  # fmt: skip
     return f"<table class='versions'>{head}{''.join(body)}</table>"
 
 

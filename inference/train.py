@@ -38,12 +38,16 @@ class TrainingSet:
     event_time: pd.Series  # UTC timestamps, for the time-ordered holdout split
     fingerprint: str  # sha256 of the rows, so a model names the data it was trained on
     entity: np.ndarray | None = None  # int64 [n] user of each row (weights drift references)
+    # float64 [n]: a known true probability of each label (synthetic data: the generator's),
+    # so training can report the best AUC any model could reach on its holdout
+    truth: np.ndarray | None = None
 
 
 def training_set_by_event(
     offline_dir: Path, labels: pd.DataFrame, *, history_ms: int | None = None
 ) -> TrainingSet:
-    """Each label (columns ``event_id``, ``label``) joined to its event's offline row; with
+    """Each label (columns ``event_id``, ``label``, optional ``probability``: a known true
+    probability, e.g. the generator's) joined to its event's offline row; with
     ``history_ms``, only events within that much event time of the newest labelled one.
 
     Replayed offline rows (the same event written twice after a restart) count once: the
@@ -56,7 +60,8 @@ def training_set_by_event(
         raise ValueError(f"no offline feature rows in {offline_dir}")
     con = duckdb.connect()
     try:
-        con.register("labels", labels[["event_id", "label"]])
+        truth = "probability" in labels.columns
+        con.register("labels", labels[["event_id", "label", *(["probability"] if truth else [])]])
         names = ", ".join(f'r."{n}"' for n in FEATURE_NAMES)
         window = (
             "" if history_ms is None
@@ -70,6 +75,7 @@ def training_set_by_event(
                     PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1
             ), joined AS (
                 SELECT {names}, l.label::TINYINT AS label, r.{TIMESTAMP_FIELD} AS ts,
+                       {"l.probability::DOUBLE" if truth else "NULL"} AS probability,
                        epoch_ms(r.{TIMESTAMP_FIELD}) AS t, r.event_id, r.{JOIN_KEY}
                 FROM rows r JOIN labels l USING (event_id)
             )
@@ -83,7 +89,9 @@ def training_set_by_event(
     label = frame["label"].to_numpy(np.int8)
     digest = hashlib.sha256(features.tobytes() + label.tobytes()).hexdigest()
     times = pd.to_datetime(frame["ts"], utc=True).reset_index(drop=True)
-    return TrainingSet(features, label, times, digest, frame[JOIN_KEY].to_numpy(np.int64))
+    users = frame[JOIN_KEY].to_numpy(np.int64)
+    known = frame["probability"].to_numpy(np.float64) if truth else None
+    return TrainingSet(features, label, times, digest, users, known)
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,13 @@ def train(
     both = len(np.unique(y_hold)) == 2
     metrics = {
         "auc": float(roc_auc_score(y_hold, sk_scores)) if both else None,
+        # the AUC of the known true probability on the same holdout rows: the best any model
+        # could reach (only when the labels carry one)
+        "ceiling_auc": (
+            float(roc_auc_score(y_hold, data.truth[cut:]))
+            if both and data.truth is not None
+            else None
+        ),
         "log_loss": float(log_loss(y_hold, np.clip(sk_scores, 1e-7, 1 - 1e-7), labels=[0, 1])),
         "brier": float(brier_score_loss(y_hold, sk_scores)),
         "positive_rate": float(y_hold.mean()),

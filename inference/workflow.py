@@ -44,6 +44,12 @@ def read_labels(path: Path) -> pd.DataFrame:
     bad = ~frame["label"].isin([0, 1])
     if bad.any():
         raise ValueError(f"{path}: {int(bad.sum())} labels are not 0 or 1")
+    if "probability" in frame.columns:  # a known true probability: training reports a ceiling
+        p = pd.to_numeric(frame["probability"], errors="coerce")
+        bad = ~((p >= 0) & (p <= 1))
+        if bad.any():
+            raise ValueError(f"{path}: {int(bad.sum())} probabilities are not in [0, 1]")
+        frame = frame.assign(probability=p)
     return frame
 
 

@@ -114,9 +114,11 @@ class GeneratedOutcomes:
     user_id: np.ndarray
     label: np.ndarray  # int8, 1 = fraud
     outcome_time_ms: np.ndarray
+    probability: np.ndarray  # float64: the true probability the label was drawn from
 
-    def records(self) -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) pairs for the ``outcomes`` topic, keyed by user_id."""
+    def records(self, *, with_probability: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs for the ``outcomes`` topic, keyed by user_id; with the true
+        probability for a labels file (``featflow train`` then reports the ceiling AUC)."""
         for i in range(len(self.event_id)):
             user = int(self.user_id[i])
             value = {
@@ -125,6 +127,8 @@ class GeneratedOutcomes:
                 "label": int(self.label[i]),
                 "outcome_time": int(self.outcome_time_ms[i]),
             }
+            if with_probability:
+                value["probability"] = float(self.probability[i])
             yield str(user).encode(), _encoder.encode(value)
 
 
@@ -181,5 +185,5 @@ def generate_outcomes(
     label = (rng.random(len(events)) < truth).astype(np.int8)
     delay = rng.integers(label_delay_ms // 2, label_delay_ms + 1, size=len(events))
     return GeneratedOutcomes(
-        list(events.event_id), events.user_id.copy(), label, events.event_time_ms + delay
+        list(events.event_id), events.user_id.copy(), label, events.event_time_ms + delay, truth
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -114,13 +115,17 @@ def test_train_and_models_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     events_path.write_bytes(b"\n".join(v for _, v in events.records()) + b"\n")
     labels_path = tmp_path / "labels.jsonl"
     labels = generate_outcomes(events, seed=4)
-    labels_path.write_bytes(b"\n".join(v for _, v in labels.records()) + b"\n")
+    lines = (v for _, v in labels.records(with_probability=True))
+    labels_path.write_bytes(b"\n".join(lines) + b"\n")
     runner = CliRunner()
 
     args = ["train", "--events", str(events_path), "--labels", str(labels_path)]
     first = runner.invoke(main, args)
     assert first.exit_code == 0, first.output
     assert "registered v0001" in first.output and "promoted: no champion yet" in first.output
+    # the labels carry the generator's probability: the ceiling on the same holdout rows
+    auc, ceiling = re.search(r"holdout AUC ([0-9.]+); ceiling ([0-9.]+)", first.output).groups()
+    assert 0.5 < float(auc) < float(ceiling), first.output
     second = runner.invoke(main, args)  # same data: same AUC, gain 0 >= margin 0
     assert second.exit_code == 0, second.output
     assert "registered v0002" in second.output
