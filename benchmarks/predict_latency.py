@@ -3,7 +3,7 @@
 Why: ``/predict`` must answer within 1 ms (p99) before HTTP, and cost no more than 1.5x
 what Feast alone needs to read the same feature row. How: one Redis online store
 (embedded, 127.0.0.1) holds ``--users`` rows written with ``open_online``; a
-GradientBoostingClassifier(150 trees, depth 3), trained on random data over the 11
+GradientBoostingClassifier(150 trees, depth 3), trained on random data over the default
 features and exported like ``inference/train.py`` does, is registered and promoted. Then,
 in this one process, each of ``--n`` iterations picks a random user and times (in a
 shuffled order, so the four share the machine's noise and none always runs first):

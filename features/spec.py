@@ -245,10 +245,10 @@ DEFAULT_FEATURES: tuple[FeatureSpec, ...] = validate_specs([
     _f("amount", "last", "amount", None, "This transaction's amount."),
     _f("amount_median_24h", "quantile", "amount", DAY_MS, "Median amount in the last 24 hours (nearest rank, within 1.6 %).", percentile=50),  # noqa: E501
     _f("amount_p95_24h", "quantile", "amount", DAY_MS, "95th percentile of amounts in the last 24 hours (nearest rank, within 1.6 %).", percentile=95),  # noqa: E501
-    _f("merchant_txn_count_30d", "count_same", "merchant_id", 30 * DAY_MS, "Transactions of this user at this merchant in the last 30 days (incl. this one)."),  # noqa: E501
+    _f("merchant_txn_count_24h", "count_same", "merchant_id", DAY_MS, "Transactions of this user at this merchant in the last 24 hours (incl. this one)."),  # noqa: E501
     _f("amount_to_median_24h", "ratio", None, None, "This amount over the 24-hour median; 0.0 when the median is 0.", inputs=("amount", "amount_median_24h")),  # noqa: E501
     _f("amount_to_mean_24h", "ratio", None, None, "This amount over the 24-hour mean; 0.0 when the mean is 0.", inputs=("amount", "amount_mean_24h")),  # noqa: E501
-    _f("first_time_at_merchant_30d", "equals", None, None, "1 if this is the user's first transaction at this merchant in 30 days, else 0.", inputs=("merchant_txn_count_30d",), threshold=1.0),  # noqa: E501
+    _f("first_time_at_merchant_24h", "equals", None, None, "1 if this is the user's first transaction at this merchant in 24 hours, else 0.", inputs=("merchant_txn_count_24h",), threshold=1.0),  # noqa: E501
 ])
 # fmt: on
 

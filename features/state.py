@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -259,6 +259,51 @@ class WindowState:
             failed=tuple(failed),
         )
 
+    def peek(
+        self,
+        user_ids: np.ndarray,
+        times_ms: np.ndarray,
+        amounts: np.ndarray,
+        merchants: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(features, late) of each event as if it arrived next, alone; the state is unchanged.
+
+        Request-time scoring: a transaction is scored with the features the stream would
+        compute for it were it its user's next event (windows slid to its time, rows that
+        expired by then gone), and nothing is written. Each event sees the state only,
+        never the other events of the call. Exact by construction: the users' live state
+        (rows, max and evicted times, ewm, running sums) goes through the snapshot path into
+        a scratch state and the event is applied there by the same kernels, so each row is
+        the one :meth:`update` would return, bit for bit. Costs O(rows the user holds).
+        """
+        users = _as_1d("user_ids", user_ids, np.int64)
+        times = _as_1d("times_ms", times_ms, np.int64)
+        amts = _as_1d("amounts", amounts, np.float64)
+        mers = _as_1d("merchants", merchants, np.int64)
+        n = users.shape[0]
+        features = np.full((n, len(self._specs)), np.nan)
+        late = np.zeros(n, dtype=bool)
+        # rounds of distinct users: an event's k-th repeat of its user goes in round k
+        order = np.argsort(users, kind="stable")
+        first = np.r_[True, users[order][1:] != users[order][:-1]] if n else np.zeros(0, bool)
+        starts = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+        rounds = np.empty(n, dtype=np.int64)
+        rounds[order] = np.arange(n) - starts
+        header = {"lateness_ms": self._lateness_ms, "min_segment": self._min_seg}
+        table = self._st.table
+        for r in range(int(rounds.max()) + 1 if n else 0):
+            idx = np.flatnonzero(rounds == r)
+            dense = np.array([table.get(int(u), -1) for u in users[idx]], dtype=np.int64)
+            snap = self._capture_entities(dense[dense >= 0])
+            parts = {f.name: getattr(snap, f.name) for f in fields(snap)}
+            scratch = WindowState._rebuild(header, parts, self._specs, self._tuning)
+            res = scratch.update(users[idx], times[idx], amts[idx], mers[idx])
+            features[idx] = res.features
+            late[idx] = res.late
+            for row, _ in res.failed:
+                late[idx[row]] = True
+        return features, late
+
     # ------------------------------------------------------------------ memory management
 
     def _ensure_entities(self, needed: int) -> None:
@@ -317,6 +362,40 @@ class WindowState:
         promoted = np.flatnonzero(seg[:, K.XSLOT] >= 0).astype(np.int64)
         sums = np.empty((promoted.shape[0], int(self._enc.glay[K.GL_NXF])), dtype=np.float64)
         K.gather_sums(st, promoted, sums)
+        return self._snapshot_of(st.keys[:n].copy(), seg, lengths, st.ewm[:n].copy(),
+                                 hist_t, hist_a, hist_m, promoted, sums)  # fmt: skip
+
+    def _capture_entities(self, dense: np.ndarray) -> Snapshot:
+        """A snapshot of only the entities ``dense`` (dense indexes, unique), renumbered
+        0..k-1 in that order: what :meth:`peek` restores into a scratch state."""
+        st = self._st
+        seg = st.seg[dense]
+        lengths = seg[:, K.LEN].copy()
+        starts = seg[:, K.BASE] + seg[:, K.HEAD]
+        rows = (
+            np.concatenate([np.arange(a, a + k) for a, k in zip(starts, lengths, strict=True)])
+            if len(dense) else np.empty(0, np.int64)
+        ).astype(np.int64)  # fmt: skip
+        promoted_at = np.flatnonzero(seg[:, K.XSLOT] >= 0).astype(np.int64)
+        sums = np.empty((promoted_at.shape[0], int(self._enc.glay[K.GL_NXF])), dtype=np.float64)
+        K.gather_sums(st, dense[promoted_at].astype(np.int64), sums)
+        return self._snapshot_of(st.keys[dense], seg, lengths, st.ewm[dense],
+                                 st.arena_t[rows], st.arena_a[rows], st.arena_m[rows],
+                                 promoted_at, sums)  # fmt: skip
+
+    def _snapshot_of(
+        self,
+        keys: np.ndarray,
+        seg: np.ndarray,
+        lengths: np.ndarray,
+        ewm: np.ndarray,
+        hist_t: np.ndarray,
+        hist_a: np.ndarray,
+        hist_m: np.ndarray,
+        promoted: np.ndarray,
+        sums: np.ndarray,
+    ) -> Snapshot:
+        """A :class:`Snapshot` of these entity arrays (``seg`` rows give TMAX and EVICTED)."""
         header = {
             "version": SNAPSHOT_VERSION,
             "specs": spec_fingerprint(self._specs),
@@ -325,11 +404,11 @@ class WindowState:
         }
         return Snapshot(
             header=np.array(json.dumps(header)),
-            keys=st.keys[:n].copy(),
+            keys=keys,
             tmax=seg[:, K.TMAX].copy(),
             evicted=seg[:, K.EVICTED].copy(),
             lengths=lengths,
-            ewm=st.ewm[:n].copy(),
+            ewm=ewm,
             hist_t=hist_t,
             hist_a=hist_a,
             hist_m=hist_m,
@@ -372,16 +451,27 @@ class WindowState:
                 f"snapshot lateness_ms={header['lateness_ms']} != requested {lateness_ms}; "
                 "changing lateness needs a replay from a fresh state"
             )
+        return cls._rebuild(header, z, specs, tuning)
+
+    @classmethod
+    def _rebuild(
+        cls,
+        header: dict[str, object],
+        z: Mapping[str, np.ndarray],
+        specs: Sequence[FeatureSpec],
+        tuning: K.Tuning,
+    ) -> WindowState:
+        """A state holding exactly the snapshot arrays ``z`` (checked by the caller)."""
         keys = z["keys"]
         n = keys.shape[0]
         lengths = z["lengths"]
         total = int(lengths.sum())
-        min_seg = int(header["min_segment"])
+        min_seg = int(header["min_segment"])  # type: ignore[call-overload]
         caps = _trimmed_caps(lengths, min_seg)
         arena_size = max(int(caps.sum()) * 5 // 4, 1024)
         st = cls(
             specs,
-            lateness_ms=int(header["lateness_ms"]),
+            lateness_ms=int(header["lateness_ms"]),  # type: ignore[call-overload]
             initial_entities=max(n, 1),
             initial_arena=arena_size,
             min_segment=min_seg,

@@ -244,10 +244,10 @@ def test_single_event(tuning: Tuning) -> None:
         "amount": 42.5,
         "amount_median_24h": bucketed(42.5),
         "amount_p95_24h": bucketed(42.5),
-        "merchant_txn_count_30d": 1.0,
+        "merchant_txn_count_24h": 1.0,
         "amount_to_median_24h": 42.5 / bucketed(42.5),
         "amount_to_mean_24h": 1.0,
-        "first_time_at_merchant_30d": 1.0,
+        "first_time_at_merchant_24h": 1.0,
     }
     got_row = dict(zip(feature_names(DEFAULT_FEATURES), got[0].tolist(), strict=True))
     assert got_row == pytest.approx(expected, rel=1e-12, abs=0)
@@ -563,9 +563,9 @@ def test_numpy_oracles_match_reference_oracles() -> None:
 
 
 def test_spec_helpers() -> None:
-    assert max_window_ms(DEFAULT_FEATURES) == 30 * DAY_MS  # merchant_txn_count_30d
+    assert max_window_ms(DEFAULT_FEATURES) == DAY_MS
     assert len(feature_names(DEFAULT_FEATURES)) == 18
-    assert feature_names(DEFAULT_FEATURES)[-1] == "first_time_at_merchant_30d"
+    assert feature_names(DEFAULT_FEATURES)[-1] == "first_time_at_merchant_24h"
     assert len(kernel_specs(DEFAULT_FEATURES)) == 15
 
 
