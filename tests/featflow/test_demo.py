@@ -134,16 +134,15 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path) -> None:
     recovered, ceiling = re.match(
         r"(0\.\d+) \(ceiling (0\.\d+)\)", values["live AUC after the promotion"]
     ).groups()
-    assert float(recovered) > float(ceiling) - 0.06, values
+    assert float(recovered) > float(ceiling) - 0.04, values
     assert "0 errors" in values["/predict p99 (client side)"]
     assert [row[0] for row in versions[1:]] == ["v0001", "v0002"]
     assert [row[5] for row in versions[1:]] == ["promoted", verdict]
     assert "shadow: " in versions[2][6]
-    # the first champion, trained on the stable world, within 0.03 of the ceiling on its own
-    # holdout; the challenger, trained minutes after the change on rows whose 24-hour windows
-    # still straddle it, within 0.06 (0.04 under in a run here)
-    for row, slack in zip(versions[1:], (0.03, 0.06), strict=True):
-        assert float(row[3]) > float(row[4]) - slack, row
+    # each model close to the ceiling on its own holdout (0.018 and 0.019 under in a run
+    # here; the target is 0.03, and a 4,300-row holdout moves by ~0.01)
+    for row in versions[1:]:
+        assert float(row[3]) > float(row[4]) - 0.04, row
 
     # -- the summary printed at the end says the same
     assert "live AUC after the promotion" in done.stdout
