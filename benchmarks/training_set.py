@@ -24,7 +24,7 @@ that child alone); the processes are ``benchmarks/training_set_child.py``:
     row (by event id).
 
     python -m benchmarks.training_set [--sizes 100000 1000000] [--build-repeats 3]
-        [--feast-sizes 2000 5000 10000 15000 20000 30000] [--feast-timeout 300]
+        [--feast-sizes 2000 5000 7500 10000 15000 20000 30000] [--feast-timeout 300]
         [--feast-memory-gib 8] [--zipf 1.6] [--users-per-event 0.1] [--days 30] [--no-train]
 """
 
@@ -498,7 +498,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--build-repeats", type=int, default=3, help="build runs per size")
     parser.add_argument(
-        "--feast-sizes", type=int, nargs="*", default=[2000, 5000, 10_000, 15_000, 20_000, 30_000]
+        "--feast-sizes",
+        type=int,
+        nargs="*",
+        default=[2000, 5000, 7500, 10_000, 15_000, 20_000, 30_000],
     )
     parser.add_argument("--feast-timeout", type=float, default=300.0, help="seconds per try")
     parser.add_argument("--feast-memory-gib", type=float, default=8.0, help="RLIMIT_AS per try")
