@@ -524,13 +524,35 @@ def serve(config: str | None, host: str, port: int, no_publish: bool) -> None:
                         "/predict answers 503 until `featflow train` promotes one"
                     )
 
-    publisher = None
+    publisher = replica = None
     if not no_publish:
+        from features.spec import DEFAULT_FEATURES
+        from infra.topics import ensure_topics
+        from streams.checkpoint import CheckpointStore
+        from streams.replica import FeatureReplica
+
         publisher = PredictionPublisher(settings.kafka, settings.topics.predictions)
-    app = build_app(settings.stores, publisher)
-    AnnouncedServer(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
-    ).run()
+        # transactions are scored on a copy of the worker's window state, kept current
+        # from the events topic (from the worker's checkpoints where there are some)
+        ensure_topics(settings.kafka, settings.topics)
+        replica = FeatureReplica(
+            kafka=settings.kafka, topic=settings.topics.events,
+            partitions=settings.topics.partitions, specs=DEFAULT_FEATURES,
+            lateness_ms=settings.lateness_ms, rules=settings.event_rules,
+            checkpoints=CheckpointStore(settings.stores.checkpoint_dir),
+        ).start()  # fmt: skip
+    app = build_app(
+        settings.stores, publisher,
+        transactions=None if replica is None else replica.peek,
+        rules=settings.event_rules, lateness_ms=settings.lateness_ms,
+    )  # fmt: skip
+    try:
+        AnnouncedServer(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        ).run()
+    finally:
+        if replica is not None:
+            replica.close()
 
 
 @main.group()

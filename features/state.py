@@ -174,6 +174,10 @@ class WindowState:
             + (len(st.dmap) + len(st.cmap)) * _DIST_MAP_BYTES_PER_ENTRY
         )
 
+    def holds(self, user_id: int) -> bool:
+        """Whether the state has seen this user (it holds the user's history)."""
+        return int(user_id) in self._st.table
+
     @property
     def n_promoted(self) -> int:
         """Entities currently on the kernels' incremental path (long histories)."""

@@ -5,6 +5,11 @@ them with the champion ONNX model and publishes each prediction (id, user,
 event id, score, model version, feature values, time) to the ``predictions``
 topic so outcomes can be joined later. A background thread watches the
 registry and hot-swaps the champion.
+
+Given a transaction instead (``user_id``, ``merchant_id``, ``amount``, ``event_time``), it
+scores the transaction before it is accepted: the features are the ones the stream will
+compute for it as the user's next event, from a ``transactions`` callable the assembling
+layer passes in (``streams.replica.FeatureReplica.peek``), and nothing is written.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import msgspec
+import numpy as np
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
@@ -31,10 +37,17 @@ from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from features.online import OnlineStore
-from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
+from features.spec import DEFAULT_FEATURES, DEFAULT_LATENESS_MS, FEATURE_NAMES
 from inference.predictor import Predictor
 from inference.publisher import PredictionPublisher
 from infra.config import Stores
+from infra.events import MIN_EVENT_TIME_MS, EventRules, amount_rule, value_faults
+
+#: (user ids, merchants, amounts, event times ms) -> (features, late, known): each
+#: transaction's features as its user's next event, without writing it
+Transactions = Callable[
+    [np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]
+]
 
 MAX_BATCH = 1000
 #: Latency buckets from 50 us to 1 s (seconds).
@@ -102,21 +115,47 @@ class BatchPredictRequest(BaseModel):
     event_id: EventId = None
 
 
+class TransactionPredictRequest(BaseModel):
+    """A transaction not yet accepted, scored with the features the stream will compute for
+    it as its user's next event; nothing is written."""
+
+    model_config = {"extra": "forbid"}
+
+    user_id: Int64
+    merchant_id: Int64
+    # the stream's bounds (EventRules' default max_amount; a deployment may set it lower)
+    amount: float = Field(strict=True, allow_inf_nan=False, ge=0, le=EventRules().max_amount)
+    # epoch milliseconds, from 2000-01-01 (an event further in the future than the stream
+    # allows, or too late for its user, is a 409: it conflicts with the stream's state)
+    event_time: Annotated[
+        int, Field(ge=MIN_EVENT_TIME_MS, lt=2**63, strict=True), BeforeValidator(_whole)
+    ]
+    event_id: EventId = None
+
+
+_TRANSACTION_KEYS = frozenset({"merchant_id", "amount", "event_time"})
+
+
 def _request_kind(body: Any) -> str | None:
     """The variant a body means, read from its keys, so pydantic validates it against that one
-    alone (one error list, not both variants'); ``None`` (neither or both keys) is a 422."""
+    alone (one error list, not all variants'); ``None`` (neither or both of user_id and
+    user_ids) is a 422. A transaction's own keys make it a transaction."""
     if not isinstance(body, dict):
         return "single"  # reported as "should be a valid dictionary"
     single, batch = "user_id" in body, "user_ids" in body
     if single == batch:
         return None
+    if single and _TRANSACTION_KEYS & body.keys():
+        return "transaction"
     return "single" if single else "batch"
 
 
 #: Exactly one of ``user_id`` or ``user_ids``: rendered as ``oneOf`` in the OpenAPI schema (each
 #: variant forbids the other's key), so schema-driven clients know the rule the server applies.
 PredictRequest = Annotated[
-    Annotated[SinglePredictRequest, Tag("single")] | Annotated[BatchPredictRequest, Tag("batch")],
+    Annotated[SinglePredictRequest, Tag("single")]
+    | Annotated[BatchPredictRequest, Tag("batch")]
+    | Annotated[TransactionPredictRequest, Tag("transaction")],
     Discriminator(
         _request_kind,
         custom_error_type="one_of",
@@ -149,6 +188,21 @@ class Health(BaseModel):
     model_version: str | None
     online_store: Literal["ok", "unreachable"]
     last_model_error: str | None
+
+
+class FieldError(BaseModel):
+    """Why a field of a request was refused (FastAPI's validation error item)."""
+
+    type: str
+    loc: list[str | int]
+    msg: str
+    input: Any = None
+
+
+class Refused(BaseModel):
+    """A transaction the stream would refuse now, and why."""
+
+    detail: list[FieldError]
 
 
 class Unavailable(BaseModel):
@@ -209,6 +263,14 @@ class _CountRequests:
             await send(message)
 
         await self.app(scope, receive, counting_send)
+
+
+def _refuse(status: int, field: str, value: object, why: str) -> None:
+    """A transaction the stream would dead-letter, shaped like a validation error: 422 for
+    what the schema could say, 409 for what conflicts with the stream's state or clock."""
+    raise HTTPException(
+        status, [{"type": "value_error", "loc": ["body", field], "msg": why, "input": value}]
+    )
 
 
 class _NotJson(ValueError):
@@ -305,9 +367,13 @@ def create_app(
     publisher: PredictionPublisher | None,
     *,
     refresh_interval_s: float = 1.0,
+    transactions: Transactions | None = None,
+    rules: EventRules = EventRules(),
+    lateness_ms: int = DEFAULT_LATENESS_MS,
 ) -> FastAPI:
     """The FastAPI app over a predictor, a feature reader and an optional publisher; the
-    registry is re-read every ``refresh_interval_s``."""
+    registry is re-read every ``refresh_interval_s``. Transactions are scored through
+    ``transactions`` and judged by the stream's ``rules`` and ``lateness_ms``."""
     metrics = _metrics()
     stop = threading.Event()
 
@@ -351,14 +417,26 @@ def create_app(
     @app.post(
         "/predict",
         response_model=Prediction | BatchPrediction,
-        responses={503: {"model": Unavailable, "description": "No model is loaded yet."}},
+        responses={
+            409: {
+                "model": Refused,
+                "description": "A transaction the stream would refuse now: late for its user "
+                "(behind the user's newest event by more than the allowed lateness) or too "
+                "far in the future.",
+            },
+            503: {"model": Unavailable, "description": "No model is loaded yet."},
+        },
     )
     async def predict(body: PredictRequest) -> Any:
         """Score users with the champion model; unknown users get default features."""
         start = time.perf_counter()
-        single = isinstance(body, SinglePredictRequest)
+        if isinstance(body, TransactionPredictRequest):
+            features, found = _transaction_features(body)
+        else:
+            users = [body.user_id] if isinstance(body, SinglePredictRequest) else body.user_ids
+            features, found = reader.read(users)
+        single = not isinstance(body, BatchPredictRequest)
         users = [body.user_id] if single else body.user_ids
-        features, found = reader.read(users)
         try:
             version, scores = predictor.score(features)
         except RuntimeError as exc:
@@ -386,6 +464,40 @@ def create_app(
         # without FastAPI re-validating what this function just built.
         payload = out[0] if single else {"predictions": out}
         return Response(_encoder.encode(payload), media_type="application/json")
+
+    def _transaction_features(body: TransactionPredictRequest) -> tuple[np.ndarray, np.ndarray]:
+        """The transaction's features as its user's next event, or an HTTP error saying why
+        the stream would not accept it."""
+        if transactions is None:
+            raise HTTPException(
+                503, "scoring a transaction needs the events topic: serve with a broker"
+            )
+        amount = np.array([body.amount])
+        times = np.array([body.event_time], dtype=np.int64)
+        now_ms = int(time.time() * 1000)
+        bad_amount, too_old, in_future = value_faults(amount, times, now_ms=now_ms, rules=rules)
+        if bad_amount[0]:
+            _refuse(422, "amount", body.amount, f"out_of_range: {amount_rule(rules)}")
+        if too_old[0]:
+            _refuse(422, "event_time", body.event_time, "too_old: event_time is before 2000")
+        if in_future[0]:
+            ahead = f"{rules.max_future_skew_ms / 1000:g} s"
+            _refuse(409, "event_time", body.event_time, f"in_future: more than {ahead} ahead")
+        features, late, known = transactions(
+            np.array([body.user_id], dtype=np.int64),
+            np.array([body.merchant_id], dtype=np.int64),
+            amount,
+            times,
+        )
+        if late[0]:
+            _refuse(
+                409,
+                "event_time",
+                body.event_time,
+                f"late: more than {lateness_ms / 1000:g} s behind the user's newest event "
+                "(the stream would dead-letter it)",
+            )
+        return features, known
 
     @app.get(
         "/health",
@@ -433,9 +545,17 @@ def create_app(
     return app
 
 
-def build_app(stores: Stores, publisher: PredictionPublisher | None = None) -> FastAPI:
+def build_app(
+    stores: Stores,
+    publisher: PredictionPublisher | None = None,
+    *,
+    transactions: Transactions | None = None,
+    rules: EventRules = EventRules(),
+    lateness_ms: int = DEFAULT_LATENESS_MS,
+) -> FastAPI:
     """The service over ``stores``: the registry's champion scoring features read from the
-    configured online store; predictions go to ``publisher`` if given."""
+    configured online store (or, for a transaction, from ``transactions``); predictions go
+    to ``publisher`` if given."""
     from features.feast_repo import apply_repo
     from features.online import open_online
     from inference.registry import ModelRegistry
@@ -443,4 +563,7 @@ def build_app(stores: Stores, publisher: PredictionPublisher | None = None) -> F
     store = apply_repo(stores)
     predictor = Predictor(ModelRegistry(stores.models_dir), FEATURE_NAMES)
     reader = open_online(store, DEFAULT_FEATURES)
-    return create_app(predictor, reader, publisher)
+    return create_app(
+        predictor, reader, publisher, transactions=transactions, rules=rules,
+        lateness_ms=lateness_ms,
+    )  # fmt: skip

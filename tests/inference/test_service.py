@@ -28,10 +28,11 @@ from features.feast_repo import apply_repo, feast_type_name
 from features.online import default_features, open_online
 from features.reader import read_online
 from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
+from features.state import WindowState
 from inference.predictor import Predictor
 from inference.publisher import PredictionPublisher
 from inference.registry import ModelRegistry
-from inference.service import create_app
+from inference.service import Transactions, create_app
 from infra.predictions import decode_predictions
 from infra.process import free_port
 from infra.topics import ensure_topics
@@ -73,11 +74,29 @@ def _setup(
     return models, features
 
 
-def _app(settings: Settings, publisher: PredictionPublisher | None = None, interval: float = 1.0):
+def _app(
+    settings: Settings,
+    publisher: PredictionPublisher | None = None,
+    interval: float = 1.0,
+    transactions: Transactions | None = None,
+):
     store = apply_repo(settings.stores)
     predictor = Predictor(ModelRegistry(settings.stores.models_dir), FEATURE_NAMES)
     reader = open_online(store, DEFAULT_FEATURES)
-    return create_app(predictor, reader, publisher, refresh_interval_s=interval)
+    return create_app(
+        predictor, reader, publisher, refresh_interval_s=interval, transactions=transactions
+    )
+
+
+def _state_peek(state: WindowState) -> Transactions:
+    """Transactions scored on a window state held in this process (what the service gets
+    from a replica of the stream's state, without a broker)."""
+
+    def peek(users, merchants, amounts, times):
+        features, late = state.peek(users, times, amounts, merchants)
+        return features, late, np.array([state.holds(int(u)) for u in users])
+
+    return peek
 
 
 @contextmanager
@@ -336,8 +355,9 @@ def test_validation_errors_do_not_echo_large_inputs(tmp_path: Path) -> None:
 
 
 def test_one_of_user_id_or_user_ids_is_in_the_schema(tmp_path: Path) -> None:
-    """Schema-driven clients must know the rule the server applies: a body is either a single
-    request (``user_id``) or a batch (``user_ids``, 1..1000), nothing else, never both."""
+    """Schema-driven clients must know the rule the server applies: a body is a single
+    request (``user_id``), a batch (``user_ids``, 1..1000) or a transaction (``user_id``,
+    ``merchant_id``, ``amount``, ``event_time``), nothing else, never two."""
     settings = Settings(home=tmp_path)
     _setup(settings)
     with TestClient(_app(settings)) as client:
@@ -346,10 +366,20 @@ def test_one_of_user_id_or_user_ids_is_in_the_schema(tmp_path: Path) -> None:
         assert body["required"] is True
         variants = body["content"]["application/json"]["schema"]["oneOf"]
         schemas = openapi["components"]["schemas"]
-        single, batch = (schemas[v["$ref"].rsplit("/", 1)[1]] for v in variants)
+        single, batch, transaction = (schemas[v["$ref"].rsplit("/", 1)[1]] for v in variants)
         for schema, key in ((single, "user_id"), (batch, "user_ids")):
             assert schema["type"] == "object" and schema["additionalProperties"] is False
             assert schema["required"] == [key] and set(schema["properties"]) == {key, "event_id"}
+        keys = ["user_id", "merchant_id", "amount", "event_time"]
+        assert transaction["required"] == keys and transaction["additionalProperties"] is False
+        assert set(transaction["properties"]) == {*keys, "event_id"}
+        # a transaction needs all its keys; without a replica of the stream state it is a 503
+        partial = client.post("/predict", json={"user_id": 1, "amount": 3.0})
+        assert partial.status_code == 422
+        assert {e["loc"][-1] for e in partial.json()["detail"]} == {"merchant_id", "event_time"}
+        tx = {"user_id": 1, "merchant_id": 2, "amount": 3.0, "event_time": 1_767_225_600_000}
+        refused = client.post("/predict", json=tx)
+        assert refused.status_code == 503 and "events topic" in refused.json()["detail"]
         assert (
             batch["properties"]["user_ids"]["minItems"],
             batch["properties"]["user_ids"]["maxItems"],
@@ -400,7 +430,9 @@ def live_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathes
     """The live service's own /openapi.json, with a champion so /predict can answer 200."""
     settings = Settings(home=tmp_path_factory.mktemp("schemathesis"))
     _setup(settings)
-    with _serve(_app(settings)) as url:
+    state = WindowState(DEFAULT_FEATURES)
+    state.update(USERS, np.full(len(USERS), 1_767_225_600_000), np.full(len(USERS), 5.0), USERS)
+    with _serve(_app(settings, transactions=_state_peek(state))) as url:
         yield schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 
