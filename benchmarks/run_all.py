@@ -5,8 +5,9 @@ servers from skewing the next, and lets one crash without hiding the others' res
 
     python -m benchmarks.run_all [--quick] [--only NAME ...]
 
-Default sizes take ~13 minutes on 2 cores; ``--quick`` uses smaller ones (~2 minutes), which
-change the absolute figures, so quote the flags with any number.
+Default sizes take ~13 minutes on 2 cores, plus ~30 for ``training_set`` (two ``featflow
+train`` runs on 1M labelled events, each ~12 minutes of model fit); ``--quick`` uses smaller
+ones (~3 minutes), which change the absolute figures, so quote the flags with any number.
 """
 
 from __future__ import annotations
