@@ -544,6 +544,7 @@ def serve(config: str | None, host: str, port: int, no_publish: bool) -> None:
     app = build_app(
         settings.stores, publisher,
         transactions=None if replica is None else replica.peek,
+        transactions_lag=None if replica is None else replica.lag,
         rules=settings.event_rules, lateness_ms=settings.lateness_ms,
     )  # fmt: skip
     try:

@@ -188,6 +188,9 @@ class Health(BaseModel):
     model_version: str | None
     online_store: Literal["ok", "unreachable"]
     last_model_error: str | None
+    # events not yet in the state transactions are scored on (-1: unknown; None: no
+    # transaction scoring here)
+    transactions_lag: int | None = None
 
 
 class FieldError(BaseModel):
@@ -368,12 +371,14 @@ def create_app(
     *,
     refresh_interval_s: float = 1.0,
     transactions: Transactions | None = None,
+    transactions_lag: Callable[[], int] | None = None,
     rules: EventRules = EventRules(),
     lateness_ms: int = DEFAULT_LATENESS_MS,
 ) -> FastAPI:
     """The FastAPI app over a predictor, a feature reader and an optional publisher; the
     registry is re-read every ``refresh_interval_s``. Transactions are scored through
-    ``transactions`` and judged by the stream's ``rules`` and ``lateness_ms``."""
+    ``transactions`` (``transactions_lag``: how far behind the stream that is) and judged
+    by the stream's ``rules`` and ``lateness_ms``."""
     metrics = _metrics()
     stop = threading.Event()
 
@@ -520,6 +525,7 @@ def create_app(
             "model_version": model.version if model else None,
             "online_store": "ok" if store_ok else "unreachable",
             "last_model_error": predictor.last_error,
+            "transactions_lag": None if transactions_lag is None else transactions_lag(),
         }
 
     # Prometheus' text exposition format, documented as such (not FastAPI's default JSON).
@@ -550,6 +556,7 @@ def build_app(
     publisher: PredictionPublisher | None = None,
     *,
     transactions: Transactions | None = None,
+    transactions_lag: Callable[[], int] | None = None,
     rules: EventRules = EventRules(),
     lateness_ms: int = DEFAULT_LATENESS_MS,
 ) -> FastAPI:
@@ -564,6 +571,6 @@ def build_app(
     predictor = Predictor(ModelRegistry(stores.models_dir), FEATURE_NAMES)
     reader = open_online(store, DEFAULT_FEATURES)
     return create_app(
-        predictor, reader, publisher, transactions=transactions, rules=rules,
-        lateness_ms=lateness_ms,
+        predictor, reader, publisher, transactions=transactions,
+        transactions_lag=transactions_lag, rules=rules, lateness_ms=lateness_ms,
     )  # fmt: skip

@@ -10,7 +10,7 @@ exact at the transaction's time (rows that expired since the user's last event a
 and nothing is written to any store.
 
 How current the answer is depends on how far the replica has read: :meth:`lag` says how many
-records of the topic it has not applied yet (``/health`` reports it).
+records of the topic it has not applied yet.
 """
 
 from __future__ import annotations

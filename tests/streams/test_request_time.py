@@ -91,7 +91,7 @@ def test_a_transaction_is_scored_as_the_stream_will_see_it(settings: Settings) -
         stream.update(events.user_id, events.event_time_ms, events.amount, events.merchant_id)
         snapshot = stream.snapshot()
 
-        app = build_app(settings.stores, transactions=replica.peek,
+        app = build_app(settings.stores, transactions=replica.peek, transactions_lag=replica.lag,
                         rules=settings.event_rules, lateness_ms=settings.lateness_ms)  # fmt: skip
         asked = _transactions(events, 1000, seed=4)
         got = late = expired = 0
@@ -124,6 +124,7 @@ def test_a_transaction_is_scored_as_the_stream_will_see_it(settings: Settings) -
             # nothing was written: the first transaction is answered as it was
             assert first is not None
             assert client.post("/predict", json=first[0]).json()["features"] == first[1]
+            assert client.get("/health").json()["transactions_lag"] == 0
         assert got > 800 and late > 20 and expired > 50, (got, late, expired)
         assert replica.lag() == 0
     finally:
