@@ -11,7 +11,7 @@
 ``train``: ``featflow.cli:run`` (what the ``featflow`` console script calls) with the given
 arguments, the stages of ``inference.workflow.train_and_register`` timed by wrappers around
 the functions it calls (read events, backfill, offline write, training-set build, train(),
-and within it GradientBoostingClassifier.fit); the report is rewritten after every stage,
+and within it the model fit); the report is rewritten after every stage,
 since the CLI may leave by ``os._exit``.
 
 Nothing but the standard library is imported before the step, so the parent's wall time and
@@ -132,16 +132,10 @@ def train(out: str, args: list[str]) -> None:
     inference.train.training_set_by_event = timed(
         "build training set", inference.train.training_set_by_event
     )
-    fit_stage, train_fn = "train(): fit, ONNX export and check, metrics", inference.train.train
-
-    def fit_timed(*a: Any, **kw: Any) -> Any:
-        # patched on the call, so that scikit-learn is imported where train() imports it
-        from sklearn.ensemble import GradientBoostingClassifier as Model
-
-        Model.fit = timed("GradientBoostingClassifier.fit", Model.fit, within=fit_stage)  # type: ignore[method-assign]
-        return train_fn(*a, **kw)
-
-    inference.train.train = timed(fit_stage, fit_timed)
+    fit_stage = "train(): fit, ONNX export and check, metrics"
+    inference.train.fit_model = timed("fit_model (the trees)", inference.train.fit_model,
+                                      within=fit_stage)  # fmt: skip
+    inference.train.train = timed(fit_stage, inference.train.train)
     report["ready_s"] = time.perf_counter() - T0
     _dump(out, report)
 
