@@ -11,10 +11,10 @@ that child alone); the processes are ``benchmarks/training_set_child.py``:
     by ``features.offline.OfflineWriter``, as ``featflow train --events`` writes it);
 (2) ``featflow train --events events.parquet --labels labels.parquet`` in an empty
     FEATFLOW_HOME: backfill into a scratch dir, build, fit the model
-    (``inference.train.fit_model``) on the oldest 80 %, ONNX export and check, register; once as the console script, once
-    through ``featflow.cli:run`` with its stages timed by wrappers (read events, backfill,
-    offline write, build, train() and the model fit inside it; the rest
-    is start-up, the labels file, registry and exit);
+    (``inference.train.fit_model``) on the oldest 80 %, ONNX export and check, register;
+    once as the console script, once through ``featflow.cli:run`` with its stages timed by
+    wrappers (read events, backfill, offline write, build, train() and the model fit inside
+    it; the rest is start-up, the labels file, registry and exit);
 (3) Feast: ``FeatureStore.get_historical_features(entity_df, features).to_df()`` on the same
     offline rows (the repo applied by ``features.feast_repo.apply_repo``, the file offline
     store), entity_df = user_id, event_timestamp, label (and event_id, passed through) of
