@@ -435,13 +435,12 @@ def create_app(
     async def predict(body: PredictRequest) -> Any:
         """Score users with the champion model; unknown users get default features."""
         start = time.perf_counter()
+        single = not isinstance(body, BatchPredictRequest)
+        users = [body.user_id] if single else body.user_ids
         if isinstance(body, TransactionPredictRequest):
             features, found = _transaction_features(body)
         else:
-            users = [body.user_id] if isinstance(body, SinglePredictRequest) else body.user_ids
             features, found = reader.read(users)
-        single = not isinstance(body, BatchPredictRequest)
-        users = [body.user_id] if single else body.user_ids
         try:
             version, scores = predictor.score(features)
         except RuntimeError as exc:

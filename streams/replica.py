@@ -54,9 +54,7 @@ class FeatureReplica:
         self._thread: threading.Thread | None = None
         self._lag = -1  # unknown until the first poll
         self._empty = WindowState(self._specs, lateness_ms=lateness_ms)  # users never seen
-        self._procs = [
-            self._restored(p, rules, checkpoints) for p in range(partitions)
-        ]  # fmt: skip
+        self._procs = [self._restored(p, rules, checkpoints) for p in range(partitions)]
 
     def _restored(
         self, partition: int, rules: EventRules, checkpoints: CheckpointStore | None
@@ -99,7 +97,12 @@ class FeatureReplica:
                 for tp, records in fetched.items():
                     with self._lock:
                         self._procs[tp.partition].process(records)
-                ends = consumer.end_offsets(tps)
+                # the high watermarks of the last fetches (no broker round trip per poll);
+                # the broker is asked only for partitions not fetched from yet
+                ends = {tp: consumer.highwater(tp) for tp in tps}
+                unknown = [tp for tp, end in ends.items() if end is None]
+                if unknown:
+                    ends.update(consumer.end_offsets(unknown))
                 self._lag = sum(
                     max(0, ends[tp] - 1 - p.offset) for tp, p in zip(tps, self._procs, strict=True)
                 )
