@@ -536,8 +536,7 @@ def serve(config: str | None, host: str, port: int, no_publish: bool) -> None:
         # from the events topic (from the worker's checkpoints where there are some)
         ensure_topics(settings.kafka, settings.topics)
         replica = FeatureReplica(
-            kafka=settings.kafka, topic=settings.topics.events,
-            partitions=settings.topics.partitions, specs=DEFAULT_FEATURES,
+            kafka=settings.kafka, topic=settings.topics.events, specs=DEFAULT_FEATURES,
             lateness_ms=settings.lateness_ms, rules=settings.event_rules,
             checkpoints=CheckpointStore(settings.stores.checkpoint_dir),
         ).start()  # fmt: skip

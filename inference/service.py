@@ -487,12 +487,15 @@ def create_app(
         if in_future[0]:
             ahead = f"{rules.max_future_skew_ms / 1000:g} s"
             _refuse(409, "event_time", body.event_time, f"in_future: more than {ahead} ahead")
-        features, late, known = transactions(
-            np.array([body.user_id], dtype=np.int64),
-            np.array([body.merchant_id], dtype=np.int64),
-            amount,
-            times,
-        )
+        try:
+            features, late, known = transactions(
+                np.array([body.user_id], dtype=np.int64),
+                np.array([body.merchant_id], dtype=np.int64),
+                amount,
+                times,
+            )
+        except RuntimeError as exc:  # the state it scores on cannot be trusted now
+            raise HTTPException(503, f"transaction scoring unavailable: {exc}") from exc
         if late[0]:
             _refuse(
                 409,

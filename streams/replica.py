@@ -40,7 +40,6 @@ class FeatureReplica:
         *,
         kafka: KafkaConfig,
         topic: str,
-        partitions: int,
         specs: Sequence[FeatureSpec],
         lateness_ms: int,
         rules: EventRules = EventRules(),
@@ -53,8 +52,10 @@ class FeatureReplica:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lag = -1  # unknown until the first poll
+        self._failed: str | None = None  # why the thread stopped, if it did
         self._empty = WindowState(self._specs, lateness_ms=lateness_ms)  # users never seen
-        self._procs = [self._restored(p, rules, checkpoints) for p in range(partitions)]
+        self._rules, self._checkpoints = rules, checkpoints
+        self._procs: list[PartitionProcessor] = []  # one per partition, from start()
 
     def _restored(
         self, partition: int, rules: EventRules, checkpoints: CheckpointStore | None
@@ -71,7 +72,13 @@ class FeatureReplica:
         )  # fmt: skip
 
     def start(self) -> FeatureReplica:
-        """Follow the topic from each partition's restored offset, in a daemon thread."""
+        """Follow the topic from each partition's restored offset, in a daemon thread.
+
+        The partitions are the topic's own (asked of the broker), not a configured count:
+        a topic a producer auto-created may have another number (found by a kafka-python
+        producer: 4 partitions where the settings said 8, and the replica stopped).
+        Partitions added later are not followed until a restart.
+        """
         from kafka import KafkaConsumer, TopicPartition
 
         consumer = KafkaConsumer(
@@ -80,6 +87,11 @@ class FeatureReplica:
             request_timeout_ms=int(max(self._kafka.connect_timeout_s, 1.0) * 6000),
             max_partition_fetch_bytes=4 << 20,
         )
+        parts = consumer.partitions_for_topic(self._topic)
+        if not parts:
+            consumer.close()
+            raise RuntimeError(f"topic {self._topic!r} does not exist (or has no partitions)")
+        self._procs = [self._restored(p, self._rules, self._checkpoints) for p in sorted(parts)]
         tps = [TopicPartition(self._topic, p.partition) for p in self._procs]
         consumer.assign(tps)
         for tp, proc in zip(tps, self._procs, strict=True):
@@ -91,12 +103,13 @@ class FeatureReplica:
         return self
 
     def _follow(self, consumer: Any, tps: list[Any]) -> None:
+        by_partition = {p.partition: p for p in self._procs}
         try:
             while not self._stop.is_set():
                 fetched = consumer.poll(timeout_ms=200, max_records=20_000)
                 for tp, records in fetched.items():
                     with self._lock:
-                        self._procs[tp.partition].process(records)
+                        by_partition[tp.partition].process(records)
                 # the high watermarks of the last fetches (no broker round trip per poll);
                 # the broker is asked only for partitions not fetched from yet
                 ends = {tp: consumer.highwater(tp) for tp in tps}
@@ -106,8 +119,9 @@ class FeatureReplica:
                 self._lag = sum(
                     max(0, ends[tp] - 1 - p.offset) for tp, p in zip(tps, self._procs, strict=True)
                 )
-        except Exception:  # the service goes on; /health shows the replica stopped
+        except Exception as exc:  # the service goes on; transactions get a 503 saying why
             log.exception("feature replica stopped")
+            self._failed = f"{type(exc).__name__}: {exc}"
             self._lag = -1
         finally:
             consumer.close()
@@ -130,7 +144,10 @@ class FeatureReplica:
         times_ms: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(features, late, known) of each transaction as its user's next event; nothing is
-        written. ``known``: the replica holds history of that user."""
+        written. ``known``: the replica holds history of that user. Raises RuntimeError
+        once the replica has stopped following the topic (its answers would go stale)."""
+        if self._failed is not None:
+            raise RuntimeError(f"the feature replica stopped: {self._failed}")
         n = len(user_ids)
         features = np.full((n, len(self._specs)), np.nan)
         late = np.zeros(n, dtype=bool)

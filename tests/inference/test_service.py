@@ -380,6 +380,15 @@ def test_one_of_user_id_or_user_ids_is_in_the_schema(tmp_path: Path) -> None:
         tx = {"user_id": 1, "merchant_id": 2, "amount": 3.0, "event_time": 1_767_225_600_000}
         refused = client.post("/predict", json=tx)
         assert refused.status_code == 503 and "events topic" in refused.json()["detail"]
+
+    def stopped(*_: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        raise RuntimeError("the feature replica stopped: KeyError: partition 4")
+
+    # a replica that stopped following the topic: a 503 saying why, not stale features
+    with TestClient(_app(settings, transactions=stopped)) as client:
+        refused = client.post("/predict", json=tx)
+        assert refused.status_code == 503, refused.text
+        assert "replica stopped" in refused.json()["detail"]
         assert (
             batch["properties"]["user_ids"]["minItems"],
             batch["properties"]["user_ids"]["maxItems"],

@@ -5,6 +5,7 @@ nothing is written."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -76,8 +77,7 @@ def test_a_transaction_is_scored_as_the_stream_will_see_it(settings: Settings) -
     apply_repo(settings.stores)
 
     replica = FeatureReplica(
-        kafka=settings.kafka, topic=settings.topics.events,
-        partitions=settings.topics.partitions, specs=DEFAULT_FEATURES,
+        kafka=settings.kafka, topic=settings.topics.events, specs=DEFAULT_FEATURES,
         lateness_ms=settings.lateness_ms, rules=settings.event_rules,
     ).start()  # fmt: skip
     try:
@@ -127,5 +127,30 @@ def test_a_transaction_is_scored_as_the_stream_will_see_it(settings: Settings) -
             assert client.get("/health").json()["transactions_lag"] == 0
         assert got > 800 and late > 20 and expired > 50, (got, late, expired)
         assert replica.lag() == 0
+    finally:
+        replica.close()
+
+
+def test_the_replica_follows_the_partitions_the_topic_has(settings: Settings) -> None:
+    """A topic created with another partition count than the settings say (as a producer's
+    auto-create does): the replica follows the topic's own partitions. It stopped before."""
+    topics = dataclasses.replace(settings.topics, partitions=2)
+    assert topics.partitions != settings.topics.partitions
+    ensure_topics(settings.kafka, topics)
+    events = generate_events(500, users=40, start_ms=1_767_225_600_000, mean_gap_ms=1000, seed=5)
+    publish(settings.kafka, topics.events, events.records())
+    replica = FeatureReplica(
+        kafka=settings.kafka, topic=topics.events, specs=DEFAULT_FEATURES,
+        lateness_ms=settings.lateness_ms,
+    ).start()  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while replica.lag() != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert replica.lag() == 0
+        users = np.unique(events.user_id)
+        t = np.full(len(users), int(events.event_time_ms.max()) + 1000)
+        _, late, known = replica.peek(users, users, np.full(len(users), 5.0), t)
+        assert known.all() and not late.any()
     finally:
         replica.close()
