@@ -63,7 +63,7 @@ def populate(settings: Settings, users: int, seed: int) -> tuple[FeatureStore, n
     for lo in range(0, users, 5000):
         hi = min(lo + 5000, users)
         writer.write(
-            user_id=ids[lo:hi],
+            entity_id=ids[lo:hi],
             event_time_ms=np.full(hi - lo, EVENT_TIME_MS, dtype=np.int64),
             features=features[lo:hi],
         )

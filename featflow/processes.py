@@ -68,24 +68,37 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 def wait_caught_up(
     settings: Settings, workers: list[subprocess.Popen[bytes]], timeout: float
 ) -> float:
-    """Block until the group has checkpointed every event; returns seconds waited."""
-    return wait_lag_at_most(settings, workers, 0, timeout)
+    """Block until the group has checkpointed every event, and the merchant workers every
+    row those events (and the labels stored so far) sent them; returns seconds waited."""
+    waited = wait_lag_at_most(settings, workers, 0, timeout)
+    topic, group = settings.topics.merchant_rows, settings.worker.merchant_group
+    return waited + _wait_group(settings, workers, group, topic, 0, timeout - waited)
 
 
 def wait_lag_at_most(
     settings: Settings, workers: list[subprocess.Popen[bytes]], lag: int, timeout: float
 ) -> float:
     """Block until at most ``lag`` events are not yet checkpointed; fail fast if a worker dies."""
+    group, topic = settings.consumer_group, settings.topics.events
+    return _wait_group(settings, workers, group, topic, lag, timeout)
+
+
+def _wait_group(
+    settings: Settings,
+    workers: list[subprocess.Popen[bytes]],
+    group: str,
+    topic: str,
+    lag: int,
+    timeout: float,
+) -> float:
     from infra.lag import group_lag
 
     start = time.monotonic()
-    while (
-        behind := group_lag(settings.kafka, settings.consumer_group, settings.topics.events)
-    ) > lag:
+    while (behind := group_lag(settings.kafka, group, topic)) > lag:
         dead = [w for w in workers if w.poll() is not None]
         if dead:
             raise RuntimeError(f"worker pid {dead[0].pid} exited with {dead[0].returncode}")
         if time.monotonic() - start > timeout:
-            raise TimeoutError(f"workers still {behind} events behind after {timeout}s")
+            raise TimeoutError(f"workers still {behind} {topic} behind after {timeout}s")
         time.sleep(0.05)
     return time.monotonic() - start

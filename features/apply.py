@@ -93,7 +93,7 @@ def apply_events(state: WindowState, batch: EventBatch | Columns) -> Applied:
     for j in np.flatnonzero(late).tolist():
         t_ms = int(cols.event_time_ms[rows[j]])
         detail = (
-            f"event_time {t_ms} ms is more than {lateness_s:g} s behind the user's newest event"
+            f"event_time {t_ms} ms is more than {lateness_s:g} s behind its entity's newest event"
         )
         refused.append((int(rows[j]), Reason.LATE, detail))
     finite = np.isfinite(features).all(axis=1)

@@ -77,7 +77,7 @@ def backfill(
     table = offline_table(
         specs,
         event_id=good.event_id,
-        user_id=good.user_id,
+        entity_id=good.user_id,
         event_time_ms=good.event_time_ms,
         features=features,
         partition=good.partition,

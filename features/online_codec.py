@@ -12,6 +12,7 @@ and compare stored bytes with Feast's own writer
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 
@@ -30,22 +31,23 @@ _INT64 = struct.Struct("<q")
 _DOUBLE = struct.Struct("<d")
 
 
-def _entity_key_prefix() -> bytes:
-    probe = EntityKey(join_keys=[JOIN_KEY], entity_values=[Value(int64_val=0)])
+@functools.cache
+def entity_key_prefix(join_key: str = JOIN_KEY) -> bytes:
+    """Feast's serialized entity key of one int64 ``join_key``, without the value's 8 bytes."""
+    probe = EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=0)])
     blob = serialize_entity_key(probe, ENTITY_KEY_SERIALIZATION_VERSION)
     assert blob.endswith(_INT64.pack(0)), "unexpected Feast entity key layout"
     return blob[: -_INT64.size]
 
 
-_KEY_PREFIX = _entity_key_prefix()
 _DOUBLE_TAG = Value(double_val=1.0).SerializeToString()[: -_DOUBLE.size]
 _INT64_TAG = Value(int64_val=1).SerializeToString()[:-1]
 
 
-def entity_keys(user_ids: np.ndarray) -> list[bytes]:
-    """Feast's serialized entity key of each int64 user id."""
-    prefix = _KEY_PREFIX
-    return [prefix + _INT64.pack(u) for u in user_ids.tolist()]
+def entity_keys(ids: np.ndarray, join_key: str = JOIN_KEY) -> list[bytes]:
+    """Feast's serialized entity key of each int64 id of ``join_key``."""
+    prefix = entity_key_prefix(join_key)
+    return [prefix + _INT64.pack(u) for u in ids.tolist()]
 
 
 def _varint(value: int) -> bytes:
@@ -98,15 +100,21 @@ class RedisHsetPacker:
     """
 
     def __init__(
-        self, specs: Sequence[FeatureSpec], fields: Sequence[bytes], ts_field: bytes, suffix: bytes
+        self,
+        specs: Sequence[FeatureSpec],
+        fields: Sequence[bytes],
+        ts_field: bytes,
+        suffix: bytes,
+        join_key: str = JOIN_KEY,
     ):
+        key_prefix = entity_key_prefix(join_key)
         is_int = np.array([feast_type_name(s) == "Int64" for s in specs], dtype=bool)
         self._doubles = np.flatnonzero(~is_int)
         self._ints = np.flatnonzero(is_int)
-        key_len = len(_KEY_PREFIX) + _INT64.size + len(suffix)
+        key_len = len(key_prefix) + _INT64.size + len(suffix)
         n_fields = len(specs) + 1
         self._head = _bytes_array(
-            b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s" % (2 + 2 * n_fields, key_len, _KEY_PREFIX)
+            b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s" % (2 + 2 * n_fields, key_len, key_prefix)
         )
         self._key_tail = _bytes_array(suffix + b"\r\n")
         double_head = b"$%d\r\n%s" % (len(_DOUBLE_TAG) + 8, _DOUBLE_TAG)

@@ -1,7 +1,7 @@
 """Feature rows in the shapes the stores take: an Arrow table and a Feast frame.
 
 Both stream and backfill build their rows here, so the offline schema has one
-definition: ``event_id, user_id, event_timestamp, <features...>,
+definition: ``event_id, <join key>, event_timestamp, <features...>,
 kafka_partition, kafka_offset``.
 """
 
@@ -45,19 +45,21 @@ def offline_table(
     specs: Sequence[FeatureSpec],
     *,
     event_id: Sequence[str] | pa.Array,
-    user_id: np.ndarray,
+    entity_id: np.ndarray,
     event_time_ms: np.ndarray,
     features: np.ndarray,
     partition: np.ndarray,
     offset: np.ndarray,
+    join_key: str = JOIN_KEY,
 ) -> pa.Table:
-    """One row per accepted event, as written to the offline parquet store."""
+    """One row per accepted record, as written to the offline parquet store of the view
+    keyed by ``join_key`` (``kafka_partition``/``kafka_offset``: the source record's)."""
     require_finite(specs, features)
     columns: dict[str, pa.Array] = {
         "event_id": event_id
         if isinstance(event_id, pa.Array)
         else pa.array(event_id, type=pa.string()),
-        JOIN_KEY: from_numpy(user_id.astype(np.int64, copy=False)),
+        join_key: from_numpy(entity_id.astype(np.int64, copy=False)),
         TIMESTAMP_FIELD: from_numpy(
             event_time_ms.astype(np.int64, copy=False), pa.timestamp("ms", tz="UTC")
         ),
@@ -72,16 +74,17 @@ def offline_table(
 def online_frame(
     specs: Sequence[FeatureSpec],
     *,
-    user_id: np.ndarray,
+    entity_id: np.ndarray,
     event_time_ms: np.ndarray,
     features: np.ndarray,
+    join_key: str = JOIN_KEY,
 ) -> pd.DataFrame:
     """Rows for Feast's online write: join key, event timestamp and features."""
     import pandas as pd
 
     frame = pd.DataFrame(
         {
-            JOIN_KEY: user_id.astype(np.int64),
+            join_key: entity_id.astype(np.int64),
             TIMESTAMP_FIELD: pd.to_datetime(event_time_ms, unit="ms", utc=True),
         }
     )

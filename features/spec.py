@@ -27,7 +27,10 @@ Agg = Literal[
     "count_same", "since_last", "ewm_mean", "last",
     "ratio", "difference", "below", "equals",
 ]  # fmt: skip
-Column = Literal["amount", "merchant_id"]
+#: ``merchant_id`` and ``user_id`` are the other entity's id in a row (a user's rows hold their
+#: merchants, a merchant's rows their users): the kernels read both from one id column, and a
+#: view (``features.views``) says which id fills it.
+Column = Literal["amount", "merchant_id", "user_id"]
 
 SECOND_MS = 1_000
 MINUTE_MS = 60 * SECOND_MS
@@ -61,8 +64,8 @@ _ALLOWED_COLUMNS: dict[str, tuple[str | None, ...]] = {
     "first": ("amount",),
     "quantile": ("amount",),
     "ewm_mean": ("amount",),
-    "distinct": ("merchant_id",),
-    "count_same": ("merchant_id",),
+    "distinct": ("merchant_id", "user_id"),
+    "count_same": ("merchant_id", "user_id"),
     "last": ("amount", "merchant_id"),
     **{op: (None,) for op in DERIVED_AGGS},
 }
@@ -249,6 +252,24 @@ DEFAULT_FEATURES: tuple[FeatureSpec, ...] = validate_specs([
     _f("amount_to_median_24h", "ratio", None, None, "This amount over the 24-hour median; 0.0 when the median is 0.", inputs=("amount", "amount_median_24h")),  # noqa: E501
     _f("amount_to_mean_24h", "ratio", None, None, "This amount over the 24-hour mean; 0.0 when the mean is 0.", inputs=("amount", "amount_mean_24h")),  # noqa: E501
     _f("first_time_at_merchant_24h", "equals", None, None, "1 if this is the user's first transaction at this merchant in 24 hours, else 0.", inputs=("merchant_txn_count_24h",), threshold=1.0),  # noqa: E501
+])
+# fmt: on
+
+# The merchant entity's two views (``features.views``). Activity rows come from the accepted
+# events re-keyed by merchant (id column: the paying user); outcome rows from the labels that
+# name their merchant, at their ``outcome_time`` (amount: the label, 1 = fraud), so a row as of
+# time t holds only labels known by t.
+# fmt: off
+MERCHANT_ACTIVITY_FEATURES: tuple[FeatureSpec, ...] = validate_specs([
+    _f("merchant_txns_1h", "count", None, HOUR_MS, "Transactions at this merchant in the last hour (incl. this one)."),  # noqa: E501
+    _f("merchant_txns_24h", "count", None, DAY_MS, "Transactions at this merchant in the last 24 hours (incl. this one)."),  # noqa: E501
+    _f("merchant_users_24h", "distinct", "user_id", DAY_MS, "Distinct users paying this merchant in the last 24 hours."),  # noqa: E501
+    _f("merchant_amount_mean_24h", "mean", "amount", DAY_MS, "Mean amount paid at this merchant in the last 24 hours."),  # noqa: E501
+])
+MERCHANT_OUTCOME_FEATURES: tuple[FeatureSpec, ...] = validate_specs([
+    _f("merchant_labels_7d", "count", None, 7 * DAY_MS, "Labels of this merchant's transactions known in the last 7 days (incl. this one)."),  # noqa: E501
+    _f("merchant_frauds_7d", "sum", "amount", 7 * DAY_MS, "Of those, labelled fraud."),
+    _f("merchant_fraud_rate_7d", "ratio", None, None, "Fraud share of this merchant's labels known in the last 7 days.", inputs=("merchant_frauds_7d", "merchant_labels_7d")),  # noqa: E501
 ])
 # fmt: on
 

@@ -49,7 +49,8 @@ class Topics:
     """The topic names and the partition count of the keyed topics.
 
     Events, outcomes and predictions are keyed by user id and share one partition count,
-    so a user's records of all three land on the same partition number.
+    so a user's records of all three land on the same partition number; ``merchant_rows``
+    has as many partitions, merchant ``m`` on partition ``m mod partitions``.
     """
 
     events: str = "events"
@@ -59,6 +60,7 @@ class Topics:
     monitoring: str = "monitoring"  # the monitor's snapshot rows (JSON, long form)
     retrain: str = "retrain"  # the monitor's retraining requests
     model_events: str = "model.events"  # the trainer's decisions (the model history)
+    merchant_rows: str = "merchant_rows"  # events and labels re-keyed by merchant (internal)
 
     @property
     def dlq(self) -> str:
@@ -69,6 +71,11 @@ class Topics:
     def outcomes_dlq(self) -> str:
         """Dead letters of the outcomes topic."""
         return f"{self.outcomes}.dlq"
+
+    @property
+    def merchant_rows_dlq(self) -> str:
+        """Records of ``merchant_rows`` the merchant worker could not read."""
+        return f"{self.merchant_rows}.dlq"
 
     @property
     def predictions_dlq(self) -> str:
@@ -97,6 +104,8 @@ class Topics:
             self.retrain: 1,
             self.retrain_dlq: 1,
             self.model_events: 1,
+            self.merchant_rows: self.partitions,
+            self.merchant_rows_dlq: 1,
         }
 
 
@@ -122,8 +131,12 @@ class Stores:
 
     @property
     def offline_dir(self) -> Path:
-        """Parquet part files of the feature rows (Feast's file offline store)."""
-        return self.home / "offline" / "user_txn_features"
+        """Parquet part files of the users' feature rows (Feast's file offline store)."""
+        return self.view_dir("user_txn_features")
+
+    def view_dir(self, view: str) -> Path:
+        """Parquet part files of the feature view named ``view``."""
+        return self.home / "offline" / view
 
     @property
     def outcomes_dir(self) -> Path:

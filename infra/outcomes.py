@@ -3,10 +3,13 @@
 An outcome is a JSON object::
 
     {"prediction_id": "9f..", "event_id": "e-1", "user_id": 42, "label": 1,
-     "outcome_time": 1767229200000}           # or an RFC 3339 string
+     "outcome_time": 1767229200000,           # or an RFC 3339 string
+     "merchant_id": 7}
 
 ``prediction_id`` is optional (labels often come from systems that never saw
-the prediction); ``event_id`` always ties the label to its event. Bad records
+the prediction); ``event_id`` always ties the label to its event. ``merchant_id``
+(the event's merchant, as a chargeback names it) is optional too: a label that
+names it counts in its merchant's fraud rate (``merchant_outcomes``). Bad records
 go to ``outcomes.dlq`` with their reason, as for events.
 """
 
@@ -32,6 +35,7 @@ class Outcome(msgspec.Struct, frozen=True):
     label: Literal[0, 1]
     outcome_time: Int64 | Annotated[datetime, msgspec.Meta(tz=True)]
     prediction_id: Id | None = None
+    merchant_id: Int64 | None = None
 
 
 _decoder = msgspec.json.Decoder(Outcome)
@@ -43,6 +47,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("label", pa.int8()),
         ("outcome_timestamp", pa.timestamp("ms", tz="UTC")),
         ("prediction_id", pa.string()),
+        ("merchant_id", pa.int64()),
         ("kafka_partition", pa.int32()),
         ("kafka_offset", pa.int64()),
     ]
@@ -122,6 +127,7 @@ def decode_outcomes(
         "label": [o.label for o, _, _, _ in good],
         "outcome_timestamp": [t for _, t, _, _ in good],
         "prediction_id": [o.prediction_id for o, _, _, _ in good],
+        "merchant_id": [o.merchant_id for o, _, _, _ in good],
         "kafka_partition": [p for _, _, p, _ in good],
         "kafka_offset": [off for _, _, _, off in good],
     }

@@ -22,10 +22,43 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
-from features.state import Snapshot
 from streams.checkpoint import Checkpoint, CheckpointStore
-from streams.processor import PartitionProcessor
+
+
+class Encodable(Protocol):
+    """A detached copy of a partition's state."""
+
+    def encode(self) -> bytes:
+        """The checkpoint bytes."""
+        ...
+
+
+class State(Protocol):
+    """What a checkpoint takes of a partition's state."""
+
+    def capture(self) -> Encodable:
+        """A detached copy, encoded later in a thread."""
+        ...
+
+    def snapshot(self) -> bytes:
+        """The encoded state, now."""
+        ...
+
+
+class Checkpointable(Protocol):
+    """A partition's processor: its state and the offset that state reflects."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def state(self) -> State:
+        """The partition's state."""
+        ...
+
 
 Commit = Callable[[str, int, int], Awaitable[bool]]  # (topic, partition, offset) -> committed?
 
@@ -77,7 +110,7 @@ class Checkpointer:
         return self._committed[partition]
 
     # -- writing ---------------------------------------------------------------
-    def save_now(self, processor: PartitionProcessor) -> None:
+    def save_now(self, processor: Checkpointable) -> None:
         """Write ``processor``'s checkpoint synchronously (on release and stop; the caller
         has drained the store writes and settled any write in flight)."""
         self._advance(processor.partition, processor.offset)
@@ -87,7 +120,7 @@ class Checkpointer:
 
     async def maybe(
         self,
-        processors: Mapping[int, PartitionProcessor],
+        processors: Mapping[int, Checkpointable],
         drain: Callable[[], Awaitable[None]],
     ) -> None:
         """Checkpoint the most overdue partition of ``processors`` if it is due.
@@ -138,7 +171,7 @@ class Checkpointer:
             )
         self._written[partition] = offset
 
-    async def _write(self, topic: str, partition: int, offset: int, snapshot: Snapshot) -> None:
+    async def _write(self, topic: str, partition: int, offset: int, snapshot: Encodable) -> None:
         def write() -> None:
             self.store.save(topic, partition, Checkpoint(offset, snapshot.encode()))
 

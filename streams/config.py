@@ -32,6 +32,11 @@ class WorkerConfig:
     stream_scoring: bool = False
     web_port: int = 0  # faust web (/metrics); 0 disables it
 
+    @property
+    def merchant_group(self) -> str:
+        """The merchant workers' consumer group (of ``merchant_rows``)."""
+        return f"{self.group}-merchants"
+
 
 @dataclass(frozen=True, slots=True)
 class MonitorConfig:

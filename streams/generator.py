@@ -112,6 +112,7 @@ class GeneratedOutcomes:
 
     event_id: list[str]
     user_id: np.ndarray
+    merchant_id: np.ndarray  # the event's merchant, as a chargeback names it
     label: np.ndarray  # int8, 1 = fraud
     outcome_time_ms: np.ndarray
     probability: np.ndarray  # float64: the true probability the label was drawn from
@@ -124,6 +125,7 @@ class GeneratedOutcomes:
             value = {
                 "event_id": self.event_id[i],
                 "user_id": user,
+                "merchant_id": int(self.merchant_id[i]),
                 "label": int(self.label[i]),
                 "outcome_time": int(self.outcome_time_ms[i]),
             }
@@ -185,5 +187,10 @@ def generate_outcomes(
     label = (rng.random(len(events)) < truth).astype(np.int8)
     delay = rng.integers(label_delay_ms // 2, label_delay_ms + 1, size=len(events))
     return GeneratedOutcomes(
-        list(events.event_id), events.user_id.copy(), label, events.event_time_ms + delay, truth
+        list(events.event_id),
+        events.user_id.copy(),
+        events.merchant_id.copy(),
+        label,
+        events.event_time_ms + delay,
+        truth,
     )

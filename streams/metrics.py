@@ -30,11 +30,22 @@ class WorkerStats:
     outcomes_stored: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class MerchantStats:
+    """One moment of a merchant worker's counters."""
+
+    applied: Mapping[str, int] = field(default_factory=dict)  # rows applied, by view
+    late: Mapping[str, int] = field(default_factory=dict)  # rows refused as late, by view
+    replays: int = 0  # second copies of rows skipped
+    partitions_owned: int = 0
+
+
 class _StatsCollector:
     """A prometheus_client collector over one :class:`WorkerStats`."""
 
-    def __init__(self, stats: WorkerStats):
+    def __init__(self, stats: WorkerStats, merchants: MerchantStats):
         self.stats = stats
+        self.merchants = merchants
 
     def collect(self) -> Iterator[Metric]:
         """The metric families, in a stable order."""
@@ -65,10 +76,36 @@ class _StatsCollector:
             "Partitions this worker owns.",
             value=stats.partitions_owned,
         )
+        merchants = self.merchants
+        applied = CounterMetricFamily(
+            "featflow_merchant_rows_applied",
+            "Rows applied to a merchant view's state, by view.",
+            labels=["view"],
+        )
+        late = CounterMetricFamily(
+            "featflow_merchant_rows_late",
+            "Rows a merchant view refused: later than its lateness behind the merchant's newest.",
+            labels=["view"],
+        )
+        for family, counts in ((applied, merchants.applied), (late, merchants.late)):
+            for view, count in sorted(counts.items()):
+                family.add_metric([view], count)
+            yield family
+        yield CounterMetricFamily(
+            "featflow_merchant_rows_replay_skipped",
+            "Second copies of merchant rows skipped (a user partition replayed).",
+            value=merchants.replays,
+        )
+        yield GaugeMetricFamily(
+            "featflow_merchant_partitions_owned",
+            "Merchant partitions this worker owns.",
+            value=merchants.partitions_owned,
+        )
 
 
-def render_metrics(stats: WorkerStats) -> str:
-    """Prometheus text exposition (format 0.0.4) of ``stats``."""
+def render_metrics(stats: WorkerStats, merchants: MerchantStats | None = None) -> str:
+    """Prometheus text exposition (format 0.0.4) of ``stats`` and the merchant worker's."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_StatsCollector(stats))  # type: ignore[arg-type]
+    collector = _StatsCollector(stats, merchants or MerchantStats())
+    registry.register(collector)  # type: ignore[arg-type]
     return generate_latest(registry).decode()

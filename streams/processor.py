@@ -75,7 +75,7 @@ class Effects:
         return offline_table(
             specs,
             event_id=good.event_id,
-            user_id=good.user_id,
+            entity_id=good.user_id,
             event_time_ms=good.event_time_ms,
             features=self.features,
             partition=good.partition,

@@ -90,14 +90,15 @@ COUNT_SAME = AGG_CODES["count_same"]
 # The kernels compute since_last and ewm_mean from per-entity state, last from the event
 # and every other aggregation over a window of rows (derived features are not theirs:
 # features.derived); which column each reads is fixed in them: distinct and count_same read
-# merchant_id (arena_m), count and since_last no column, last either (EncodedSpecs.param),
+# the other entity's id (arena_m: merchant_id in a user's rows, user_id in a merchant's),
+# count and since_last no column, last either (EncodedSpecs.param),
 # the rest amount (arena_a). A spec change that breaks this (another unwindowed aggregation,
 # a widened column table) fails here, at import, instead of computing a wrong feature.
 if set(AGGS) - WINDOWED_AGGS - DERIVED_AGGS != {"since_last", "ewm_mean", "last"}:
     raise ImportError(f"kernels: unknown unwindowed aggregation in {sorted(AGGS)}")
 _READS: dict[str, tuple[str | None, ...]] = {
-    "distinct": ("merchant_id",),
-    "count_same": ("merchant_id",),
+    "distinct": ("merchant_id", "user_id"),
+    "count_same": ("merchant_id", "user_id"),
     "count": (None,),
     "since_last": (None,),
     "last": ("amount", "merchant_id"),

@@ -1,5 +1,6 @@
 """The online store: each user's newest feature row, written and read in Feast's own layout.
 
+Rows are keyed by the view's entity (users, or merchants for the merchant views).
 One backend class per store holds both directions (as Feast's online stores do):
 :class:`features.online.sqlite.SqliteOnline` and :class:`features.online.redis.RedisOnline`.
 The worker writes; the HTTP service reads; tests read everything back through Feast's own
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from features.spec import FeatureSpec
+from features.views import USER, View
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -32,12 +34,14 @@ if TYPE_CHECKING:
 class OnlineStore(Protocol):
     """What the worker and the service need of an online store."""
 
-    def write(self, *, user_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray) -> int:
-        """Upsert one row per user (all finite, else ``ValueError``); returns rows written."""
+    def write(
+        self, *, entity_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray
+    ) -> int:
+        """Upsert one row per entity (all finite, else ``ValueError``); returns rows written."""
         ...
 
-    def read(self, user_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(features [n, F], all finite, with defaults for unknown users; found [n] bool)."""
+    def read(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(features [n, F], all finite, with defaults for unknown entities; found [n] bool)."""
         ...
 
     def ping(self) -> bool:
@@ -45,17 +49,20 @@ class OnlineStore(Protocol):
         ...
 
 
-def open_online(store: FeatureStore, specs: Sequence[FeatureSpec]) -> OnlineStore:
-    """The backend of the Feast repo's configured online store."""
+def open_online(
+    store: FeatureStore, specs: Sequence[FeatureSpec], *, view: View = USER
+) -> OnlineStore:
+    """The backend of the Feast repo's configured online store, for ``view``'s rows (whose
+    features are ``specs``: a test's own list for the user view)."""
     kind = store.config.online_store.type
     if kind == "sqlite":
         from features.online.sqlite import SqliteOnline
 
-        return SqliteOnline(store, specs)
+        return SqliteOnline(store, specs, view)
     if kind == "redis":
         from features.online.redis import RedisOnline
 
-        return RedisOnline(store, specs)
+        return RedisOnline(store, specs, view)
     raise ValueError(f"unsupported online store {kind!r}")
 
 

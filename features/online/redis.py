@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from features import online_codec as codec
-from features.feast_repo import FEATURE_VIEW, PROJECT
+from features.feast_repo import PROJECT
 from features.online import default_features, number, only_usable
 from features.rows import require_finite
 from features.spec import FeatureSpec
+from features.views import View
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -20,42 +21,45 @@ if TYPE_CHECKING:
 class RedisOnline:
     """Pipelined HSETs packed by Numba for writes; HMGETs for reads."""
 
-    def __init__(self, store: FeatureStore, specs: Sequence[FeatureSpec]):
+    def __init__(self, store: FeatureStore, specs: Sequence[FeatureSpec], view: View):
         from feast.infra.online_stores.redis import RedisOnlineStore
 
         self.specs = tuple(specs)
         self._client = RedisOnlineStore()._get_client(store.config.online_store)
-        self._fields = codec.redis_field_keys(FEATURE_VIEW, self.specs)
+        self._join_key = view.join_key
+        self._fields = codec.redis_field_keys(view.name, self.specs)
         self._suffix = PROJECT.encode()
         self._defaults = default_features(self.specs)
         self._packer = codec.RedisHsetPacker(
-            self.specs, self._fields, f"_ts:{FEATURE_VIEW}".encode(), self._suffix
+            self.specs, self._fields, f"_ts:{view.name}".encode(), self._suffix, view.join_key
         )
         one = np.zeros(1, dtype=np.int64)
         self._packer.pack(one, one, np.zeros((1, len(self.specs))))  # compile or load now
 
-    def write(self, *, user_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray) -> int:
-        """One HSET per user in one round trip; returns the users written."""
-        if len(user_id) == 0:
+    def write(
+        self, *, entity_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray
+    ) -> int:
+        """One HSET per entity in one round trip; returns the rows written."""
+        if len(entity_id) == 0:
             return 0
         require_finite(self.specs, features)
-        payload = self._packer.pack(user_id, event_time_ms, features)
+        payload = self._packer.pack(entity_id, event_time_ms, features)
         pool = self._client.connection_pool
         conn = pool.get_connection()
         try:
             conn.send_packed_command([payload])
-            for _ in range(len(user_id)):
+            for _ in range(len(entity_id)):
                 conn.read_response()  # raises on an error reply
         except BaseException:
             conn.disconnect()  # unread replies would poison the next command
             raise
         finally:
             pool.release(conn)
-        return len(user_id)
+        return len(entity_id)
 
-    def read(self, user_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(features [n, F] with defaults for unknown users, found [n])."""
-        keys = codec.entity_keys(np.asarray(user_ids, dtype=np.int64))
+    def read(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(features [n, F] with defaults for unknown entities, found [n])."""
+        keys = codec.entity_keys(np.asarray(ids, dtype=np.int64), self._join_key)
         if len(keys) == 1:
             rows = [self._client.hmget(keys[0] + self._suffix, self._fields)]
         else:

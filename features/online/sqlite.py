@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from features import online_codec as codec
-from features.feast_repo import FEATURE_VIEW, PROJECT
+from features.feast_repo import PROJECT
 from features.online import default_features, number, only_usable
 from features.rows import require_finite
 from features.spec import FeatureSpec
+from features.views import View
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -25,11 +26,12 @@ _EPOCH = datetime(1970, 1, 1)  # naive UTC, as Feast's SQLite store keeps event_
 class SqliteOnline:
     """Upserts and reads Feast's SQLite rows; a connection per thread for reads."""
 
-    def __init__(self, store: FeatureStore, specs: Sequence[FeatureSpec]):
+    def __init__(self, store: FeatureStore, specs: Sequence[FeatureSpec], view: View):
         from feast.infra.online_stores.sqlite import SqliteOnlineStore, _table_id
 
         self.specs = tuple(specs)
-        table = _table_id(PROJECT, store.get_feature_view(FEATURE_VIEW))
+        self._join_key = view.join_key
+        table = _table_id(PROJECT, store.get_feature_view(view.name))
         self._path = SqliteOnlineStore._get_db_path(store.config)
         self._upsert = (
             f'INSERT INTO "{table}" (entity_key, feature_name, value, value_text, event_ts, '
@@ -49,12 +51,14 @@ class SqliteOnline:
             self._local.conn = conn
         return conn
 
-    def write(self, *, user_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray) -> int:
-        """Upsert one row per user and feature; returns the users written."""
-        if len(user_id) == 0:
+    def write(
+        self, *, entity_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray
+    ) -> int:
+        """Upsert one row per entity and feature; returns the rows written."""
+        if len(entity_id) == 0:
             return 0
         require_finite(self.specs, features)
-        keys = codec.entity_keys(user_id)
+        keys = codec.entity_keys(entity_id, self._join_key)
         # Naive UTC datetimes, stored through the sqlite3 adapter Feast registers.
         stamps = [_EPOCH + timedelta(milliseconds=ms) for ms in event_time_ms.tolist()]
         rows = []
@@ -65,11 +69,11 @@ class SqliteOnline:
         conn = self._conn()
         with conn:
             conn.executemany(self._upsert, rows)
-        return len(user_id)
+        return len(entity_id)
 
-    def read(self, user_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(features [n, F] with defaults for unknown users, found [n])."""
-        keys = codec.entity_keys(np.asarray(user_ids, dtype=np.int64))
+    def read(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(features [n, F] with defaults for unknown entities, found [n])."""
+        keys = codec.entity_keys(np.asarray(ids, dtype=np.int64), self._join_key)
         out = np.tile(self._defaults, (len(keys), 1))
         found = np.zeros(len(keys), dtype=bool)
         conn = self._conn()

@@ -71,12 +71,13 @@ def test_writer_matches_feast(backend: str, tmp_path: Path, request: pytest.Fixt
         store = apply_repo(settings.stores)
         if who == "feast":
             frame = online_frame(
-                DEFAULT_FEATURES, user_id=users, event_time_ms=times, features=features
+                DEFAULT_FEATURES, entity_id=users, event_time_ms=times, features=features
             )
             store.write_to_online_store(FEATURE_VIEW, frame)
         else:
             writer = open_online(store, DEFAULT_FEATURES)
-            assert writer.write(user_id=users, event_time_ms=times, features=features) == len(users)
+            written = writer.write(entity_id=users, event_time_ms=times, features=features)
+            assert written == len(users)
 
         got = read_online(settings.stores, users.tolist())
         assert got["user_id"].tolist() == users.tolist()
@@ -107,13 +108,13 @@ def test_writers_refuse_non_finite_features(
     message = f"refusing to store {feature} = {value}"
     with pytest.raises(ValueError, match=message):
         open_online(store, DEFAULT_FEATURES).write(
-            user_id=users, event_time_ms=times, features=features
+            entity_id=users, event_time_ms=times, features=features
         )
     with pytest.raises(ValueError, match=message):
         offline_table(
             DEFAULT_FEATURES,
             event_id=[str(u) for u in users],
-            user_id=users,
+            entity_id=users,
             event_time_ms=times,
             features=features,
             partition=np.zeros(len(users), np.int32),
@@ -135,7 +136,7 @@ def test_a_non_finite_row_from_another_writer_is_served_as_missing(
     users, times, features = _rows(seed=2, n=4)
     bad = features.copy()
     bad[1, NAMES.index(feature)] = np.inf
-    frame = online_frame(DEFAULT_FEATURES, user_id=users, event_time_ms=times, features=bad)
+    frame = online_frame(DEFAULT_FEATURES, entity_id=users, event_time_ms=times, features=bad)
     store.write_to_online_store(FEATURE_VIEW, frame)
     values, found = open_online(store, DEFAULT_FEATURES).read(users.tolist())
     assert found.tolist() == [True, False, True, True]

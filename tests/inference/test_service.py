@@ -63,7 +63,7 @@ def _setup(
             features[:, j] = rng.integers(1, 50, size=len(USERS))
     times = np.full(len(USERS), 1_767_225_600_000, dtype=np.int64)
     open_online(store, DEFAULT_FEATURES).write(
-        user_id=USERS, event_time_ms=times, features=features
+        entity_id=USERS, event_time_ms=times, features=features
     )
     registry = ModelRegistry(settings.stores.models_dir)
     models = {}

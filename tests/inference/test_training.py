@@ -33,7 +33,7 @@ def _offline_rows(rows: list[tuple[int, pd.Timestamp, float]]) -> pa.Table:
     return offline_table(
         DEFAULT_FEATURES,
         event_id=[f"e{i}" for i in range(len(rows))],
-        user_id=users,
+        entity_id=users,
         event_time_ms=times,
         features=values,
         partition=np.zeros(len(rows), dtype=np.int32),

@@ -1,0 +1,145 @@
+"""A merchant partition's state: the two merchant views' window states and the source
+offsets they reflect.
+
+Rows arrive re-keyed by merchant (``infra.merchant_rows``), from every user partition and
+from the labels. Transactions go to the ``merchant_activity`` state (keyed by merchant, the
+paying user in the second id column), labels to the ``merchant_outcomes`` state at their
+``outcome_time`` (the label as the amount). Each state is a :class:`WindowState`, so the
+merchant features have the kernels, the lateness rule and the oracle of the user features:
+a row's values are as of its own time over the rows that arrived before it.
+
+No label leaks by construction: a ``merchant_outcomes`` row at time t counts labels with
+``outcome_time`` in ``(t - 7 days, t]`` only, and training joins an event to the newest
+such row strictly before the event's time (``inference.train``).
+
+Replays are skipped by source offset: ``seen`` holds, per (source, source partition), the
+newest source offset applied, and a row at or below it is a second copy.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from features.apply import Applied, Columns, apply_events
+from features.state import Snapshot, WindowState
+from features.views import MERCHANT_ACTIVITY, MERCHANT_OUTCOMES
+from infra.merchant_rows import EVENTS, OUTCOMES, MerchantRows
+
+_MAGIC = "featflow-merchant-state-1"
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantUpdate:
+    """What one batch of rows did: each view's rows (in arrival order) and what the state made
+    of them (``Applied.rows`` index those rows; refused rows are late at their merchant)."""
+
+    activity_rows: MerchantRows
+    activity: Applied
+    outcome_rows: MerchantRows
+    outcomes: Applied
+    replays: int  # rows skipped as second copies
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantSnapshot:
+    """A detached copy of a :class:`MerchantState` (encoded in a thread by the worker)."""
+
+    activity: Snapshot
+    outcomes: Snapshot
+    seen: dict[tuple[int, int], int]
+
+    def encode(self) -> bytes:
+        """Bytes :meth:`MerchantState.restore` reads (an ``.npz`` of the two states)."""
+        header = {"magic": _MAGIC, "seen": [[s, p, o] for (s, p), o in self.seen.items()]}
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            header=np.array(json.dumps(header)),
+            activity=np.frombuffer(self.activity.encode(), dtype=np.uint8),
+            outcomes=np.frombuffer(self.outcomes.encode(), dtype=np.uint8),
+        )
+        return buf.getvalue()
+
+
+class MerchantState:
+    """The state of one merchant partition."""
+
+    def __init__(
+        self,
+        activity: WindowState | None = None,
+        outcomes: WindowState | None = None,
+        seen: dict[tuple[int, int], int] | None = None,
+    ):
+        self.activity = activity or WindowState(
+            MERCHANT_ACTIVITY.specs, lateness_ms=MERCHANT_ACTIVITY.lateness_ms
+        )
+        self.outcomes = outcomes or WindowState(
+            MERCHANT_OUTCOMES.specs, lateness_ms=MERCHANT_OUTCOMES.lateness_ms
+        )
+        self.seen: dict[tuple[int, int], int] = dict(seen or {})
+
+    def update(self, rows: MerchantRows) -> MerchantUpdate:
+        """Apply rows in arrival order, skipping second copies; one result per view."""
+        fresh = self._fresh(rows)
+        rows = rows.take(fresh)
+        txn = rows.take(rows.source == EVENTS)
+        lab = rows.take(rows.source == OUTCOMES)
+        activity = apply_events(
+            self.activity, Columns(txn.merchant_id, txn.time_ms, txn.value, txn.user_id)
+        )
+        zeros = np.zeros(len(lab), dtype=np.int64)
+        outcomes = apply_events(
+            self.outcomes, Columns(lab.merchant_id, lab.time_ms, lab.value, zeros)
+        )
+        return MerchantUpdate(txn, activity, lab, outcomes, int((~fresh).sum()))
+
+    def _fresh(self, rows: MerchantRows) -> np.ndarray:
+        """Mask of the rows above their source partition's newest applied offset; advances
+        the marks. Rows of one source partition arrive in offset order (one writer each)."""
+        fresh = np.ones(len(rows), dtype=bool)
+        if not len(rows):
+            return fresh
+        key = rows.source.astype(np.int64) << 32 | rows.source_partition.astype(np.int64)
+        for k in np.unique(key).tolist():
+            mine = np.flatnonzero(key == k)
+            source = (k >> 32, k & 0xFFFFFFFF)
+            mark = self.seen.get(source, -1)
+            offsets = rows.source_offset[mine]
+            # a second copy is at or below the mark, or repeats an offset within this batch
+            keep = offsets > np.maximum.accumulate(np.r_[mark, offsets[:-1]])
+            fresh[mine] = keep
+            self.seen[source] = max(mark, int(offsets.max()))
+        return fresh
+
+    def capture(self) -> MerchantSnapshot:
+        """Private copies of the live state (encode later, elsewhere)."""
+        return MerchantSnapshot(self.activity.capture(), self.outcomes.capture(), dict(self.seen))
+
+    def snapshot(self) -> bytes:
+        """The encoded state."""
+        return self.capture().encode()
+
+    @classmethod
+    def restore(cls, data: bytes) -> MerchantState:
+        """Rebuild from :meth:`snapshot`; ``ValueError`` for anything else."""
+        try:
+            z = np.load(io.BytesIO(data), allow_pickle=False)
+            header = json.loads(str(z["header"]))
+            activity, outcomes = z["activity"].tobytes(), z["outcomes"].tobytes()
+        except Exception as exc:
+            raise ValueError(f"not a merchant state snapshot: {exc}") from exc
+        if header.get("magic") != _MAGIC:
+            raise ValueError("not a merchant state snapshot")
+        return cls(
+            WindowState.restore(
+                activity, MERCHANT_ACTIVITY.specs, lateness_ms=MERCHANT_ACTIVITY.lateness_ms
+            ),
+            WindowState.restore(
+                outcomes, MERCHANT_OUTCOMES.specs, lateness_ms=MERCHANT_OUTCOMES.lateness_ms
+            ),
+            {(int(s), int(p)): int(o) for s, p, o in header["seen"]},
+        )

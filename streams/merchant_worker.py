@@ -1,0 +1,84 @@
+"""The merchant worker: ``merchant_rows`` -> the merchant views, online and offline.
+
+It owns merchant partitions in its own consumer group (``<group>-merchants``), with the
+same ownership, checkpoints and at-least-once delivery as the feature worker
+(``streams.partitioned``). Each fetch writes one part file per merchant view under
+``$FEATFLOW_HOME/offline/<view>`` and upserts each touched merchant's newest row of each
+view in the online store (Feast's layout: ``get_online_features`` reads them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pyarrow as pa
+
+from features.feast_repo import open_store
+from features.merchant_state import MerchantState
+from features.offline import OfflineWriter
+from features.online import OnlineStore, open_online
+from features.views import MERCHANT_VIEWS
+from streams.config import WorkerConfig
+from streams.merchant_processor import MerchantCounts, MerchantEffects, MerchantProcessor, ViewRows
+from streams.metrics import MerchantStats
+from streams.partitioned import PartitionedWorker
+
+
+class MerchantWorker(PartitionedWorker[MerchantProcessor, MerchantEffects]):
+    """Keeps the merchant views current from the rows the feature workers re-key."""
+
+    def __init__(self, config: WorkerConfig):
+        super().__init__(config, topic=config.topics.merchant_rows, group=config.merchant_group)
+        stores = config.stores
+        self.offline = {v.name: OfflineWriter(stores.view_dir(v.name)) for v in MERCHANT_VIEWS}
+        self.online: dict[str, OnlineStore] = {}
+        self.totals = MerchantCounts()
+
+    def stats(self) -> MerchantStats:
+        """The counters now, as plain data for ``/metrics``."""
+        return MerchantStats(
+            applied=dict(self.totals.applied),
+            late=dict(self.totals.late),
+            replays=self.totals.replays,
+            partitions_owned=len(self.processors),
+        )
+
+    def new_processor(self, partition: int, state: bytes | None, offset: int) -> MerchantProcessor:
+        """The partition's processor, its state restored from ``state`` if given."""
+        return MerchantProcessor(
+            topic=self.topic,
+            partition=partition,
+            state=None if state is None else MerchantState.restore(state),
+            offset=offset,
+        )
+
+    def merge(self, parts: list[MerchantEffects]) -> MerchantEffects:
+        """One fetch's effects; counts them."""
+        effects = MerchantEffects.merge(parts)
+        self.totals.add(effects.counts)
+        return effects
+
+    async def prepare(self) -> None:
+        """Open the merchant views' online stores (the feature worker applied the repo)."""
+        store = await asyncio.to_thread(open_store, self.config.stores)
+        self.online = {v.name: open_online(store, v.specs, view=v) for v in MERCHANT_VIEWS}
+
+    async def apply(self, effects: MerchantEffects) -> None:
+        """Each view's rows to the stores, then the dead letters."""
+        await asyncio.to_thread(self._store, effects.activity)
+        await asyncio.to_thread(self._store, effects.outcomes)
+        if effects.dead_letters:
+            dlq = self.config.topics.merchant_rows_dlq
+            await self.send_dead_letters(dlq, effects.dead_letters)
+
+    def _store(self, rows: ViewRows) -> None:
+        if not rows.offline:
+            return
+        ids, times, features = rows.online()
+        self.online[rows.view.name].write(entity_id=ids, event_time_ms=times, features=features)
+        table = pa.concat_tables(rows.offline)
+        # named after the first row's source event (or label): readers drop second copies
+        # by (kafka_partition, kafka_offset), the source coordinates every row keeps
+        first = table.slice(0, 1).to_pylist()[0]
+        tag = f"{first['kafka_partition']:04d}-{first['kafka_offset']:012d}"
+        self.offline[rows.view.name].write(table, tag=tag)

@@ -1,0 +1,250 @@
+"""A consumer-group member that owns partitions with state: the shape of both stream workers.
+
+The feature worker (``events`` -> user features) and the merchant worker (``merchant_rows``
+-> merchant features) differ only in what a partition's processor does and what its
+effects write; ownership, restore, the fetch loop and checkpoints are this one class.
+
+Delivery is at-least-once with idempotent effects. Each fetch (all its partitions together)
+becomes one set of effects, written while the next fetch is decoded and processed (one
+fetch in flight at most). Every ``checkpoint_interval_s``, after waiting for the writes in
+flight, the worker saves a partition's state with the offset it reflects, and only then
+commits that offset to Kafka. On (re)start or rebalance a partition resumes from its
+checkpoint: later records are replayed into the state as it was before them, so nothing is
+counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from infra.config import PARTITION_FETCH_BYTES
+from infra.dead_letter import DeadLetter
+from infra.lag import log_end_offsets
+from infra.topics import ensure_topics
+from streams.checkpoint import CheckpointStore
+from streams.checkpointer import Checkpointable, Checkpointer
+from streams.config import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P", bound=Checkpointable)  # a partition's processor
+E = TypeVar("E")  # one fetch's effects
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: PartitionedWorker):
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.worker.release(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        # aiokafka logs and swallows listener errors; hand them to the run loop.
+        try:
+            await self.worker.acquire(assigned)
+        except Exception as exc:
+            self.worker.fatal = exc
+
+
+class PartitionedWorker(ABC, Generic[P, E]):
+    """Owns partitions of ``topic`` in consumer group ``group``; subclasses say what a
+    partition's processor is (:meth:`new_processor`) and what a fetch's effects do."""
+
+    def __init__(self, config: WorkerConfig, *, topic: str, group: str):
+        self.config = config
+        self.topic = topic
+        self.group = group
+        self.checkpoints = CheckpointStore(config.stores.checkpoint_dir)
+        self.processors: dict[int, P] = {}
+        # Dead letters the DLQ acknowledged, by (source topic, reason): what operators count.
+        self.dead_letters: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.checkpointer = Checkpointer(
+            self.checkpoints, config.checkpoint_interval_s, self._commit
+        )
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._inflight: asyncio.Task[None] | None = None  # the last fetch's writes
+        self._stopping = asyncio.Event()
+        self.started = asyncio.Event()  # set once the producer and stores are ready
+        self.fatal: BaseException | None = None  # raised by run(): the worker must stop
+
+    # -- what subclasses define ----------------------------------------------
+    @abstractmethod
+    def new_processor(self, partition: int, state: bytes | None, offset: int) -> P:
+        """A processor for ``partition``: from a checkpoint's state bytes, or fresh (None)."""
+
+    @abstractmethod
+    def merge(self, parts: list[E]) -> E:
+        """One fetch's per-partition effects as one."""
+
+    @abstractmethod
+    async def apply(self, effects: E) -> None:
+        """Perform one fetch's effects (stores, topics); runs while the next is processed."""
+
+    async def prepare(self) -> None:
+        """Open the stores (before the consumer joins its group)."""
+
+    # -- partition ownership -------------------------------------------------
+    async def acquire(self, partitions: list[TopicPartition]) -> None:
+        """Take over ``partitions``: restore each from its checkpoint (or replay from the
+        start) and seek past what the state holds."""
+        assert self._consumer is not None
+        for tp in partitions:
+            if tp.topic != self.topic or tp.partition in self.processors:
+                continue
+            checkpoint = self.checkpoints.load(tp.topic, tp.partition)
+            if checkpoint is None:
+                processor = self.new_processor(tp.partition, None, -1)
+                # Without a checkpoint the state is empty, so the history must be
+                # replayed from the start whatever offset the group committed.
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                end = (await self._consumer.end_offsets([tp]))[tp]
+                if checkpoint.offset >= end:  # may be a broker under-reporting: read to be sure
+                    end = await asyncio.to_thread(self._log_end, tp)
+                if checkpoint.offset >= end:
+                    # Skipping up to the checkpoint would silently drop the new log.
+                    raise RuntimeError(
+                        f"checkpoint of {tp.topic}-{tp.partition} is at offset "
+                        f"{checkpoint.offset} but the log ends at {end}: the topic was "
+                        f"recreated; remove {self.checkpoints.root} (and the stores) to rebuild"
+                    )
+                processor = self.new_processor(tp.partition, checkpoint.state, checkpoint.offset)
+                self._consumer.seek(tp, checkpoint.offset + 1)
+            self.processors[tp.partition] = processor
+            self.checkpointer.track(tp.partition, processor.offset)
+            log.info("acquired %s-%d at offset %d", tp.topic, tp.partition, processor.offset)
+
+    def _log_end(self, tp: TopicPartition) -> int:
+        from kafka import KafkaConsumer
+        from kafka import TopicPartition as KafkaTopicPartition
+
+        probe = KafkaConsumer(bootstrap_servers=self.config.kafka.bootstrap)
+        try:
+            ktp = KafkaTopicPartition(tp.topic, tp.partition)
+            return log_end_offsets(probe, [ktp])[ktp]
+        finally:
+            probe.close()
+
+    async def release(self, partitions: list[TopicPartition]) -> None:
+        """Give up ``partitions`` (revoked or stopping): drain the writes, then checkpoint."""
+        await self.drain()  # a checkpoint must not get ahead of the stores
+        await self.checkpointer.settle()  # nor be overtaken by an older one
+        for tp in partitions:
+            if tp.topic != self.topic:
+                continue
+            processor = self.processors.pop(tp.partition, None)
+            if processor is not None:
+                self.checkpointer.save_now(processor)
+                self.checkpointer.forget(tp.partition)
+                log.info("released %s-%d at offset %d", tp.topic, tp.partition, processor.offset)
+
+    # -- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        """Create topics, open the stores, connect the producer and join the consumer group."""
+        config = self.config
+        await asyncio.to_thread(ensure_topics, config.kafka, config.topics)
+        await self.prepare()
+        self._producer = AIOKafkaProducer(bootstrap_servers=config.kafka.bootstrap, acks="all")
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=config.kafka.bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
+            # A SIGKILLed member must leave the group quickly: the broker waits up to
+            # the rebalance timeout for members to rejoin (Tansu waits all of it).
+            session_timeout_ms=int(config.session_timeout_s * 1000),
+            heartbeat_interval_ms=max(int(config.session_timeout_s * 1000) // 6, 100),
+            rebalance_timeout_ms=int(config.session_timeout_s * 2000),
+            fetch_max_wait_ms=max(config.batch_max_wait_ms, 1),
+        )
+        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+        await self._consumer.start()
+        # Start-up objects (faust, Feast, aiokafka: ~200k) live as long as the process; a
+        # full collection walks them in ~130 ms, a stall in the hot path. Freeze them.
+        gc.collect()
+        gc.freeze()
+        self.started.set()
+
+    async def stop(self) -> None:
+        """Checkpoint every owned partition and close the Kafka clients."""
+        self._stopping.set()
+        if self._consumer is not None:
+            await self.release([TopicPartition(self.topic, p) for p in self.processors])
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def run(self) -> None:
+        """Fetch, process and write until ``stop`` is called."""
+        assert self._consumer is not None
+        while not self._stopping.is_set():
+            if self.fatal is not None:
+                raise self.fatal
+            fetched = await self._consumer.getmany(
+                timeout_ms=self.config.batch_max_wait_ms or 1,
+                max_records=self.config.batch_max_records,
+            )
+            parts = []
+            for tp, records in fetched.items():
+                processor = self.processors.get(tp.partition)
+                if processor is None:  # revoked while the fetch was in flight
+                    continue
+                parts.append(processor.process(records))  # type: ignore[attr-defined]
+            if parts:
+                effects = self.merge(parts)
+                await self.drain()  # at most one fetch's effects in flight
+                self._inflight = asyncio.create_task(self.apply(effects))
+            await self.checkpointer.maybe(self.processors, self.drain)
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Wait for the effects in flight (and raise their error, if any)."""
+        task = self._inflight
+        if task is None:
+            return
+        try:
+            await task  # several may wait (run loop, rebalance listener): all see the outcome
+        finally:
+            if self._inflight is task:
+                self._inflight = None
+
+    async def send(self, topic: str, records: Sequence[tuple[bytes | None, bytes, int | None]]):
+        """Send ``(key, value, partition)`` records to ``topic`` and wait for every
+        acknowledgement (before a checkpoint moves past what they came from)."""
+        assert self._producer is not None
+        pending = [
+            await self._producer.send(topic, value=v, key=k, partition=p) for k, v, p in records
+        ]
+        await asyncio.gather(*pending)
+
+    async def send_dead_letters(self, topic: str, letters: Sequence[DeadLetter]) -> None:
+        """Send to the DLQ ``topic`` and wait for every acknowledgement, then count them."""
+        assert self._producer is not None
+        sends = [
+            await self._producer.send(topic, value=d.record_value, key=d.key, headers=d.headers())
+            for d in letters
+        ]
+        await asyncio.gather(*sends)
+        self.dead_letters.update((d.topic, d.reason.value) for d in letters)
+
+    async def _commit(self, topic: str, partition: int, offset: int) -> bool:
+        """Commit the offset after ``offset``, whose effects a checkpoint on disk holds."""
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit({TopicPartition(topic, partition): offset + 1})
+        except KafkaError as exc:  # informational only (lag); the checkpoint is the truth
+            log.warning("offset commit failed (the checkpoint is written): %s", exc)
+            return False
+        return True
