@@ -8,10 +8,12 @@ features and exported like ``inference/train.py`` does, is registered and promot
 in this one process, each of ``--n`` iterations picks a random user and times (in a
 shuffled order, so the four share the machine's noise and none always runs first):
 
-  A  Feast ``store.get_online_features(11 refs, [{"user_id": u}])`` (+ ``to_dict()``)
-  B  featflow's predict path = ``reader.read([u])`` + ``predictor.score(features)``
-  C  ``reader.read([u])`` alone
-  D  ``predictor.score(features)`` alone (ONNX Runtime, 1 thread)
+  A  Feast ``store.get_online_features`` of the user's row, then of its merchant's two
+     merchant views (+ ``to_dict()``): the same rows through Feast
+  B  featflow's predict path = ``reader.read([u])`` + ``merchants.read(its merchant)`` +
+     the scoring row + ``predictor.score(row)``
+  C  ``reader.read([u])`` + ``merchants.read`` alone
+  D  ``predictor.score(row)`` alone (ONNX Runtime, 1 thread)
 
 B is what ``POST /predict`` does minus HTTP, validation and building the response.
 Latencies use ``perf_counter_ns``; the garbage collector stays on, as in the server.
@@ -33,7 +35,9 @@ from benchmarks._common import header, scratch_dir, verdict
 from featflow.settings import Settings
 from features.feast_repo import FEATURE_VIEW, JOIN_KEY, apply_repo, feast_type_name
 from features.online import open_online
+from features.scoring_row import SCORING_FEATURES, MerchantReader, merchants_of, scoring_rows
 from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
+from features.views import MERCHANT_VIEWS
 from inference.predictor import Predictor
 from inference.registry import ModelRegistry
 from infra.redis_server import embedded_redis
@@ -44,11 +48,14 @@ if TYPE_CHECKING:
 TARGET_P99_US = 1000.0
 TARGET_RATIO = 1.5
 FEATURE_REFS = [f"{FEATURE_VIEW}:{name}" for name in FEATURE_NAMES]
+MERCHANT_REFS = [f"{v.name}:{s.name}" for v in MERCHANT_VIEWS for s in v.specs]
+MERCHANTS = 50  # users' merchant ids are 1..49; merchants 1..MERCHANTS have rows
 EVENT_TIME_MS = 1_767_225_600_000
 
 
 def populate(settings: Settings, users: int, seed: int) -> tuple[FeatureStore, np.ndarray]:
-    """Apply the repo, write one feature row per user (ids 1..users), register a champion.
+    """Apply the repo, write one feature row per user (ids 1..users) and per merchant,
+    register a champion.
 
     Returns the store and the user ids. Shared with ``benchmarks.http_load``.
     """
@@ -67,9 +74,16 @@ def populate(settings: Settings, users: int, seed: int) -> tuple[FeatureStore, n
             event_time_ms=np.full(hi - lo, EVENT_TIME_MS, dtype=np.int64),
             features=features[lo:hi],
         )
+    merchants = np.arange(1, MERCHANTS + 1, dtype=np.int64)
+    for view in MERCHANT_VIEWS:
+        open_online(store, view.specs, view=view).write(
+            entity_id=merchants,
+            event_time_ms=np.full(MERCHANTS, EVENT_TIME_MS, dtype=np.int64),
+            features=rng.integers(0, 100, size=(MERCHANTS, len(view.specs))).astype(float),
+        )
     registry = ModelRegistry(settings.stores.models_dir)
-    version = registry.register(train_model(seed), {"feature_names": FEATURE_NAMES}).version
-    registry.promote(version, FEATURE_NAMES)
+    version = registry.register(train_model(seed), {"feature_names": SCORING_FEATURES}).version
+    registry.promote(version, SCORING_FEATURES)
     return store, ids
 
 
@@ -79,7 +93,7 @@ def train_model(seed: int, rows: int = 3000) -> bytes:
     from sklearn.ensemble import GradientBoostingClassifier
 
     rng = np.random.default_rng(seed + 1)
-    x = rng.normal(10, 5, size=(rows, len(FEATURE_NAMES))).astype(np.float32)
+    x = rng.normal(10, 5, size=(rows, len(SCORING_FEATURES))).astype(np.float32)
     signal = x[:, 0] - x[:, 3] + 0.5 * x[:, 7] + rng.normal(scale=4.0, size=rows)
     y = (signal > np.median(signal)).astype(int)
     model = GradientBoostingClassifier(n_estimators=150, max_depth=3, random_state=seed)
@@ -114,25 +128,36 @@ def markdown_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> 
 
 def measure(store: FeatureStore, settings: Settings, ids: np.ndarray, n: int, seed: int) -> str:
     """Time A-D ``n`` times each, interleaved; returns the markdown report."""
-    predictor = Predictor(ModelRegistry(settings.stores.models_dir), FEATURE_NAMES)
+    predictor = Predictor(ModelRegistry(settings.stores.models_dir), SCORING_FEATURES)
     if not predictor.refresh():
         raise RuntimeError(f"no champion loaded: {predictor.last_error}")
     reader = open_online(store, DEFAULT_FEATURES)
-    row, found = reader.read([int(ids[0])])
+    merchants = MerchantReader(store)
+    user_row, found = reader.read([int(ids[0])])
     assert found.all(), "benchmark user has no stored row"
+    row = scoring_rows(user_row, merchants.read(merchants_of(user_row)))
 
     feast_row: dict[str, Any] = {}
 
     def feast_read(u: int) -> None:
-        out = store.get_online_features(features=FEATURE_REFS, entity_rows=[{JOIN_KEY: u}])
-        feast_row.update(out.to_dict())
+        out = store.get_online_features(
+            features=FEATURE_REFS, entity_rows=[{JOIN_KEY: u}]
+        ).to_dict()
+        merchant = store.get_online_features(
+            features=MERCHANT_REFS, entity_rows=[{"merchant_id": out["merchant_id"][0]}]
+        ).to_dict()
+        feast_row.update(out)
+        feast_row.update(merchant)
+
+    def rows_of(u: int) -> np.ndarray:
+        features, _ = reader.read([u])
+        return scoring_rows(features, merchants.read(merchants_of(features)))
 
     def predict(u: int) -> None:
-        features, _ = reader.read([u])
-        predictor.score(features)
+        predictor.score(rows_of(u))
 
     def read(u: int) -> None:
-        reader.read([u])
+        rows_of(u)
 
     def score(_: int) -> None:
         predictor.score(row)
@@ -140,14 +165,13 @@ def measure(store: FeatureStore, settings: Settings, ids: np.ndarray, n: int, se
     # Same values both ways, or the comparison means nothing.
     u0 = int(ids[len(ids) // 2])
     feast_read(u0)
-    mine, _ = reader.read([u0])
-    feast_values = [feast_row[name][0] for name in FEATURE_NAMES]
-    np.testing.assert_array_equal(mine[0], np.asarray(feast_values, dtype=np.float64))
+    feast_values = [feast_row[name][0] for name in SCORING_FEATURES]
+    np.testing.assert_array_equal(rows_of(u0)[0], np.asarray(feast_values, dtype=np.float64))
 
     variants: dict[str, Callable[[int], None]] = {
         "A feast get_online_features": feast_read,
         "B featflow read + score": predict,
-        "C featflow reader.read": read,
+        "C featflow reads (user, merchant)": read,
         "D ONNX score": score,
     }
     names = list(variants)

@@ -53,7 +53,8 @@ import pyarrow.parquet as pq
 
 from benchmarks._common import describe_activity, header, make_events, table, verdict
 from benchmarks.backfill_vs_engines import ROOT, featflow_cmd, featflow_env
-from features.spec import DAY_MS, DEFAULT_LATENESS_MS, FEATURE_NAMES
+from features.scoring_row import MERCHANT_DEFAULTS, MERCHANT_INPUTS, SCORING_FEATURES
+from features.spec import DAY_MS, DEFAULT_LATENESS_MS
 from streams.generator import GeneratedEvents, generate_outcomes
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -166,7 +167,7 @@ def prepare(n: int, folder: Path, args: argparse.Namespace, *, feast: bool) -> P
     (backfill of the events file, one part file)."""
     from features.backfill import backfill
     from features.event_files import read_events
-    from features.offline import OfflineWriter
+    from features.merchant_backfill import write_views
 
     folder.mkdir(parents=True)
     span_ms = args.days * DAY_MS
@@ -179,11 +180,23 @@ def prepare(n: int, folder: Path, args: argparse.Namespace, *, feast: bool) -> P
         seed=args.seed,
         zipf=args.zipf,
     )
+    # merchants as skewed as users: Zipf(1.5) over 10,000 (the busiest takes ~30 %)
+    rng = np.random.default_rng(args.seed)
+    weights = 1.0 / np.arange(1, 10_001) ** 1.5
+    ev.merchant_id[:] = rng.choice(10_000, size=n, p=weights / weights.sum()) + 1
     outcomes = generate_outcomes(ev, seed=args.seed)
     events = folder / "events.parquet"
     pq.write_table(ev.table(), events)
     labels = folder / "labels.parquet"
-    frame = pd.DataFrame({"event_id": outcomes.event_id, "label": outcomes.label})
+    frame = pd.DataFrame(
+        {
+            "event_id": outcomes.event_id,
+            "label": outcomes.label,
+            "user_id": outcomes.user_id,
+            "merchant_id": outcomes.merchant_id,
+            "outcome_time": outcomes.outcome_time_ms,
+        }
+    )
     frame.to_parquet(labels)
     result = backfill(read_events(events), lateness_ms=DEFAULT_LATENESS_MS)
     if result.rejected:
@@ -196,7 +209,7 @@ def prepare(n: int, folder: Path, args: argparse.Namespace, *, feast: bool) -> P
         stores = Stores(folder / "home", "sqlite")
         apply_repo(stores)
         repo = stores.feature_repo
-        offline = stores.offline_dir
+        root = stores.home / "offline"
         entity = folder / "entity.parquet"
         times = pd.to_datetime(ev.event_time_ms, unit="ms", utc=True)
         pd.DataFrame(
@@ -208,8 +221,8 @@ def prepare(n: int, folder: Path, args: argparse.Namespace, *, feast: bool) -> P
             }
         ).to_parquet(entity)
     else:
-        offline = folder / "offline"
-    OfflineWriter(offline).write(result.table, tag="backfill")
+        root = folder / "offline"
+    offline = write_views(root, result.table, frame, tag="backfill")
     share = float(np.bincount(ev.user_id).max() / n)
     print(f"{n:,} labelled events: {describe_activity(ev, span_ms)}; {tied(ev):,} tied rows")
     return Prepared(n, events, labels, offline, repo, entity, share)
@@ -270,8 +283,10 @@ def agreement(p: Prepared, ours: Path, theirs: Path) -> tuple[int, int]:
         raise AssertionError(f"featflow's rows at {p.n:,} are not one per labelled event")
     a["event_id"] = order["event_id"].to_numpy()
     b = pd.read_parquet(theirs)
+    for name, default in zip(MERCHANT_INPUTS, MERCHANT_DEFAULTS.tolist(), strict=True):
+        b[name] = b[name].astype(float).fillna(default)  # no merchant row yet: a new merchant
     both = a.merge(b, on="event_id", suffixes=("", "_feast"))
-    names = list(FEATURE_NAMES)
+    names = list(SCORING_FEATURES)
     x = both[names].to_numpy(np.float64)
     y = both[[f"{n}_feast" for n in names]].to_numpy(np.float64)
     same = ((x == y) | (np.isnan(x) & np.isnan(y))).all(axis=1)
@@ -526,7 +541,7 @@ build: labels parquet + training_set_by_event(offline dir written beforehand), b
 featflow train: {" ".join(Path(c).name for c in featflow_cmd())} train --events events.parquet
   --labels labels.parquet, empty FEATFLOW_HOME; then the same through featflow.cli:run with
   its stages timed (one run each)
-feast: get_historical_features(entity_df, {len(FEATURE_NAMES)} features).to_df(), file offline
+feast: get_historical_features(entity_df, {len(SCORING_FEATURES)} features).to_df(), file offline
   store, at {sorted(args.feast_sizes)} until a try fails or passes {args.feast_timeout:g} s;
   RLIMIT_AS {args.feast_memory_gib:g} GiB per try; featflow's build on the same files beside it""",
     )

@@ -60,9 +60,9 @@ def build(offline_dir: str, labels_path: str, out: str, save: str | None = None)
         "peak_mb": _peak_mb(),
     }
     if save:
-        from features.spec import FEATURE_NAMES
+        from features.scoring_row import SCORING_FEATURES
 
-        frame = pd.DataFrame(data.features, columns=list(FEATURE_NAMES))
+        frame = pd.DataFrame(data.features, columns=list(SCORING_FEATURES))
         frame["label"], frame["user_id"] = data.label, data.entity
         frame["event_timestamp"] = data.event_time
         frame.to_parquet(save)
@@ -70,19 +70,30 @@ def build(offline_dir: str, labels_path: str, out: str, save: str | None = None)
 
 
 def feast(repo: str, entity_path: str, out: str, save: str | None = None) -> None:
+    """The same training set through Feast: the user view at each event's time, then each
+    merchant view one millisecond before it (Feast takes rows at or before a time)."""
     import pandas as pd
     from feast import FeatureStore
 
     from features.feast_repo import FEATURE_VIEW
     from features.spec import FEATURE_NAMES
+    from features.views import MERCHANT_VIEWS
 
     store = FeatureStore(repo_path=repo)
     entity_df = pd.read_parquet(entity_path)
+    entity_df["row"] = range(len(entity_df))
     refs = [f"{FEATURE_VIEW}:{name}" for name in FEATURE_NAMES]
     before = _peak_mb()
     start = time.perf_counter()
     frame = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
     frame = frame.dropna(subset=list(FEATURE_NAMES))
+    merchants = frame[["row", "merchant_id", "event_timestamp"]].copy()
+    merchants["event_timestamp"] -= pd.Timedelta(milliseconds=1)
+    for view in MERCHANT_VIEWS:  # one at a time: Feast drops a row either view lacks
+        refs = [f"{view.name}:{s.name}" for s in view.specs]
+        found = store.get_historical_features(entity_df=merchants, features=refs).to_df()
+        found = found.drop(columns=["merchant_id", "event_timestamp"])
+        frame = frame.merge(found, on="row", how="left")
     call_s = time.perf_counter() - start
     report = {
         "rows": len(frame),

@@ -620,7 +620,7 @@ def models_show(config: str | None, version: str) -> None:
 @click.pass_obj
 def models_promote(config: str | None, version: str) -> None:
     """Make VERSION the champion (refused if its file or inputs do not check out)."""
-    from features.spec import FEATURE_NAMES
+    from features.scoring_row import SCORING_FEATURES
     from inference.exceptions import ModelRejected
     from inference.model_events import ModelEvents
 
@@ -628,7 +628,7 @@ def models_promote(config: str | None, version: str) -> None:
     before = registry.champion_version()
     try:
         with _known_versions(registry):
-            registry.promote(version, FEATURE_NAMES)
+            registry.promote(version, SCORING_FEATURES)
     except ModelRejected as exc:
         raise click.ClickException(str(exc)) from exc
     if before != version:

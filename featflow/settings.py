@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     monitoring_topic: str = "monitoring"
     retrain_topic: str = "retrain"
     model_events_topic: str = "model.events"
+    merchant_rows_topic: str = "merchant_rows"
     topic_partitions: int = Field(8, ge=1)
     consumer_group: str = "featflow-worker"
 
@@ -147,6 +148,7 @@ class Settings(BaseSettings):
             self.monitoring_topic,
             self.retrain_topic,
             self.model_events_topic,
+            self.merchant_rows_topic,
         )
 
     @property

@@ -103,10 +103,11 @@ class MerchantState:
         fresh = np.ones(len(rows), dtype=bool)
         if not len(rows):
             return fresh
-        key = rows.source.astype(np.int64) << 32 | rows.source_partition.astype(np.int64)
+        part = rows.source_partition.astype(np.int64) & 0xFFFFFFFF  # -1: a file's rows
+        key = rows.source.astype(np.int64) << 32 | part
         for k in np.unique(key).tolist():
             mine = np.flatnonzero(key == k)
-            source = (k >> 32, k & 0xFFFFFFFF)
+            source = (k >> 32, int(rows.source_partition[mine[0]]))
             mark = self.seen.get(source, -1)
             offsets = rows.source_offset[mine]
             # a second copy is at or below the mark, or repeats an offset within this batch

@@ -246,6 +246,7 @@ DEFAULT_FEATURES: tuple[FeatureSpec, ...] = validate_specs([
     _f("seconds_since_last_txn", "since_last", None, None, "Seconds since the user's previous transaction; -1.0 for the first."),  # noqa: E501
     _f("amount_ewm_mean_1h", "ewm_mean", "amount", HOUR_MS, "Exponentially weighted mean amount, halflife 1 hour (event time)."),  # noqa: E501
     _f("amount", "last", "amount", None, "This transaction's amount."),
+    _f("merchant_id", "last", "merchant_id", None, "This transaction's merchant: the key its merchant features are read by (not a model input)."),  # noqa: E501
     _f("amount_median_24h", "quantile", "amount", DAY_MS, "Median amount in the last 24 hours (nearest rank, within 1.6 %).", percentile=50),  # noqa: E501
     _f("amount_p95_24h", "quantile", "amount", DAY_MS, "95th percentile of amounts in the last 24 hours (nearest rank, within 1.6 %).", percentile=95),  # noqa: E501
     _f("merchant_txn_count_24h", "count_same", "merchant_id", DAY_MS, "Transactions of this user at this merchant in the last 24 hours (incl. this one)."),  # noqa: E501

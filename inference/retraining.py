@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from features.spec import FEATURE_NAMES
+from features.scoring_row import SCORING_FEATURES
 from inference.model_events import ModelEvents
 from inference.registry import ModelRegistry
 from infra.config import Stores
@@ -160,7 +160,7 @@ class Retrainer:
             return self._finish("rejected", version, request, champion, gate["reason"])
         if champion is None or not self.settings.shadow:
             return self._promote(version, request, champion, gate["reason"])
-        self.registry.start_shadow(version, FEATURE_NAMES)
+        self.registry.start_shadow(version, SCORING_FEATURES)
         reason = f"offline gate passed ({gate['reason']}); now scored in shadow"
         self._record("shadow_started", version, request, champion, reason, {})
         return Outcome("shadow_started", version, reason)
@@ -212,7 +212,7 @@ class Retrainer:
         model = train(data)
         metadata = {**model.metadata, "request_id": request.request_id}
         version = self.registry.register(model.onnx, metadata).version
-        loaded = load_model(version, model.onnx, FEATURE_NAMES)
+        loaded = load_model(version, model.onnx, SCORING_FEATURES)
         verdict = self._gate(champion, loaded, model.holdout_features, model.holdout_label)
         metrics = {
             "holdout": model.metadata["holdout_metrics"],
@@ -232,8 +232,8 @@ class Retrainer:
 
         if champion is None:
             return True, "no champion yet"
-        _, blob = self.registry.load_verified(champion, FEATURE_NAMES)
-        old = load_model(champion, blob, FEATURE_NAMES).score(features)
+        _, blob = self.registry.load_verified(champion, SCORING_FEATURES)
+        old = load_model(champion, blob, SCORING_FEATURES).score(features)
         new = challenger.score(features)
         try:
             v = challenger_wins(
@@ -251,7 +251,7 @@ class Retrainer:
         reason: str,
         figures: dict[str, Any] | None = None,
     ) -> Outcome:
-        self.registry.promote(version, FEATURE_NAMES)
+        self.registry.promote(version, SCORING_FEATURES)
         return self._finish("promoted", version, request, champion, reason, figures)
 
     def _finish(

@@ -1,7 +1,8 @@
 """``featflow serve``: HTTP predictions from online features and the champion model.
 
-``POST /predict`` reads the users' features from the Feast online store, scores
-them with the champion ONNX model and publishes each prediction (id, user,
+``POST /predict`` reads the users' features from the Feast online store, and the
+features of the merchant each user's newest event was at (``features.scoring_row``),
+scores them with the champion ONNX model and publishes each prediction (id, user,
 event id, score, model version, feature values, time) to the ``predictions``
 topic so outcomes can be joined later. A background thread watches the
 registry and hot-swaps the champion.
@@ -9,7 +10,8 @@ registry and hot-swaps the champion.
 Given a transaction instead (``user_id``, ``merchant_id``, ``amount``, ``event_time``), it
 scores the transaction before it is accepted: the features are the ones the stream will
 compute for it as the user's next event, from a ``transactions`` callable the assembling
-layer passes in (``streams.replica.FeatureReplica.peek``), and nothing is written.
+layer passes in (``streams.replica.FeatureReplica.peek``), with its merchant's features as
+the online store holds them now, and nothing is written.
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from features.online import OnlineStore
-from features.spec import DEFAULT_FEATURES, DEFAULT_LATENESS_MS, FEATURE_NAMES
+from features.scoring_row import (
+    MERCHANT_DEFAULTS,
+    SCORING_FEATURES,
+    MerchantReader,
+    merchants_of,
+    scoring_rows,
+)
+from features.spec import DEFAULT_FEATURES, DEFAULT_LATENESS_MS
 from inference.predictor import Predictor
 from inference.publisher import PredictionPublisher
 from infra.config import Stores
@@ -367,6 +376,7 @@ async def _validation_failed(_: Request, exc: RequestValidationError) -> Respons
 def create_app(
     predictor: Predictor,
     reader: OnlineStore,
+    merchants: MerchantReader,
     publisher: PredictionPublisher | None,
     *,
     refresh_interval_s: float = 1.0,
@@ -375,10 +385,10 @@ def create_app(
     rules: EventRules = EventRules(),
     lateness_ms: int = DEFAULT_LATENESS_MS,
 ) -> FastAPI:
-    """The FastAPI app over a predictor, a feature reader and an optional publisher; the
-    registry is re-read every ``refresh_interval_s``. Transactions are scored through
-    ``transactions`` (``transactions_lag``: how far behind the stream that is) and judged
-    by the stream's ``rules`` and ``lateness_ms``."""
+    """The FastAPI app over a predictor, the user and merchant feature readers and an
+    optional publisher; the registry is re-read every ``refresh_interval_s``. Transactions
+    are scored through ``transactions`` (``transactions_lag``: how far behind the stream
+    that is) and judged by the stream's ``rules`` and ``lateness_ms``."""
     metrics = _metrics()
     stop = threading.Event()
 
@@ -441,6 +451,11 @@ def create_app(
             features, found = _transaction_features(body)
         else:
             features, found = reader.read(users)
+        # the merchant each row names (this transaction's, or the user's newest event's)
+        merchant_rows = np.tile(MERCHANT_DEFAULTS, (len(users), 1))
+        if found.any():
+            merchant_rows[found] = merchants.read(merchants_of(features[found]))
+        features = scoring_rows(features, merchant_rows)
         try:
             version, scores = predictor.score(features)
         except RuntimeError as exc:
@@ -451,7 +466,7 @@ def create_app(
         now_ms = int(time.time() * 1000)
         out = []
         for i, user in enumerate(users):
-            values = dict(zip(FEATURE_NAMES, features[i].tolist(), strict=True))
+            values = dict(zip(SCORING_FEATURES, features[i].tolist(), strict=True))
             prediction = {
                 "prediction_id": uuid.uuid4().hex,
                 "user_id": user,
@@ -570,9 +585,9 @@ def build_app(
     from inference.registry import ModelRegistry
 
     store = apply_repo(stores)
-    predictor = Predictor(ModelRegistry(stores.models_dir), FEATURE_NAMES)
+    predictor = Predictor(ModelRegistry(stores.models_dir), SCORING_FEATURES)
     reader = open_online(store, DEFAULT_FEATURES)
     return create_app(
-        predictor, reader, publisher, transactions=transactions,
+        predictor, reader, MerchantReader(store), publisher, transactions=transactions,
         transactions_lag=transactions_lag, rules=rules, lateness_ms=lateness_ms,
     )  # fmt: skip

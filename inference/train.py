@@ -1,7 +1,8 @@
 """Training: point-in-time features, scikit-learn, ONNX export, checks.
 
 :func:`training_set_by_event` joins each label to its own event's offline row (features
-computed as of that event, exactly what stream scoring saw) with a hash join in DuckDB:
+computed as of that event, exactly what stream scoring saw) with a hash join in DuckDB, and
+to its merchant's rows as of just before the event with a sort-merge ``ASOF JOIN``:
 O(N log N) and memory bounded by N, whatever the busiest entity holds. Feast's
 ``get_historical_features`` reads the same rows (tests/inference/feast_training.py proves
 it) but its file store joins each entity's labels with all its rows, so its cost grows with
@@ -20,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from features.feast_repo import JOIN_KEY, TIMESTAMP_FIELD
-from features.spec import FEATURE_NAMES
+from features.scoring_row import MERCHANT_DEFAULTS, MERCHANT_KEY, SCORING_FEATURES, USER_INPUTS
+from features.views import MERCHANT_VIEWS, View
 from inference.reference import histogram
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ ONNX_ATOL = 1e-5  # ONNX vs the fitted model: probability agreement required bef
 class TrainingSet:
     """Point-in-time feature rows with their labels, in event-time order."""
 
-    features: np.ndarray  # float64 [n, F], in FEATURE_NAMES order
+    features: np.ndarray  # float64 [n, F], in SCORING_FEATURES order
     label: np.ndarray  # int8 [n]
     event_time: pd.Series  # UTC timestamps, for the time-ordered holdout split
     fingerprint: str  # sha256 of the rows, so a model names the data it was trained on
@@ -47,11 +49,19 @@ def training_set_by_event(
     offline_dir: Path, labels: pd.DataFrame, *, history_ms: int | None = None
 ) -> TrainingSet:
     """Each label (columns ``event_id``, ``label``, optional ``probability``: a known true
-    probability, e.g. the generator's) joined to its event's offline row; with
-    ``history_ms``, only events within that much event time of the newest labelled one.
+    probability, e.g. the generator's) joined to its event's offline row, and to its
+    merchant's rows as of just before the event; with ``history_ms``, only events within
+    that much event time of the newest labelled one.
 
-    Replayed offline rows (the same event written twice after a restart) count once: the
-    first written, by ``kafka_partition, kafka_offset``. Rows come in event-time order
+    ``offline_dir`` is the user view's folder; the merchant views' folders are its siblings
+    (the offline store's layout, ``$FEATFLOW_HOME/offline/<view>``). Each merchant view is
+    joined as of the event (DuckDB ``ASOF JOIN``: the merchant's newest row strictly before
+    the event's time, a sort-merge join): a label-derived merchant feature counts only
+    labels whose ``outcome_time`` came before the event. A merchant with no row by then
+    reads as the views' defaults, as it does online.
+
+    Replayed offline rows (the same source record written twice after a restart) count
+    once, by their source ``kafka_partition, kafka_offset``. Rows come in event-time order
     (ties by event id), so the holdout of :func:`train` is the most recent one.
     """
     import duckdb
@@ -62,7 +72,20 @@ def training_set_by_event(
     try:
         truth = "probability" in labels.columns
         con.register("labels", labels[["event_id", "label", *(["probability"] if truth else [])]])
-        names = ", ".join(f'r."{n}"' for n in FEATURE_NAMES)
+        for view in MERCHANT_VIEWS:
+            con.execute(f"CREATE VIEW {view.name} AS {_merchant_rows(offline_dir.parent, view)}")
+        user = ", ".join(f'r."{n}"' for n in USER_INPUTS)
+        merchant = ", ".join(
+            f'coalesce(m{i}."{s.name}", {float(MERCHANT_DEFAULTS[k])}) AS "{s.name}"'
+            for k, (i, s) in enumerate(
+                (i, s) for i, v in enumerate(MERCHANT_VIEWS) for s in v.specs
+            )
+        )
+        joins = "\n".join(
+            f"ASOF LEFT JOIN {v.name} m{i} ON r.{MERCHANT_KEY} = m{i}.merchant_id "
+            f"AND r.{TIMESTAMP_FIELD} > m{i}.{TIMESTAMP_FIELD}"
+            for i, v in enumerate(MERCHANT_VIEWS)
+        )
         window = (
             "" if history_ms is None
             else f"WHERE t >= (SELECT max(t) FROM joined) - {int(history_ms)}"
@@ -73,25 +96,53 @@ def training_set_by_event(
                 SELECT * FROM read_parquet('{offline_dir}/*.parquet')
                 QUALIFY row_number() OVER (
                     PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1
-            ), joined AS (
-                SELECT {names}, l.label::TINYINT AS label, r.{TIMESTAMP_FIELD} AS ts,
-                       {"l.probability::DOUBLE" if truth else "NULL"} AS probability,
-                       epoch_ms(r.{TIMESTAMP_FIELD}) AS t, r.event_id, r.{JOIN_KEY}
+            ), labelled AS (
+                SELECT r.*, l.label::TINYINT AS label,
+                       {"l.probability::DOUBLE" if truth else "NULL"} AS probability
                 FROM rows r JOIN labels l USING (event_id)
+            ), joined AS (
+                SELECT {user}, {merchant}, r.label, r.{TIMESTAMP_FIELD} AS ts, r.probability,
+                       epoch_ms(r.{TIMESTAMP_FIELD}) AS t, r.event_id, r.{JOIN_KEY}
+                FROM labelled r
+                {joins}
             )
             SELECT * EXCLUDE (t) FROM joined {window} ORDER BY ts, event_id
             """
         ).df()
     finally:
         con.close()
-    frame = frame.dropna(subset=list(FEATURE_NAMES))
-    features = frame[list(FEATURE_NAMES)].to_numpy(np.float64)
+    frame = frame.dropna(subset=list(SCORING_FEATURES))
+    features = frame[list(SCORING_FEATURES)].to_numpy(np.float64)
     label = frame["label"].to_numpy(np.int8)
     digest = hashlib.sha256(features.tobytes() + label.tobytes()).hexdigest()
     times = pd.to_datetime(frame["ts"], utc=True).reset_index(drop=True)
     users = frame[JOIN_KEY].to_numpy(np.int64)
     known = frame["probability"].to_numpy(np.float64) if truth else None
     return TrainingSet(features, label, times, digest, users, known)
+
+
+def _merchant_rows(root: Path, view: View) -> str:
+    """SQL for a merchant view's offline rows: one per source record, and one per merchant
+    and millisecond (the last by source coordinates), so the as-of join is deterministic.
+    No rows yet (no part files) is an empty relation of the same columns."""
+    folder = root / view.name
+    names = ", ".join(f'"{s.name}"' for s in view.specs)
+    if not folder.exists() or not any(folder.glob("*.parquet")):
+        typed = ", ".join(f'NULL::DOUBLE AS "{s.name}"' for s in view.specs)
+        return (
+            f"SELECT NULL::BIGINT AS merchant_id, NULL::TIMESTAMPTZ AS {TIMESTAMP_FIELD}, "
+            f"{typed} WHERE false"
+        )
+    return f"""
+        SELECT merchant_id, {TIMESTAMP_FIELD}, {names} FROM (
+            SELECT * FROM read_parquet('{folder}/*.parquet')
+            QUALIFY row_number() OVER (
+                PARTITION BY kafka_partition, kafka_offset ORDER BY event_id) = 1
+        )
+        QUALIFY row_number() OVER (
+            PARTITION BY merchant_id, {TIMESTAMP_FIELD}
+            ORDER BY kafka_partition DESC, kafka_offset DESC) = 1
+    """
 
 
 def fit_model(x: np.ndarray, y: np.ndarray, seed: int = 0) -> Any:
@@ -152,7 +203,7 @@ def train(
     *,
     holdout_fraction: float = 0.2,
     seed: int = 0,
-    feature_names: Sequence[str] = FEATURE_NAMES,
+    feature_names: Sequence[str] = SCORING_FEATURES,
 ) -> TrainedModel:
     """Fit on the older rows, evaluate on the newest ``holdout_fraction``, export ONNX."""
     import onnxruntime as ort

@@ -35,7 +35,7 @@ def read_labels(path: Path) -> pd.DataFrame:
     elif suffix == ".csv":
         frame = pd.read_csv(path, dtype={"event_id": str})
     elif suffix in {".jsonl", ".ndjson", ".json"}:
-        frame = pd.read_json(path, lines=True, dtype={"event_id": str})
+        frame = pd.read_json(path, lines=True, dtype={"event_id": str}, convert_dates=False)
     else:
         raise ValueError(f"{path}: unsupported labels file (use .parquet, .csv or .jsonl)")
     missing = {"event_id", "label"} - set(frame.columns)
@@ -81,42 +81,45 @@ def train_and_register(
         labels = stored_labels(stores.outcomes_dir)
     from features.backfill import backfill
     from features.event_files import read_events
-    from features.offline import OfflineWriter
-    from features.spec import FEATURE_NAMES
+    from features.merchant_backfill import write_views
+    from features.scoring_row import SCORING_FEATURES
     from inference.predictor import load_model
     from inference.registry import ModelRegistry
     from inference.train import train, training_set_by_event
 
     with tempfile.TemporaryDirectory() as scratch:
         offline_dir = stores.offline_dir
-        if events is not None:  # analysts' path: the same kernels, into a scratch directory
-            offline_dir = Path(scratch)
+        if events is not None:  # analysts' path: the same kernels, into a scratch store
             rows = read_events(events, rules=rules)
             result = backfill(rows, lateness_ms=lateness_ms)
-            OfflineWriter(offline_dir).write(result.table, tag="backfill")
-        # Each label joins its own event's row (features as of that event): O(N log N),
-        # whatever the busiest user holds (Feast's file store is quadratic in it).
+            offline_dir = write_views(Path(scratch), result.table, labels, tag="backfill")
+        # Each label joins its own event's row (features as of that event) and its
+        # merchant's rows as of just before it: O(N log N), whatever the busiest user or
+        # merchant holds (Feast's file store is quadratic in it).
         data = training_set_by_event(offline_dir, labels)
         model = train(data)
 
     registry = ModelRegistry(stores.models_dir)
     version = registry.register(model.onnx, model.metadata).version
-    new_auc = model.metadata["holdout_metrics"]["auc"]
     champion = registry.champion()
     if champion is None:
         promoted, reason = True, "no champion yet"
     else:
         from sklearn.metrics import roc_auc_score
 
-        _, blob = registry.load_verified(champion.version, FEATURE_NAMES)
-        old = load_model(champion.version, blob, FEATURE_NAMES).score(model.holdout_features)
+        # both as served (ONNX, float32): the fitted model's own AUC may differ in the last
+        # rank from its ONNX export's, enough to refuse an identical model
+        _, blob = registry.load_verified(champion.version, SCORING_FEATURES)
+        old = load_model(champion.version, blob, SCORING_FEATURES).score(model.holdout_features)
         old_auc = float(roc_auc_score(model.holdout_label, old))
+        new = load_model(version, model.onnx, SCORING_FEATURES).score(model.holdout_features)
+        new_auc = float(roc_auc_score(model.holdout_label, new))
         margin = min_auc_gain
-        promoted = new_auc is not None and new_auc >= old_auc + margin
+        promoted = new_auc >= old_auc + margin
         reason = (
             f"holdout AUC {new_auc:.4f} vs champion {champion.version} {old_auc:.4f} "
             f"(required gain {margin:+.4f})"
         )
     if promoted:
-        registry.promote(version, FEATURE_NAMES)
+        registry.promote(version, SCORING_FEATURES)
     return TrainReport(version, promoted, reason, model.metadata["holdout_metrics"])

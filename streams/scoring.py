@@ -1,6 +1,7 @@
 """Stream scoring: each accepted event is scored as soon as its features exist.
 
-The worker asks this scorer for prediction records after every batch; they go
+The worker asks this scorer for prediction records after every batch, with each event's
+merchant features as the online store holds them then (``features.scoring_row``); they go
 to the ``predictions`` topic with the event id, so outcomes join them exactly as
 they join HTTP predictions. While the registry names a shadow (a challenger on trial),
 each event is also scored by it and published with ``role: shadow``: the monitor then
@@ -18,7 +19,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from features.spec import FEATURE_NAMES
+from features.scoring_row import SCORING_FEATURES, scoring_rows
 from inference.predictor import Predictor
 from inference.registry import ModelRegistry
 from infra.events import EventBatch
@@ -30,15 +31,18 @@ class StreamScorer:
     """Scores a batch's accepted events with the registry's champion (and its shadow)."""
 
     def __init__(self, models_dir: Path, refresh_interval_s: float = 1.0):
-        self.feature_names = FEATURE_NAMES
+        self.feature_names = SCORING_FEATURES
         registry = ModelRegistry(models_dir)
         self.predictor = Predictor(registry, self.feature_names)
         self.shadow = Predictor(registry, self.feature_names, alias=registry.shadow_version)
         self.refresh_interval_s = refresh_interval_s
         self._next_refresh = 0.0
 
-    def records(self, events: EventBatch, features: np.ndarray) -> list[tuple[bytes, bytes]]:
-        """(key, value) prediction records for the batch; none until a champion exists."""
+    def records(
+        self, events: EventBatch, features: np.ndarray, merchants: np.ndarray
+    ) -> list[tuple[bytes, bytes]]:
+        """(key, value) prediction records for the batch (user feature rows, and each event's
+        merchant's rows as the online store holds them now); none until a champion exists."""
         now = time.monotonic()
         if now >= self._next_refresh:
             self.predictor.refresh()
@@ -51,6 +55,7 @@ class StreamScorer:
         if shadow is not None and shadow.version == model.version:
             shadow = None  # promoted: the champion now
         now_ms = int(time.time() * 1000)
+        features = scoring_rows(features, merchants)
         values = features.tolist()
         out = []
         for role, scorer in (("champion", model), ("shadow", shadow)):

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from features.feast_repo import apply_repo
 from features.offline import OfflineWriter
 from features.online import OnlineStore, open_online
+from features.scoring_row import MerchantReader
 from features.spec import DEFAULT_FEATURES, FeatureSpec
 from features.state import WindowState
 from infra.merchant_rows import EVENTS, OUTCOMES, MerchantRows, by_partition
@@ -49,6 +50,7 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
         self.offline = OfflineWriter(config.stores.offline_dir)
         self.online: OnlineStore | None = None
         self.scorer = StreamScorer(config.stores.models_dir) if config.stream_scoring else None
+        self.merchants: MerchantReader | None = None  # merchant features, for stream scoring
         self.totals = Counters()
         self.outcomes_stored = 0
         self.merchant_labels = 0  # labels that named their merchant (re-keyed to it)
@@ -86,6 +88,8 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
         """Apply the Feast repo (every view) and open the user view's online store."""
         store = await asyncio.to_thread(apply_repo, self.config.stores, self.specs)
         self.online = open_online(store, self.specs)
+        if self.scorer is not None:
+            self.merchants = MerchantReader(store)
 
     async def apply(self, effects: Effects) -> None:
         """Store writes of one fetch, its rows re-keyed by merchant, predictions, dead letters."""
@@ -93,8 +97,10 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
         if len(effects.accepted):
             await asyncio.to_thread(self._store, effects)
             await self.send_merchant_rows(_event_rows(effects))
-        if self.scorer is not None and len(effects.accepted):
-            records = self.scorer.records(effects.accepted, effects.features)
+        if self.scorer is not None and self.merchants is not None and len(effects.accepted):
+            accepted = effects.accepted
+            merchants = await asyncio.to_thread(self.merchants.read, accepted.merchant_id)
+            records = self.scorer.records(accepted, effects.features, merchants)
             await self.send(self.config.topics.predictions, [(k, v, None) for k, v in records])
         if effects.dead_letters:
             await self.send_dead_letters(self.config.topics.dlq, effects.dead_letters)

@@ -44,6 +44,7 @@ def settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
         monitoring_topic=f"monitoring_{tag}",
         retrain_topic=f"retrain_{tag}",
         model_events_topic=f"model_events_{tag}",
+        merchant_rows_topic=f"merchant_rows_{tag}",
         consumer_group=f"workers_{tag}",
         topic_partitions=4,
         checkpoint_interval_s=0.5,

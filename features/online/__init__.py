@@ -50,19 +50,24 @@ class OnlineStore(Protocol):
 
 
 def open_online(
-    store: FeatureStore, specs: Sequence[FeatureSpec], *, view: View = USER
+    store: FeatureStore,
+    specs: Sequence[FeatureSpec],
+    *,
+    view: View = USER,
+    also: Sequence[View] = (),
 ) -> OnlineStore:
     """The backend of the Feast repo's configured online store, for ``view``'s rows (whose
-    features are ``specs``: a test's own list for the user view)."""
+    features are ``specs``: a test's own list for the user view). Reads return the features
+    of the views in ``also`` after them, for the same entity (Redis: in the same HMGET)."""
     kind = store.config.online_store.type
     if kind == "sqlite":
         from features.online.sqlite import SqliteOnline
 
-        return SqliteOnline(store, specs, view)
+        return SqliteOnline(store, specs, view, also)
     if kind == "redis":
         from features.online.redis import RedisOnline
 
-        return RedisOnline(store, specs, view)
+        return RedisOnline(store, specs, view, also)
     raise ValueError(f"unsupported online store {kind!r}")
 
 

@@ -21,7 +21,13 @@ if TYPE_CHECKING:
 class RedisOnline:
     """Pipelined HSETs packed by Numba for writes; HMGETs for reads."""
 
-    def __init__(self, store: FeatureStore, specs: Sequence[FeatureSpec], view: View):
+    def __init__(
+        self,
+        store: FeatureStore,
+        specs: Sequence[FeatureSpec],
+        view: View,
+        also: Sequence[View] = (),
+    ):
         from feast.infra.online_stores.redis import RedisOnlineStore
 
         self.specs = tuple(specs)
@@ -29,7 +35,11 @@ class RedisOnline:
         self._join_key = view.join_key
         self._fields = codec.redis_field_keys(view.name, self.specs)
         self._suffix = PROJECT.encode()
-        self._defaults = default_features(self.specs)
+        # reads: this view's fields, then those of ``also`` (an entity's views share its hash)
+        self._read_fields = self._fields + [
+            f for v in also for f in codec.redis_field_keys(v.name, v.specs)
+        ]
+        self._defaults = default_features([*self.specs, *(s for v in also for s in v.specs)])
         self._packer = codec.RedisHsetPacker(
             self.specs, self._fields, f"_ts:{view.name}".encode(), self._suffix, view.join_key
         )
@@ -61,11 +71,11 @@ class RedisOnline:
         """(features [n, F] with defaults for unknown entities, found [n])."""
         keys = codec.entity_keys(np.asarray(ids, dtype=np.int64), self._join_key)
         if len(keys) == 1:
-            rows = [self._client.hmget(keys[0] + self._suffix, self._fields)]
+            rows = [self._client.hmget(keys[0] + self._suffix, self._read_fields)]
         else:
             with self._client.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    pipe.hmget(key + self._suffix, self._fields)
+                    pipe.hmget(key + self._suffix, self._read_fields)
                 rows = pipe.execute()
         out = np.tile(self._defaults, (len(keys), 1))
         found = np.zeros(len(keys), dtype=bool)

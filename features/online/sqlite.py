@@ -26,7 +26,13 @@ _EPOCH = datetime(1970, 1, 1)  # naive UTC, as Feast's SQLite store keeps event_
 class SqliteOnline:
     """Upserts and reads Feast's SQLite rows; a connection per thread for reads."""
 
-    def __init__(self, store: FeatureStore, specs: Sequence[FeatureSpec], view: View):
+    def __init__(
+        self,
+        store: FeatureStore,
+        specs: Sequence[FeatureSpec],
+        view: View,
+        also: Sequence[View] = (),
+    ):
         from feast.infra.online_stores.sqlite import SqliteOnlineStore, _table_id
 
         self.specs = tuple(specs)
@@ -39,9 +45,19 @@ class SqliteOnline:
             "DO UPDATE SET value = excluded.value, value_text = excluded.value_text, "
             "event_ts = excluded.event_ts, created_ts = excluded.created_ts"
         )
-        self._select = f'SELECT feature_name, value FROM "{table}" WHERE entity_key = ?'
-        self._column = {s.name: j for j, s in enumerate(self.specs)}
-        self._defaults = default_features(self.specs)
+        # reads: this view's table, then those of ``also``, each feature in its column
+        read_specs = [*self.specs, *(s for v in also for s in v.specs)]
+        self._selects = [
+            f'SELECT feature_name, value FROM "{_table_id(PROJECT, store.get_feature_view(v))}" '
+            "WHERE entity_key = ?"
+            for v in [view.name, *(v.name for v in also)]
+        ]
+        self._columns = [{s.name: j for j, s in enumerate(self.specs)}]
+        start = len(self.specs)
+        for v in also:
+            self._columns.append({s.name: start + j for j, s in enumerate(v.specs)})
+            start += len(v.specs)
+        self._defaults = default_features(read_specs)
         self._local = threading.local()  # sqlite connections are per thread
 
     def _conn(self) -> sqlite3.Connection:
@@ -78,11 +94,12 @@ class SqliteOnline:
         found = np.zeros(len(keys), dtype=bool)
         conn = self._conn()
         for i, key in enumerate(keys):
-            for name, blob in conn.execute(self._select, (key,)):
-                j = self._column.get(name)
-                if j is not None:
-                    out[i, j] = number(blob)
-                    found[i] = True
+            for select, columns in zip(self._selects, self._columns, strict=True):
+                for name, blob in conn.execute(select, (key,)):
+                    j = columns.get(name)
+                    if j is not None:
+                        out[i, j] = number(blob)
+                        found[i] = True
         only_usable(out, found, self._defaults)
         return out, found
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from featflow.cli import main
 from featflow.settings import Settings
 from features.feast_repo import FEATURE_VIEW, open_store
+from features.scoring_row import SCORING_FEATURES
 from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
 from streams.generator import generate_events
 from testing.oracle import Stream, pandas_oracle
@@ -133,7 +134,7 @@ def test_train_and_models_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     listing = runner.invoke(main, ["models", "list"])
     assert listing.exit_code == 0 and "v0001" in listing.output and "v0002" in listing.output
     shown = json.loads(runner.invoke(main, ["models", "show", "v0001"]).output)
-    assert shown["feature_names"] == NAMES and len(shown["sha256"]) == 64
+    assert shown["feature_names"] == list(SCORING_FEATURES) and len(shown["sha256"]) == 64
     assert runner.invoke(main, ["models", "rollback"]).exit_code == 0
 
     model = tmp_path / "home" / "models" / "v0002" / "model.onnx"

@@ -564,9 +564,9 @@ def test_numpy_oracles_match_reference_oracles() -> None:
 
 def test_spec_helpers() -> None:
     assert max_window_ms(DEFAULT_FEATURES) == DAY_MS
-    assert len(feature_names(DEFAULT_FEATURES)) == 18
+    assert len(feature_names(DEFAULT_FEATURES)) == 19
     assert feature_names(DEFAULT_FEATURES)[-1] == "first_time_at_merchant_24h"
-    assert len(kernel_specs(DEFAULT_FEATURES)) == 15
+    assert len(kernel_specs(DEFAULT_FEATURES)) == 16
 
 
 @pytest.mark.parametrize(

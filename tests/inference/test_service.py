@@ -27,8 +27,10 @@ from featflow.settings import Settings
 from features.feast_repo import apply_repo, feast_type_name
 from features.online import default_features, open_online
 from features.reader import read_online
+from features.scoring_row import SCORING_FEATURES, MerchantReader
 from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
 from features.state import WindowState
+from features.views import MERCHANT_VIEWS
 from inference.predictor import Predictor
 from inference.publisher import PredictionPublisher
 from inference.registry import ModelRegistry
@@ -37,7 +39,7 @@ from infra.predictions import decode_predictions
 from infra.process import free_port
 from infra.topics import ensure_topics
 
-F = len(FEATURE_NAMES)
+F = len(SCORING_FEATURES)
 USERS = np.arange(1, 51, dtype=np.int64) * 1000
 JSON = {"content-type": "application/json"}
 
@@ -54,10 +56,14 @@ def _model(seed: int) -> tuple[bytes, LogisticRegression]:
 
 def _setup(
     settings: Settings, n_models: int = 1
-) -> tuple[dict[str, LogisticRegression], np.ndarray]:
+) -> tuple[dict[str, LogisticRegression], np.ndarray, np.ndarray]:
+    """Online rows for USERS (their merchants 1-50) and for merchants 1-30 (the others have
+    none yet), and models over the scoring row. Returns (models, user rows, the scoring
+    rows built here by name: the user's features but its merchant id, then its merchant's
+    features or zeros)."""
     store = apply_repo(settings.stores)
     rng = np.random.default_rng(0)
-    features = rng.normal(10, 5, size=(len(USERS), F))
+    features = rng.normal(10, 5, size=(len(USERS), len(DEFAULT_FEATURES)))
     for j, spec in enumerate(DEFAULT_FEATURES):
         if feast_type_name(spec) == "Int64":
             features[:, j] = rng.integers(1, 50, size=len(USERS))
@@ -65,13 +71,30 @@ def _setup(
     open_online(store, DEFAULT_FEATURES).write(
         entity_id=USERS, event_time_ms=times, features=features
     )
+    merchants = np.arange(1, 31, dtype=np.int64)
+    by_name = {}
+    for view in MERCHANT_VIEWS:
+        values = rng.integers(0, 9, size=(len(merchants), len(view.specs))).astype(float)
+        open_online(store, view.specs, view=view).write(
+            entity_id=merchants, event_time_ms=times[: len(merchants)], features=values
+        )
+        for j, spec in enumerate(view.specs):
+            by_name[spec.name] = dict(zip(merchants.tolist(), values[:, j], strict=True))
+    user = dict(zip(FEATURE_NAMES, features.T, strict=True))
+    rows = np.column_stack(
+        [
+            user[n] if n in user
+            else [by_name[n].get(int(m), 0.0) for m in user["merchant_id"]]
+            for n in SCORING_FEATURES
+        ]
+    )  # fmt: skip
     registry = ModelRegistry(settings.stores.models_dir)
     models = {}
     for seed in range(1, n_models + 1):
         blob, model = _model(seed)
-        models[registry.register(blob, {"feature_names": FEATURE_NAMES}).version] = model
+        models[registry.register(blob, {"feature_names": SCORING_FEATURES}).version] = model
     registry.promote("v0001")
-    return models, features
+    return models, features, rows
 
 
 def _app(
@@ -81,11 +104,12 @@ def _app(
     transactions: Transactions | None = None,
 ):
     store = apply_repo(settings.stores)
-    predictor = Predictor(ModelRegistry(settings.stores.models_dir), FEATURE_NAMES)
+    predictor = Predictor(ModelRegistry(settings.stores.models_dir), SCORING_FEATURES)
     reader = open_online(store, DEFAULT_FEATURES)
     return create_app(
-        predictor, reader, publisher, refresh_interval_s=interval, transactions=transactions
-    )
+        predictor, reader, MerchantReader(store), publisher, refresh_interval_s=interval,
+        transactions=transactions,
+    )  # fmt: skip
 
 
 def _state_peek(state: WindowState) -> Transactions:
@@ -121,7 +145,7 @@ def _serve(app: FastAPI) -> Iterator[str]:
 def test_reader_equals_feast(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     online = request.getfixturevalue("redis_url") if backend == "redis" else "sqlite"
     settings = Settings(home=tmp_path, online_store=online)
-    _, features = _setup(settings)
+    _, features, _ = _setup(settings)
     reader = open_online(apply_repo(settings.stores), DEFAULT_FEATURES)
     ids = [*USERS.tolist(), -7]
     got, found = reader.read(ids)
@@ -133,21 +157,45 @@ def test_reader_equals_feast(backend: str, tmp_path: Path, request: pytest.Fixtu
     assert reader.ping()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_merchant_reader_equals_feast(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Both merchant views in one read (one HMGET on Redis) give what Feast reads; a merchant
+    without rows reads as the views' defaults."""
+    online = request.getfixturevalue("redis_url") if backend == "redis" else "sqlite"
+    settings = Settings(home=tmp_path, online_store=online)
+    _setup(settings)
+    store = apply_repo(settings.stores)
+    ids = [*range(1, 31), 999, 7]
+    got = MerchantReader(store).read(ids)
+    refs = [f"{v.name}:{s.name}" for v in MERCHANT_VIEWS for s in v.specs]
+    feast = store.get_online_features(
+        features=refs, entity_rows=[{"merchant_id": m} for m in ids]
+    ).to_df()
+    want = feast[[r.split(":")[1] for r in refs]].astype(float).fillna(0.0).to_numpy()
+    np.testing.assert_array_equal(got, want)
+    assert (got[-2] == 0).all() and (got[:30] != 0).any(axis=1).all()
+
+
 def test_http_contract(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
-    models, features = _setup(settings)
+    models, _, rows = _setup(settings)
+    assert (rows[:, -1] == 0).any() and (rows[:, -1] != 0).any()  # known and new merchants
     with TestClient(_app(settings)) as client:
-        one = client.post("/predict", json={"user_id": int(USERS[3])}).json()
-        assert one["model_version"] == "v0001" and one["features_found"] is True
-        assert tuple(one["features"]) == FEATURE_NAMES
-        np.testing.assert_allclose(list(one["features"].values()), features[3])
-        expected = models["v0001"].predict_proba(features[3:4].astype(np.float32))[0, 1]
-        assert one["score"] == pytest.approx(expected, abs=1e-5)
+        for i in range(len(USERS)):
+            one = client.post("/predict", json={"user_id": int(USERS[i])}).json()
+            assert one["model_version"] == "v0001" and one["features_found"] is True
+            assert tuple(one["features"]) == SCORING_FEATURES
+            np.testing.assert_allclose(list(one["features"].values()), rows[i])
+            expected = models["v0001"].predict_proba(rows[i : i + 1].astype(np.float32))[0, 1]
+            assert one["score"] == pytest.approx(expected, abs=1e-5)
 
         batch = client.post("/predict", json={"user_ids": [int(USERS[0]), 424242]}).json()
         assert [p["features_found"] for p in batch["predictions"]] == [True, False]
         unknown = batch["predictions"][1]["features"]
         assert unknown["seconds_since_last_txn"] == -1.0 and unknown["txn_count_24h"] == 0.0
+        assert unknown["merchant_txns_24h"] == 0.0 and unknown["merchant_fraud_rate_7d"] == 0.0
         assert len({p["prediction_id"] for p in batch["predictions"]}) == 2
 
         for bad in (
@@ -172,7 +220,7 @@ def test_http_contract(tmp_path: Path) -> None:
         assert 'featflow_model_info{version="v0001"} 1.0' in metrics
         assert 'featflow_predict_latency_seconds_bucket{le="5e-05"}' in metrics
         assert 'featflow_http_requests_total{path="/predict",status="422"}' in metrics
-        assert "featflow_features_found_total 2.0" in metrics
+        assert f"featflow_features_found_total {len(USERS) + 1}.0" in metrics
         assert client.get("/docs").status_code == 200
 
 
@@ -224,8 +272,8 @@ def test_predictions_are_published(settings: Settings) -> None:
 
 def test_hot_swap_under_http_load(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
-    models, features = _setup(settings, n_models=3)
-    x = features[:4].astype(np.float32)
+    models, _, rows = _setup(settings, n_models=3)
+    x = rows[:4].astype(np.float32)
     expected = {v: m.predict_proba(x)[:, 1] for v, m in models.items()}
     errors: list[str] = []
     versions: set[str] = set()

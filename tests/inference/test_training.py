@@ -15,9 +15,11 @@ from featflow.settings import Settings
 from features.backfill import backfill
 from features.event_files import from_records
 from features.feast_repo import apply_repo
+from features.merchant_backfill import write_views
 from features.offline import OfflineWriter
 from features.rows import offline_table
-from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
+from features.scoring_row import MERCHANT_DEFAULTS, SCORING_FEATURES, USER_INPUTS
+from features.spec import DEFAULT_FEATURES
 from inference.train import train, training_set_by_event
 from streams.generator import fraud_probability, generate_events, generate_outcomes
 from tests.inference.feast_training import training_set
@@ -38,6 +40,19 @@ def _offline_rows(rows: list[tuple[int, pd.Timestamp, float]]) -> pa.Table:
         features=values,
         partition=np.zeros(len(rows), dtype=np.int32),
         offset=np.arange(len(rows), dtype=np.int64),
+    )
+
+
+def _labels(outcomes) -> pd.DataFrame:
+    """The generated labels as a labels file holds them (merchant and time included)."""
+    return pd.DataFrame(
+        {
+            "event_id": outcomes.event_id,
+            "label": outcomes.label,
+            "user_id": outcomes.user_id,
+            "merchant_id": outcomes.merchant_id,
+            "outcome_time": outcomes.outcome_time_ms,
+        }
     )
 
 
@@ -64,6 +79,7 @@ def test_point_in_time_against_hand_built_oracle(tmp_path: Path) -> None:
             "label": [0, 1, 0, 1, 0, 1, 0],
         }
     )
+    labels["event_id"] = [f"q{i}" for i in range(len(labels))]
     data = training_set(store, labels)
     expected = [  # (time, feature value) as the oracle sees it, sorted by time
         (T0, 1.0),
@@ -73,7 +89,9 @@ def test_point_in_time_against_hand_built_oracle(tmp_path: Path) -> None:
         (T0 + 60 * s, 7.0),
     ]
     assert list(data.event_time) == [t for t, _ in expected]
-    np.testing.assert_array_equal(data.features, [[v] * len(FEATURE_NAMES) for _, v in expected])
+    merchant = MERCHANT_DEFAULTS.tolist()  # no merchant rows: a new merchant's defaults
+    want = [[v] * len(USER_INPUTS) + merchant for _, v in expected]
+    np.testing.assert_array_equal(data.features, want)
     assert data.label.tolist() == [1, 0, 1, 0, 0]
 
 
@@ -82,9 +100,9 @@ def test_train_learns_the_hidden_rule_and_onnx_agrees(tmp_path: Path) -> None:
     events = generate_events(12_000, users=300, start_ms=1_767_225_600_000, mean_gap_ms=2_000)
     outcomes = generate_outcomes(events, seed=2)
     result = backfill(from_records([v for _, v in events.records()]), lateness_ms=60_000)
-    OfflineWriter(settings.stores.offline_dir).write(result.table, tag="backfill")
-    labels = pd.DataFrame({"event_id": outcomes.event_id, "label": outcomes.label})
-    data = training_set_by_event(settings.stores.offline_dir, labels)
+    labels = _labels(outcomes)
+    offline = write_views(settings.stores.home / "offline", result.table, labels, tag="b")
+    data = training_set_by_event(offline, labels)
     model = train(data)
 
     metrics = model.metadata["holdout_metrics"]
@@ -95,7 +113,7 @@ def test_train_learns_the_hidden_rule_and_onnx_agrees(tmp_path: Path) -> None:
     assert ceiling > metrics["auc"] > ceiling - 0.06, (metrics, ceiling)
     assert model.metadata["rows"]["train"] + model.metadata["rows"]["holdout"] == len(events)
     hist = model.metadata["reference_histograms"]
-    assert set(hist) == {*FEATURE_NAMES, "score"}
+    assert set(hist) == {*SCORING_FEATURES, "score"}
     # every user weighs at most 2 % of the reference: the busiest users' rows count less
     users = pd.Series(data.entity[: model.metadata["rows"]["train"]])
     per_user = users.value_counts().to_numpy(np.float64)
@@ -123,17 +141,17 @@ def test_the_feature_vocabulary_beats_window_features_alone(tmp_path: Path) -> N
     )
     outcomes = generate_outcomes(events, seed=11)
     result = backfill(from_records([v for _, v in events.records()]), lateness_ms=60_000)
-    OfflineWriter(tmp_path).write(result.table, tag="backfill")
-    labels = pd.DataFrame({"event_id": outcomes.event_id, "label": outcomes.label})
-    data = training_set_by_event(tmp_path, labels)
+    labels = _labels(outcomes)
+    offline = write_views(tmp_path, result.table, labels, tag="backfill")
+    data = training_set_by_event(offline, labels)
     full = train(data).metadata["holdout_metrics"]["auc"]
-    cols = [FEATURE_NAMES.index(n) for n in WINDOW_ONLY]
+    cols = [SCORING_FEATURES.index(n) for n in WINDOW_ONLY]
     window_only = dataclasses.replace(data, features=data.features[:, cols])
     base = train(window_only, feature_names=WINDOW_ONLY).metadata["holdout_metrics"]["auc"]
 
     n_hold = len(data.label) - int(len(data.label) * 0.8)
     by_id = dict(zip(events.event_id, fraud_probability(events), strict=True))
-    ids = pd.read_parquet(tmp_path, columns=["event_id", "event_timestamp"])
+    ids = pd.read_parquet(offline, columns=["event_id", "event_timestamp"])
     ids = ids.sort_values(["event_timestamp", "event_id"])["event_id"].to_numpy()[-n_hold:]
     ceiling = roc_auc_score(data.label[-n_hold:], [by_id[i] for i in ids])
     assert full > ceiling - 0.04, (full, ceiling)

@@ -27,6 +27,7 @@ from featflow.settings import Settings
 from features.backfill import backfill
 from features.event_files import from_records
 from features.offline import OfflineWriter
+from features.scoring_row import MERCHANT_DEFAULTS, SCORING_FEATURES, scoring_rows
 from features.spec import FEATURE_NAMES
 from inference.predictor import load_model
 from inference.registry import ModelRegistry
@@ -103,14 +104,16 @@ def _scenario(settings: Settings, models: Path, *, shift: bool, concept: bool) -
     registry = ModelRegistry(settings.stores.models_dir)
     version = registry.champion_version()
     assert version is not None
-    _, blob = registry.load_verified(version, FEATURE_NAMES)
-    model = load_model(version, blob, FEATURE_NAMES)
+    _, blob = registry.load_verified(version, SCORING_FEATURES)
+    model = load_model(version, blob, SCORING_FEATURES)
     rows, labels = _world(shift, concept)
     rows = _between(rows, "event_timestamp", CHANGE, T0 + N * GAP_MS * 2).to_pandas()
     rows = rows.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
     label_of = dict(zip(labels.column("event_id").to_pylist(),
                         labels.column("label").to_pylist(), strict=True))  # fmt: skip
-    features = rows[list(FEATURE_NAMES)].to_numpy(np.float64)
+    # no merchant views in this world: every merchant reads as new, in training and here
+    merchants = np.tile(MERCHANT_DEFAULTS, (len(rows), 1))
+    features = scoring_rows(rows[list(FEATURE_NAMES)].to_numpy(np.float64), merchants)
     scores = model.score(features)
     epoch = pd.Timestamp(0, tz="UTC")
     times = ((rows["event_timestamp"] - epoch) // pd.Timedelta(milliseconds=1)).to_numpy()
@@ -132,7 +135,7 @@ def _scenario(settings: Settings, models: Path, *, shift: bool, concept: bool) -
                     "prediction_id": f"p-{event_id}", "event_id": event_id, "user_id": user,
                     "score": float(scores[i]), "model_version": version,
                     "event_time": int(times[i]),
-                    "features": dict(zip(FEATURE_NAMES, features[i].tolist(), strict=True)),
+                    "features": dict(zip(SCORING_FEATURES, features[i].tolist(), strict=True)),
                 })))  # fmt: skip
                 outs.append((str(user).encode(), enc.encode({
                     "event_id": event_id, "user_id": user, "label": label_of[event_id],

@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 
 from featflow.settings import Settings
 from features.feast_repo import apply_repo
+from features.scoring_row import SCORING_FEATURES
 from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
 from features.state import WindowState
 from inference.registry import ModelRegistry
@@ -30,11 +31,11 @@ HOUR = 3_600_000
 
 def _register_model(settings: Settings) -> LogisticRegression:
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(400, len(FEATURE_NAMES))).astype(np.float32)
+    x = rng.normal(size=(400, len(SCORING_FEATURES))).astype(np.float32)
     model = LogisticRegression().fit(x, (x[:, 11] > 0).astype(int))
     blob = to_onnx(model, x[:1], options={"zipmap": False}, target_opset=17).SerializeToString()
     registry = ModelRegistry(settings.stores.models_dir)
-    registry.promote(registry.register(blob, {"feature_names": list(FEATURE_NAMES)}).version)
+    registry.promote(registry.register(blob, {"feature_names": list(SCORING_FEATURES)}).version)
     return model
 
 
@@ -112,9 +113,12 @@ def test_a_transaction_is_scored_as_the_stream_will_see_it(settings: Settings) -
                     continue
                 assert response.status_code == 200, response.text
                 body = response.json()
-                values = np.array([body["features"][n] for n in FEATURE_NAMES])
-                np.testing.assert_allclose(values, row.features[0], rtol=1e-9, atol=1e-9)
-                expected = model.predict_proba(row.features[:1].astype(np.float32))[0, 1]
+                stream_row = dict(zip(FEATURE_NAMES, row.features[0].tolist(), strict=True))
+                # no merchant worker here: every merchant is new (the views' defaults)
+                want = np.array([stream_row.get(n, 0.0) for n in SCORING_FEATURES])
+                values = np.array([body["features"][n] for n in SCORING_FEATURES])
+                np.testing.assert_allclose(values, want, rtol=1e-9, atol=1e-9)
+                expected = model.predict_proba(want[None, :].astype(np.float32))[0, 1]
                 assert body["score"] == pytest.approx(expected, abs=1e-5)
                 assert body["features_found"] == stream.holds(int(tx["user_id"]))
                 expired += int(body["features"]["txn_count_24h"] == 1 and stream.holds(
