@@ -65,8 +65,9 @@ def label_rows(labels: pd.DataFrame) -> MerchantRows:
         np.full(n, -1, np.int32),
         np.flatnonzero(named.to_numpy()).astype(np.int64),
         labels.loc[named, "merchant_id"].to_numpy(np.int64),
-        (labels.loc[named, "user_id"] if "user_id" in labels else pd.Series(0, range(n)))
-        .to_numpy(np.int64),
+        (labels.loc[named, "user_id"] if "user_id" in labels else pd.Series(0, range(n))).to_numpy(
+            np.int64
+        ),
         times_ms[named].to_numpy(np.int64),
         labels.loc[named, "label"].to_numpy(np.float64),
         pa.array(labels.loc[named, "event_id"].astype(str).tolist(), type=pa.string()),
