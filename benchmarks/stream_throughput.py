@@ -8,7 +8,9 @@ excludes process start-up, group join and the first batch:
     (same fetch sizes and waits, ``getmany(max_records=batch_max_records)``), that only
     JSON-decodes each value with msgspec. Timed from the first non-empty fetch to the N-th
     record: rate = (N - first fetch's records) / elapsed.
-(b) featflow: ``featflow worker`` started with ``featflow.processes.start_worker``. Every batch
+(b) featflow: ``featflow worker`` started with ``featflow.processes.start_worker`` (user
+    features and merchant views in one process; (b') the same as two processes, roles
+    ``users`` and ``merchants``, measured on the users process). Every batch
     it handles ends in an offline parquet part file whose mtime marks the end of that batch's
     decode + kernels + parquet write, and the previous batch's Redis write precedes it (one
     asyncio loop, batches strictly in turn). Rate = (N - rows of the first part file) /
@@ -173,15 +175,29 @@ def _part_files(directory: Path, rows: dict[Path, tuple[float, int]]) -> int:
 
 
 def featflow_worker(
-    settings: Settings, n: int, log: Path, *, profile: Path | None = None, timeout: float = 600.0
+    settings: Settings,
+    n: int,
+    log: Path,
+    *,
+    profile: Path | None = None,
+    timeout: float = 600.0,
+    split: bool = False,
 ) -> Rate:
     """Run ``featflow worker`` over the topic from the start; rate from its part files.
 
-    With ``profile``, py-spy samples the worker from its first part file to its last
-    (start-up excluded) and writes collapsed stacks there; see :func:`profile_summary`.
+    With ``split``, the user features and the merchant views run as two processes
+    (``FEATFLOW_WORKER_ROLE`` users and merchants, both running throughout: they share the
+    machine), and the rate is the users process's. With ``profile``, py-spy samples the
+    worker from its first part file to its last (start-up excluded) and writes collapsed
+    stacks there; see :func:`profile_summary`.
     """
     rows: dict[Path, tuple[float, int]] = {}
     t_start = time.time()
+    others = []
+    if split:
+        merchants = settings.model_copy(update={"worker_role": "merchants"})
+        others.append(start_worker(merchants, log.with_suffix(".merchants.log")))
+        settings = settings.model_copy(update={"worker_role": "users"})
     worker = start_worker(settings, log)
     spy: subprocess.Popen[bytes] | None = None
     try:
@@ -197,12 +213,13 @@ def featflow_worker(
         if spy is not None:
             _stop_py_spy(spy)
             spy = None
-        wait_caught_up(settings, [worker], timeout=timeout)
+        wait_caught_up(settings, [worker, *others], timeout=timeout)
         t_caught_up = time.time()
     finally:
         if spy is not None:
             _stop_py_spy(spy)
-        stop_process(worker)
+        for proc in [worker, *others]:
+            stop_process(proc)
     marks = sorted(rows.values())
     t_first, first_rows = marks[0]
     t_last = marks[-1][0]
@@ -367,6 +384,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
         raw: list[Rate] = []
         worker: list[Rate] = []
+        split: list[Rate] = []
         for r in range(args.repeats):
             passes = raw_consumer(base, n, "json")
             raw.extend(passes)
@@ -381,6 +399,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             )
             worker.append(featflow_worker(settings_b, n, srv.scratch / f"worker-{r}.log"))
             print(f"  run {r + 1}: (b) featflow  {worker[-1].per_s:>10,.0f} events/s", flush=True)
+            _flush_redis(srv)
+            settings_s = base.model_copy(
+                update={
+                    "home": srv.scratch / f"home-split-{r}",
+                    "consumer_group": f"{base.consumer_group}-split-{r}",
+                }
+            )
+            log_s = srv.scratch / f"split-{r}.log"
+            split.append(featflow_worker(settings_s, n, log_s, split=True))
+            print(f"  run {r + 1}: (b') split    {split[-1].per_s:>10,.0f} events/s", flush=True)
         keys = _redis_keys(srv)
         users = len(set(events.user_id.tolist()))
         assert keys >= users, f"online store holds {keys} keys for {users} users"
@@ -412,6 +440,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     best_a = max(raw, key=lambda x: x.per_s)
     best_b = max(worker, key=lambda x: x.per_s)
+    best_s = max(split, key=lambda x: x.per_s)
     rows: list[tuple[object, ...]] = [
         ("(a) raw aiokafka + msgspec.json.decode", n, best_a.per_s, best_a.seconds, "", ""),
         (
@@ -421,6 +450,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             best_b.seconds,
             best_b.startup_s,
             best_b.caught_up_s,
+        ),
+        (
+            "(b') users and merchants as two processes",
+            n,
+            best_s.per_s,
+            best_s.seconds,
+            best_s.startup_s,
+            best_s.caught_up_s,
         ),
     ]
     names = {
@@ -440,21 +477,26 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     print("  all runs, events/s: (a) " + ", ".join(f"{x.per_s:,.0f}" for x in raw))
     print("                      (b) " + ", ".join(f"{x.per_s:,.0f}" for x in worker))
+    print("                     (b') " + ", ".join(f"{x.per_s:,.0f}" for x in split))
     print(f"  online store: {keys:,} Redis keys for {users:,} users")
     if profile[0]:
         print("\n  where (b)'s time goes: py-spy samples of the worker (extra run)")
         table(profile[0], ["category (first match in the stack)", "samples", "share"])
         print()
         table(profile[1], ["top leaf frames (self time)", "samples", "share"])
-    out = {"raw_eps": best_a.per_s, "featflow_eps": best_b.per_s}
-    ratios = [("(b) / (a)", best_b.per_s / best_a.per_s)]
+    out = {"raw_eps": best_a.per_s, "featflow_eps": best_b.per_s, "split_eps": best_s.per_s}
+    ratios = [
+        ("(b) / (a)", best_b.per_s / best_a.per_s),
+        ("(b') / (a)", best_s.per_s / best_a.per_s),
+    ]
     if naive is not None:
         ratios.append(("(b) / (c)", best_b.per_s / naive.per_s))
         out["naive_eps"] = naive.per_s
     print()
     table(ratios, ["ratio of rates", "x"])
     print()
-    verdict("featflow / raw consumer", best_b.per_s / best_a.per_s, TARGET_VS_RAW)
+    verdict("featflow (one process) / raw consumer", best_b.per_s / best_a.per_s, TARGET_VS_RAW)
+    verdict("featflow (two processes) / raw consumer", best_s.per_s / best_a.per_s, TARGET_VS_RAW)
     if naive is not None:
         verdict("featflow / naive per-event job", best_b.per_s / naive.per_s, TARGET_VS_NAIVE)
     return out

@@ -316,12 +316,16 @@ def worker(config: str | None, loglevel: str) -> None:
     _need_broker(settings)  # faust would retry forever
     _need_online_store(settings)
     import faust
+    import mode
 
     from streams.worker import build_app
 
     app, _ = build_app(settings.worker)
-    runner = faust.Worker(app, loglevel=loglevel, quiet=True)
-    runner.spinner = None  # its cursor escape codes mangle logs and the demo's output
+    if isinstance(app, faust.App):
+        runner = faust.Worker(app, loglevel=loglevel, quiet=True)
+        runner.spinner = None  # its cursor escape codes mangle logs and the demo's output
+    else:  # the merchant worker alone: a plain service
+        runner = mode.Worker(app, loglevel=loglevel, quiet=True)
     runner.execute_from_commandline()
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, field_validator
@@ -87,6 +87,9 @@ class Settings(BaseSettings):
         0.0, description="A new model must beat the champion's holdout AUC by this much."
     )
     worker_web_port: int = Field(0, ge=0, description="faust web (/metrics); 0 disables it.")
+    worker_role: Literal["all", "users", "merchants"] = Field(
+        "all", description="Which stream workers a worker process runs."
+    )
 
     monitor_window_labels: int = Field(5000, ge=1, description="Labelled predictions (quality).")
     monitor_window_events: int = Field(5000, ge=1, description="Predictions (drift).")
@@ -234,4 +237,5 @@ class Settings(BaseSettings):
             checkpoint_interval_s=self.checkpoint_interval_s,
             stream_scoring=self.stream_scoring,
             web_port=self.worker_web_port,
+            role=self.worker_role,
         )

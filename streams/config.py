@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from features.spec import DEFAULT_LATENESS_MS
 from inference.retraining import RetrainSettings
@@ -31,6 +32,9 @@ class WorkerConfig:
     checkpoint_interval_s: float = 5.0
     stream_scoring: bool = False
     web_port: int = 0  # faust web (/metrics); 0 disables it
+    # which workers this process runs: the feature worker (events, outcomes), the merchant
+    # worker (merchant_rows), or both
+    role: Literal["all", "users", "merchants"] = "all"
 
     @property
     def merchant_group(self) -> str:

@@ -13,7 +13,7 @@ import asyncio
 
 import pyarrow as pa
 
-from features.feast_repo import open_store
+from features.feast_repo import apply_repo, open_store
 from features.merchant_state import MerchantState
 from features.offline import OfflineWriter
 from features.online import OnlineStore, open_online
@@ -23,12 +23,19 @@ from streams.merchant_processor import MerchantCounts, MerchantEffects, Merchant
 from streams.metrics import MerchantStats
 from streams.partitioned import PartitionedWorker
 
+#: A merchant worker takes its rows in batches at least this far apart (unless a fetch comes
+#: back full): a merchant's aggregate over every user partition is not fresher for being
+#: updated every 20 ms, and each update costs two part files and two online writes, CPU the
+#: feature worker in the same process needs (benchmarks/stream_throughput.py).
+PACE_S = 0.25
+
 
 class MerchantWorker(PartitionedWorker[MerchantProcessor, MerchantEffects]):
     """Keeps the merchant views current from the rows the feature workers re-key."""
 
     def __init__(self, config: WorkerConfig):
-        super().__init__(config, topic=config.topics.merchant_rows, group=config.merchant_group)
+        topic, group = config.topics.merchant_rows, config.merchant_group
+        super().__init__(config, topic=topic, group=group, pace_s=PACE_S)
         stores = config.stores
         self.offline = {v.name: OfflineWriter(stores.view_dir(v.name)) for v in MERCHANT_VIEWS}
         self.online: dict[str, OnlineStore] = {}
@@ -59,8 +66,13 @@ class MerchantWorker(PartitionedWorker[MerchantProcessor, MerchantEffects]):
         return effects
 
     async def prepare(self) -> None:
-        """Open the merchant views' online stores (the feature worker applied the repo)."""
-        store = await asyncio.to_thread(open_store, self.config.stores)
+        """Open the merchant views' online stores (applying the Feast repo when no feature
+        worker in this process did)."""
+        stores = self.config.stores
+        if self.config.role == "merchants":
+            store = await asyncio.to_thread(apply_repo, stores)
+        else:
+            store = await asyncio.to_thread(open_store, stores)
         self.online = {v.name: open_online(store, v.specs, view=v) for v in MERCHANT_VIEWS}
 
     async def apply(self, effects: MerchantEffects) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -166,10 +166,47 @@ def _arrow_ids(ids: list[str] | pa.Array) -> pa.Array:
     return ids if isinstance(ids, pa.Array) else pa.array(ids, type=pa.string())
 
 
-def build_app(config: WorkerConfig, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES):
-    """The faust app hosting a :class:`FeatureWorker` as a service."""
-    import faust
+def _members_service(members: Sequence[PartitionedWorker]):
+    """A mode service that starts ``members`` in order, runs them, and stops them in reverse;
+    one member's failure crashes it (and the process)."""
     from mode import Service
+
+    class StreamWorkers(Service):
+        async def on_start(self) -> None:
+            for member in members:
+                await member.start()
+            for member in members:
+                self.add_future(self._run(member))
+
+        async def _run(self, member: PartitionedWorker) -> None:
+            try:
+                await member.run()
+            except Exception as exc:
+                log.exception("stream worker failed (%s)", member.topic)
+                await self.crash(exc)
+
+        async def on_stop(self) -> None:
+            for member in reversed(members):
+                await member.stop()
+
+    return StreamWorkers
+
+
+def build_app(config: WorkerConfig, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES):
+    """What ``featflow worker`` runs, by ``config.role``: a faust app hosting the feature
+    worker (with the outcome store beside it) and the merchant worker (``all``), the feature
+    worker alone (``users``), or a plain mode service of the merchant worker (``merchants``:
+    faust cannot run an app that consumes no topic). Returns (app or service, feature worker)."""
+    worker = FeatureWorker(config, specs)
+    merchants = MerchantWorker(config)
+    if config.role == "merchants":
+        service = _members_service([merchants])()
+        if config.web_port > 0:
+            _metrics_thread(
+                config.web_port, lambda: render_metrics(worker.stats(), merchants.stats())
+            )
+        return service, worker
+    import faust
 
     app = faust.App(
         f"{config.group}-faust",  # its own group: the DLQ watcher
@@ -183,28 +220,9 @@ def build_app(config: WorkerConfig, specs: Sequence[FeatureSpec] = DEFAULT_FEATU
         broker_heartbeat_interval=max(config.session_timeout_s / 6, 0.1),
         broker_rebalance_timeout=config.session_timeout_s * 2,
     )
-    worker = FeatureWorker(config, specs)
-    merchants = MerchantWorker(config)
-
-    class FeatureService(Service):
-        async def on_start(self) -> None:
-            await worker.start()  # applies the Feast repo the merchant worker then opens
-            await merchants.start()
-            self.add_future(self._run(worker))
-            self.add_future(self._run(merchants))
-
-        async def _run(self, member: PartitionedWorker) -> None:
-            try:
-                await member.run()
-            except Exception as exc:
-                log.exception("stream worker failed (%s)", member.topic)
-                await self.crash(exc)
-
-        async def on_stop(self) -> None:
-            await merchants.stop()
-            await worker.stop()
-
-    app.service(FeatureService)
+    # the feature worker first: it applies the Feast repo the merchant worker opens
+    members = [worker, *([merchants] if config.role == "all" else [])]
+    app.service(_members_service(members))
 
     # Outcomes are low volume: a faust per-event agent stores them (parquet parts
     # under $FEATFLOW_HOME/outcomes) and dead-letters bad ones to outcomes.dlq.
@@ -234,6 +252,30 @@ def build_app(config: WorkerConfig, specs: Sequence[FeatureSpec] = DEFAULT_FEATU
             return web.text(text, content_type="text/plain; version=0.0.4")
 
     return app, worker
+
+
+def _metrics_thread(port: int, render: Callable[[], str]) -> None:
+    """``GET /metrics`` on 127.0.0.1:``port`` from a daemon thread (no faust web server)."""
+    import http.server
+    import threading
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/metrics":
+                self.send_error(404)
+                return
+            body = render().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Metrics)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
 
 class OutcomeStore:
