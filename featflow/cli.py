@@ -432,11 +432,13 @@ def backfill(
         click.echo(f"{len(result.rejected)} rejected {result.reasons()} -> {rejects}")
     if not no_store:
         from features.feast_repo import apply_repo
-        from features.offline import OfflineWriter
+        from features.merchant_backfill import write_views
 
         apply_repo(settings.stores)
-        OfflineWriter(settings.stores.offline_dir).write(result.table, tag="backfill")
-        click.echo(f"loaded into offline store {settings.stores.offline_dir}")
+        # the user rows and their merchants' activity (labels are the stream's to add)
+        root = settings.stores.offline_dir.parent
+        write_views(root, result.table, None, tag="backfill")
+        click.echo(f"loaded into offline store {root} (user and merchant views)")
     _skip_teardown()
 
 

@@ -242,6 +242,7 @@ def test_single_event(tuning: Tuning) -> None:
         "seconds_since_last_txn": -1.0,
         "amount_ewm_mean_1h": 42.5,
         "amount": 42.5,
+        "merchant_id": 9.0,
         "amount_median_24h": bucketed(42.5),
         "amount_p95_24h": bucketed(42.5),
         "merchant_txn_count_24h": 1.0,
