@@ -33,6 +33,8 @@ PACE_S = 0.25
 class MerchantWorker(PartitionedWorker[MerchantProcessor, MerchantEffects]):
     """Keeps the merchant views current from the rows the feature workers re-key."""
 
+    process_in_thread = True  # the feature worker's freshness shares this event loop
+
     def __init__(self, config: WorkerConfig):
         topic, group = config.topics.merchant_rows, config.merchant_group
         super().__init__(config, topic=topic, group=group, pace_s=PACE_S)

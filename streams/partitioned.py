@@ -60,6 +60,10 @@ class PartitionedWorker(ABC, Generic[P, E]):
     """Owns partitions of ``topic`` in consumer group ``group``; subclasses say what a
     partition's processor is (:meth:`new_processor`) and what a fetch's effects do."""
 
+    #: Process a fetch in a thread, off the event loop: for a worker that shares its process
+    #: (and loop) with one whose latency matters more; the kernels release the GIL.
+    process_in_thread = False
+
     def __init__(self, config: WorkerConfig, *, topic: str, group: str, pace_s: float = 0.0):
         self.config = config
         self.topic = topic
@@ -77,6 +81,8 @@ class PartitionedWorker(ABC, Generic[P, E]):
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._inflight: asyncio.Task[None] | None = None  # the last fetch's writes
+        # sends whose acknowledgement a checkpoint must wait for, but the next fetch need not
+        self._unacked: list[asyncio.Future[object]] = []
         self._stopping = asyncio.Event()
         self.started = asyncio.Event()  # set once the producer and stores are ready
         self.fatal: BaseException | None = None  # raised by run(): the worker must stop
@@ -207,10 +213,14 @@ class PartitionedWorker(ABC, Generic[P, E]):
                 processor = self.processors.get(tp.partition)
                 if processor is None:  # revoked while the fetch was in flight
                     continue
-                parts.append(processor.process(records))  # type: ignore[attr-defined]
+                process = processor.process  # type: ignore[attr-defined]
+                if self.process_in_thread:
+                    parts.append(await asyncio.to_thread(process, records))
+                else:
+                    parts.append(process(records))
             if parts:
                 effects = self.merge(parts)
-                await self.drain()  # at most one fetch's effects in flight
+                await self._settle()  # at most one fetch's effects in flight
                 self._inflight = asyncio.create_task(self.apply(effects))
             await self.checkpointer.maybe(self.processors, self.drain)
             if self.pace_s and fetched_records < self.config.batch_max_records:
@@ -219,6 +229,13 @@ class PartitionedWorker(ABC, Generic[P, E]):
         await self.drain()
 
     async def drain(self) -> None:
+        """Wait for the effects in flight and every acknowledgement a checkpoint needs (and
+        raise their error, if any): what a checkpoint or a release must see done."""
+        await self._settle()
+        unacked, self._unacked = self._unacked, []
+        await asyncio.gather(*unacked)
+
+    async def _settle(self) -> None:
         """Wait for the effects in flight (and raise their error, if any)."""
         task = self._inflight
         if task is None:
@@ -229,14 +246,24 @@ class PartitionedWorker(ABC, Generic[P, E]):
             if self._inflight is task:
                 self._inflight = None
 
-    async def send(self, topic: str, records: Sequence[tuple[bytes | None, bytes, int | None]]):
-        """Send ``(key, value, partition)`` records to ``topic`` and wait for every
-        acknowledgement (before a checkpoint moves past what they came from)."""
+    async def send(
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes | None, bytes, int | None]],
+        *,
+        ack_before_checkpoint: bool = False,
+    ) -> None:
+        """Send ``(key, value, partition)`` records to ``topic``. Wait for every
+        acknowledgement now, or (``ack_before_checkpoint``) only before the next checkpoint
+        or release: what a checkpoint covers is acknowledged either way."""
         assert self._producer is not None
         pending = [
             await self._producer.send(topic, value=v, key=k, partition=p) for k, v, p in records
         ]
-        await asyncio.gather(*pending)
+        if ack_before_checkpoint:
+            self._unacked.extend(pending)
+        else:
+            await asyncio.gather(*pending)
 
     async def send_dead_letters(self, topic: str, letters: Sequence[DeadLetter]) -> None:
         """Send to the DLQ ``topic`` and wait for every acknowledgement, then count them."""

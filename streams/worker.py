@@ -105,13 +105,17 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
         if effects.dead_letters:
             await self.send_dead_letters(self.config.topics.dlq, effects.dead_letters)
 
-    async def send_merchant_rows(self, rows: MerchantRows) -> None:
-        """One ``merchant_rows`` record per merchant partition the rows are bound for."""
+    async def send_merchant_rows(self, rows: MerchantRows, *, wait: bool = False) -> None:
+        """One ``merchant_rows`` record per merchant partition the rows are bound for; acked
+        before the next checkpoint, or now (``wait``: the outcome store acks its records to
+        faust right after)."""
         if not len(rows):
             return
         parts = by_partition(rows, self.config.topics.partitions)
         records = [(None, part.encode(), p) for p, part in parts.items()]
-        await self.send(self.config.topics.merchant_rows, records)
+        # the next fetch need not wait for these acks (freshness), only the next checkpoint
+        topic = self.config.topics.merchant_rows
+        await self.send(topic, records, ack_before_checkpoint=not wait)
 
     def _store(self, effects: Effects) -> None:
         """Online first (what freshness waits for), then the offline part file; one thread
@@ -315,7 +319,7 @@ class OutcomeStore:
             tag = f"{first.partition:04d}-{first.offset:012d}"
             await asyncio.to_thread(self.writer.write, table, tag=tag)
             rows = _outcome_rows(table)
-            await self.worker.send_merchant_rows(rows)
+            await self.worker.send_merchant_rows(rows, wait=True)
             self.worker.merchant_labels += len(rows)
             if dead:
                 await self.worker.send_dead_letters(config.topics.outcomes_dlq, dead)
