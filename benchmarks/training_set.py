@@ -3,8 +3,10 @@
 Data: ``generate_events(n, users = n * --users-per-event, --days days, zipf --zipf)`` (the
 busiest user holds ~45 % of the events at 1.6) and a label for every event
 (``generate_outcomes``). Every figure is a whole process, spawned fresh and timed from spawn
-to exit, its peak RSS read from the kernel when it is reaped (``os.wait4``: ``ru_maxrss`` of
-that child alone); the processes are ``benchmarks/training_set_child.py``:
+to exit, its peak RSS the child's own high-water mark (``VmHWM`` of ``/proc/<pid>/status``,
+read by the child at exit or polled every 10 ms while it runs; ``ru_maxrss`` from
+``os.wait4`` would also count this benchmark's own memory at the fork); the processes are
+``benchmarks/training_set_child.py``:
 
 (1) build: read the labels parquet, ``inference.train.training_set_by_event`` on an offline
     dir written beforehand (``features.backfill.backfill`` of the events file, one part file
@@ -35,6 +37,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -134,7 +137,11 @@ def run_child(
 
     timer = threading.Timer(timeout_s, kill)
     timer.start()
+    polled: list[float] = []
+    watcher = threading.Thread(target=_poll_hwm, args=(proc.pid, polled), daemon=True)
+    watcher.start()
     _, status, usage = os.wait4(proc.pid, 0)
+    watcher.join()
     wall = time.perf_counter() - start
     timer.cancel()
     code = os.waitstatus_to_exitcode(status)
@@ -146,7 +153,25 @@ def run_child(
     elif code:
         failure = f"exit {code}" + (" (MemoryError)" if "MemoryError" in tail else "")
     data = json.loads(report.read_text()) if report and report.exists() else {}
-    return Run(wall, usage.ru_maxrss / 1024, code, failure, data, tail)
+    # the child's own high-water mark: its report's, else the last one polled; ru_maxrss
+    # carries the parent's resident memory at the fork, so only when neither exists
+    peak = data.get("peak_mb") or (polled[-1] if polled else usage.ru_maxrss / 1024)
+    return Run(wall, peak, code, failure, data, tail)
+
+
+def _poll_hwm(pid: int, out: list[float]) -> None:
+    """Append the child's VmHWM (MiB) every 10 ms until it exits (VmHWM never decreases)."""
+    status = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            text = status.read_text()
+        except OSError:
+            return
+        match = re.search(r"^VmHWM:\s+(\d+) kB", text, re.M)
+        if match is None:  # a zombie has no memory left to report
+            return
+        out.append(int(match.group(1)) / 1024)
+        time.sleep(0.01)
 
 
 @dataclass(frozen=True)

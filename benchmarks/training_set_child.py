@@ -33,7 +33,13 @@ T0 = time.perf_counter()
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak RSS (MiB) since it was exec'd (VmHWM: ru_maxrss would carry the
+    parent's resident memory at the fork)."""
+    try:
+        text = Path("/proc/self/status").read_text()
+        return int(text.split("VmHWM:")[1].split()[0]) / 1024
+    except (OSError, IndexError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _dump(path: str, report: dict[str, Any]) -> None:

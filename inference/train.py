@@ -12,6 +12,7 @@ the square of the busiest entity's rows: ``featflow train`` and the trainer use 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ from inference.reference import histogram
 if TYPE_CHECKING:
     pass
 
+#: DuckDB's memory for the training-set join; it spills past it (measured: 1M labelled
+#: events, benchmarks/training_set.py)
+MEMORY_LIMIT = "600MB"
 ONNX_ATOL = 1e-5  # ONNX vs the fitted model: probability agreement required before registering
 
 
@@ -68,57 +72,73 @@ def training_set_by_event(
 
     if not any(offline_dir.glob("*.parquet")):
         raise ValueError(f"no offline feature rows in {offline_dir}")
-    con = duckdb.connect()
-    try:
-        truth = "probability" in labels.columns
-        con.register("labels", labels[["event_id", "label", *(["probability"] if truth else [])]])
-        for view in MERCHANT_VIEWS:
-            con.execute(f"CREATE VIEW {view.name} AS {_merchant_rows(offline_dir.parent, view)}")
-        user = ", ".join(f'r."{n}"' for n in USER_INPUTS)
-        merchant = ", ".join(
-            f'coalesce(m{i}."{s.name}", {float(MERCHANT_DEFAULTS[k])}) AS "{s.name}"'
-            for k, (i, s) in enumerate(
-                (i, s) for i, v in enumerate(MERCHANT_VIEWS) for s in v.specs
-            )
-        )
-        joins = "\n".join(
-            f"ASOF LEFT JOIN {v.name} m{i} ON r.{MERCHANT_KEY} = m{i}.merchant_id "
-            f"AND r.{TIMESTAMP_FIELD} > m{i}.{TIMESTAMP_FIELD}"
-            for i, v in enumerate(MERCHANT_VIEWS)
-        )
-        window = (
-            "" if history_ms is None
-            else f"WHERE t >= (SELECT max(t) FROM joined) - {int(history_ms)}"
-        )  # fmt: skip
-        frame = con.execute(
-            f"""
-            WITH rows AS (
-                SELECT * FROM read_parquet('{offline_dir}/*.parquet')
-                QUALIFY row_number() OVER (
-                    PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1
-            ), labelled AS (
-                SELECT r.*, l.label::TINYINT AS label,
-                       {"l.probability::DOUBLE" if truth else "NULL"} AS probability
-                FROM rows r JOIN labels l USING (event_id)
-            ), joined AS (
-                SELECT {user}, {merchant}, r.label, r.{TIMESTAMP_FIELD} AS ts, r.probability,
-                       epoch_ms(r.{TIMESTAMP_FIELD}) AS t, r.event_id, r.{JOIN_KEY}
-                FROM labelled r
-                {joins}
-            )
-            SELECT * EXCLUDE (t) FROM joined {window} ORDER BY ts, event_id
-            """
-        ).df()
-    finally:
-        con.close()
-    frame = frame.dropna(subset=list(SCORING_FEATURES))
-    features = frame[list(SCORING_FEATURES)].to_numpy(np.float64)
-    label = frame["label"].to_numpy(np.int8)
+    # DuckDB spills its sorts and joins past MEMORY_LIMIT (a scratch folder), so the process
+    # stays within about 2 GB at 1M labelled events whatever the rows hold
+    with tempfile.TemporaryDirectory(prefix="featflow-join-") as spill:
+        con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": spill})
+        try:
+            truth = "probability" in labels.columns
+            columns = ["event_id", "label", *(["probability"] if truth else [])]
+            con.register("labels", labels[columns])
+            for view in MERCHANT_VIEWS:
+                rows_sql = _merchant_rows(offline_dir.parent, view)
+                con.execute(f"CREATE VIEW {view.name} AS {rows_sql}")
+            table = con.execute(_join_sql(offline_dir, truth, history_ms)).to_arrow_table()
+        finally:
+            con.close()
+    features = np.column_stack(
+        [table.column(n).to_numpy().astype(np.float64, copy=False) for n in SCORING_FEATURES]
+    )
+    keep = ~np.isnan(features).any(axis=1)
+    if not keep.all():
+        features = features[keep]
+    label = table.column("label").to_numpy()[keep].astype(np.int8)
     digest = hashlib.sha256(features.tobytes() + label.tobytes()).hexdigest()
-    times = pd.to_datetime(frame["ts"], utc=True).reset_index(drop=True)
-    users = frame[JOIN_KEY].to_numpy(np.int64)
-    known = frame["probability"].to_numpy(np.float64) if truth else None
+    times = pd.Series(pd.to_datetime(table.column("t").to_numpy()[keep], unit="ms", utc=True))
+    users = table.column(JOIN_KEY).to_numpy()[keep].astype(np.int64)
+    known = (
+        table.column("probability").to_numpy(zero_copy_only=False)[keep].astype(np.float64)
+        if truth
+        else None
+    )
     return TrainingSet(features, label, times, digest, users, known)
+
+
+def _join_sql(offline_dir: Path, truth: bool, history_ms: int | None) -> str:
+    """The training set's query: labels joined to their events' rows by event id, then to
+    their merchants' rows strictly before each event (as-of)."""
+    user = ", ".join(f'r."{n}"' for n in USER_INPUTS)
+    pairs = [(i, s) for i, v in enumerate(MERCHANT_VIEWS) for s in v.specs]
+    merchant = ", ".join(
+        f'coalesce(m{i}."{s.name}", {float(MERCHANT_DEFAULTS[k])}) AS "{s.name}"'
+        for k, (i, s) in enumerate(pairs)
+    )
+    joins = "\n".join(
+        f"ASOF LEFT JOIN {v.name} m{i} ON r.{MERCHANT_KEY} = m{i}.merchant_id "
+        f"AND r.{TIMESTAMP_FIELD} > m{i}.{TIMESTAMP_FIELD}"
+        for i, v in enumerate(MERCHANT_VIEWS)
+    )
+    window = (
+        "" if history_ms is None
+        else f"WHERE t >= (SELECT max(t) FROM joined) - {int(history_ms)}"
+    )  # fmt: skip
+    return f"""
+        WITH rows AS (
+            SELECT * FROM read_parquet('{offline_dir}/*.parquet')
+            QUALIFY row_number() OVER (
+                PARTITION BY event_id ORDER BY kafka_partition, kafka_offset) = 1
+        ), labelled AS (
+            SELECT r.*, l.label::TINYINT AS label,
+                   {"l.probability::DOUBLE" if truth else "NULL::DOUBLE"} AS probability
+            FROM rows r JOIN labels l USING (event_id)
+        ), joined AS (
+            SELECT {user}, {merchant}, r.label, r.probability, r.{JOIN_KEY},
+                   epoch_ms(r.{TIMESTAMP_FIELD}) AS t, r.event_id
+            FROM labelled r
+            {joins}
+        )
+        SELECT * EXCLUDE (event_id) FROM joined {window} ORDER BY t, event_id
+    """
 
 
 def _merchant_rows(root: Path, view: View) -> str:
