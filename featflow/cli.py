@@ -501,6 +501,10 @@ def serve(config: str | None, host: str, port: int, no_publish: bool) -> None:
     from infra.process import port_is_free
 
     settings = _settings(config)
+    try:
+        tokens = settings.tokens
+    except ValueError as exc:  # an unreadable token file, a short token: say so, in one line
+        raise click.ClickException(str(exc)) from None
     if port and not port_is_free(host, port):
         raise click.ClickException(
             f"port {port} on {host} is already in use: stop what runs there, or use --port"
@@ -524,6 +528,9 @@ def serve(config: str | None, host: str, port: int, no_publish: bool) -> None:
                 bound = self.servers[0].sockets[0].getsockname()[1]
                 shown = f"[{host}]" if ":" in host else host
                 click.echo(f"serving on http://{shown}:{bound} (OpenAPI at /docs)")
+                protected = [s for s in ("predict", "metrics", "admin") if tokens.protects(s)]
+                if protected:
+                    click.echo(f"bearer tokens required for: {', '.join(protected)}")
                 if ModelRegistry(settings.stores.models_dir).champion_version() is None:
                     click.echo(
                         f"no champion model in {settings.stores.models_dir} yet: "
@@ -550,7 +557,7 @@ def serve(config: str | None, host: str, port: int, no_publish: bool) -> None:
         settings.stores, publisher,
         transactions=None if replica is None else replica.peek,
         transactions_lag=None if replica is None else replica.lag,
-        rules=settings.event_rules, lateness_ms=settings.lateness_ms,
+        rules=settings.event_rules, lateness_ms=settings.lateness_ms, tokens=tokens,
     )  # fmt: skip
     try:
         AnnouncedServer(
@@ -626,21 +633,15 @@ def models_show(config: str | None, version: str) -> None:
 @click.pass_obj
 def models_promote(config: str | None, version: str) -> None:
     """Make VERSION the champion (refused if its file or inputs do not check out)."""
-    from features.scoring_row import SCORING_FEATURES
+    from inference import by_hand
     from inference.exceptions import ModelRejected
-    from inference.model_events import ModelEvents
 
     registry = _registry(config)
-    before = registry.champion_version()
     try:
         with _known_versions(registry):
-            registry.promote(version, SCORING_FEATURES)
+            by_hand.promote(registry, version, "featflow models promote")
     except ModelRejected as exc:
         raise click.ClickException(str(exc)) from exc
-    if before != version:
-        ModelEvents(registry.root).append(
-            "promoted", version, champion_version=before, reason="by hand (featflow models promote)"
-        )
     click.echo(f"champion: {version}")
 
 
@@ -648,15 +649,11 @@ def models_promote(config: str | None, version: str) -> None:
 @click.pass_obj
 def models_rollback(config: str | None) -> None:
     """Return to the previous champion."""
-    from inference.model_events import ModelEvents
+    from inference import by_hand
 
     registry = _registry(config)
-    before = registry.champion_version()
     with _known_versions(registry):
-        now = registry.rollback()
-    ModelEvents(registry.root).append(
-        "rolled_back", now, champion_version=before, reason="by hand (featflow models rollback)"
-    )
+        now = by_hand.rollback(registry, "featflow models rollback")
     click.echo(f"champion: {now}")
 
 

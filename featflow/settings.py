@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from features.spec import DEFAULT_LATENESS_MS
+from inference.auth import Tokens
 from inference.retraining import RetrainSettings
 from infra.config import DEFAULT_BOOTSTRAP, KafkaConfig, Stores, Topics, check_online_store
 from infra.events import AMOUNT_LIMIT, EventRules
@@ -91,6 +92,15 @@ class Settings(BaseSettings):
         "all", description="Which stream workers a worker process runs."
     )
 
+    # Bearer tokens of featflow serve's scopes (inference/auth.py), from the environment or a
+    # file each; a scope without one is open. Secret: never in a repr or a log line.
+    predict_token: SecretStr | None = None
+    predict_token_file: Path | None = None
+    metrics_token: SecretStr | None = None
+    metrics_token_file: Path | None = None
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+
     monitor_window_labels: int = Field(5000, ge=1, description="Labelled predictions (quality).")
     monitor_window_events: int = Field(5000, ge=1, description="Predictions (drift).")
     monitor_interval_s: float = Field(5.0, gt=0, description="Snapshot and checkpoint period.")
@@ -134,6 +144,25 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Precedence: keyword arguments, then ``FEATFLOW_*`` variables, then the YAML file."""
         return init_settings, env_settings, _YamlSource(settings_cls)
+
+    @property
+    def tokens(self) -> Tokens:
+        """Each scope's token: the variable's, or the first line of its file."""
+        found: dict[str, str | None] = {}
+        for scope in ("predict", "metrics", "admin"):
+            value: SecretStr | None = getattr(self, f"{scope}_token")
+            path: Path | None = getattr(self, f"{scope}_token_file")
+            if value is not None and path is not None:
+                raise ValueError(f"set {scope}_token or {scope}_token_file, not both")
+            if path is not None:
+                try:
+                    lines = path.read_text().splitlines()
+                except OSError as exc:
+                    raise ValueError(f"{scope}_token_file {path}: {exc.strerror}") from None
+                found[scope] = lines[0].strip() if lines else ""
+            else:
+                found[scope] = None if value is None else value.get_secret_value()
+        return Tokens(**found)
 
     @property
     def kafka(self) -> KafkaConfig:

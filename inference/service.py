@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
@@ -47,6 +47,7 @@ from features.scoring_row import (
     scoring_rows,
 )
 from features.spec import DEFAULT_FEATURES, DEFAULT_LATENESS_MS
+from inference.auth import OPEN, Tokens
 from inference.predictor import Predictor
 from inference.publisher import PredictionPublisher
 from infra.config import Stores
@@ -223,6 +224,25 @@ class Unavailable(BaseModel):
     detail: str
 
 
+class PromoteRequest(BaseModel):
+    """The version to make champion."""
+
+    model_config = {"extra": "forbid"}
+    version: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^v[0-9]{4,}$")]
+
+
+class Champion(BaseModel):
+    """The version serving now."""
+
+    champion: str
+
+
+_AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Unavailable, "description": "A bearer token is needed (or is unknown)."},
+    403: {"model": Unavailable, "description": "The token is not allowed this."},
+}
+
+
 @dataclass
 class _Metrics:
     registry: CollectorRegistry
@@ -384,9 +404,11 @@ def create_app(
     transactions_lag: Callable[[], int] | None = None,
     rules: EventRules = EventRules(),
     lateness_ms: int = DEFAULT_LATENESS_MS,
+    tokens: Tokens = OPEN,
 ) -> FastAPI:
     """The FastAPI app over a predictor, the user and merchant feature readers and an
-    optional publisher; the registry is re-read every ``refresh_interval_s``. Transactions
+    optional publisher; the registry is re-read every ``refresh_interval_s``; ``tokens``
+    protect its scopes (``inference.auth``). Transactions
     are scored through ``transactions`` (``transactions_lag``: how far behind the stream
     that is) and judged by the stream's ``rules`` and ``lateness_ms``."""
     metrics = _metrics()
@@ -432,7 +454,9 @@ def create_app(
     @app.post(
         "/predict",
         response_model=Prediction | BatchPrediction,
+        dependencies=[Depends(tokens.guard("predict"))],
         responses={
+            **(_AUTH_RESPONSES if tokens.protects("predict") else {}),
             409: {
                 "model": Refused,
                 "description": "A transaction the stream would refuse now: late for its user "
@@ -546,7 +570,15 @@ def create_app(
         }
 
     # Prometheus' text exposition format, documented as such (not FastAPI's default JSON).
-    @app.get("/metrics", response_class=PlainTextResponse)
+    if tokens.protects("admin"):  # else no admin route exists at all
+        _admin_routes(app, predictor, tokens)
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        dependencies=[Depends(tokens.guard("metrics"))],
+        responses=_AUTH_RESPONSES if tokens.protects("metrics") else None,
+    )
     async def prometheus() -> Response:
         """Request counts, predict latency, model version and feature hit counts."""
         model = predictor.active
@@ -568,6 +600,39 @@ def create_app(
     return app
 
 
+def _admin_routes(app: FastAPI, predictor: Predictor, tokens: Tokens) -> None:
+    """Promote and rollback over HTTP, behind the admin token (recorded in the model history
+    as the CLI's are); the new champion serves from the next request."""
+    from inference import by_hand
+    from inference.exceptions import ModelRejected, UnknownVersion
+
+    guarded = [Depends(tokens.guard("admin"))]
+    refused = {
+        **_AUTH_RESPONSES,
+        409: {"model": Unavailable, "description": "Refused: unknown, tampered or unfit."},
+    }
+
+    @app.post("/admin/promote", response_model=Champion, dependencies=guarded, responses=refused)
+    def promote(body: PromoteRequest) -> dict[str, str]:
+        """Make a version the champion (its file and inputs are checked first)."""
+        try:
+            version = by_hand.promote(predictor.registry, body.version, "HTTP /admin/promote")
+        except (ModelRejected, UnknownVersion) as exc:
+            raise HTTPException(409, str(exc).strip("'\"")) from exc
+        predictor.refresh()
+        return {"champion": version}
+
+    @app.post("/admin/rollback", response_model=Champion, dependencies=guarded, responses=refused)
+    def rollback() -> dict[str, str]:
+        """Return to the previous champion."""
+        try:
+            version = by_hand.rollback(predictor.registry, "HTTP /admin/rollback")
+        except UnknownVersion as exc:
+            raise HTTPException(409, str(exc).strip("'\"")) from exc
+        predictor.refresh()
+        return {"champion": version}
+
+
 def build_app(
     stores: Stores,
     publisher: PredictionPublisher | None = None,
@@ -576,6 +641,7 @@ def build_app(
     transactions_lag: Callable[[], int] | None = None,
     rules: EventRules = EventRules(),
     lateness_ms: int = DEFAULT_LATENESS_MS,
+    tokens: Tokens = OPEN,
 ) -> FastAPI:
     """The service over ``stores``: the registry's champion scoring features read from the
     configured online store (or, for a transaction, from ``transactions``); predictions go
@@ -589,5 +655,5 @@ def build_app(
     reader = open_online(store, DEFAULT_FEATURES)
     return create_app(
         predictor, reader, MerchantReader(store), publisher, transactions=transactions,
-        transactions_lag=transactions_lag, rules=rules, lateness_ms=lateness_ms,
+        transactions_lag=transactions_lag, rules=rules, lateness_ms=lateness_ms, tokens=tokens,
     )  # fmt: skip
