@@ -32,6 +32,8 @@ def views(stores: Stores) -> dict[str, Path]:
     """View name -> the folder it reads."""
     return {
         "features": stores.offline_dir,
+        "merchant_activity": stores.view_dir("merchant_activity"),
+        "merchant_outcomes": stores.view_dir("merchant_outcomes"),
         "outcomes": stores.outcomes_dir,
         "monitoring": stores.monitoring_dir,
         "predictions": stores.predictions_dir,

@@ -49,7 +49,8 @@ def _run(*args: str) -> tuple[int, str, str]:
 
 
 def test_answers_equal_pandas(home: Path) -> None:
-    offline = pd.concat(pd.read_parquet(p) for p in (home / "offline").rglob("*.parquet"))
+    users = home / "offline" / "user_txn_features"  # the features view (merchants beside it)
+    offline = pd.concat(pd.read_parquet(p) for p in users.glob("*.parquet"))
     code, out, _ = _run(
         "SELECT user_id, count(*) AS n, max(txn_count_24h) AS busiest FROM features "
         "GROUP BY user_id ORDER BY user_id", "--format", "csv",
@@ -79,6 +80,16 @@ def test_views_join_and_json(home: Path) -> None:
         "trained,v0001",
         "promoted,v0001",
     ]
+
+
+def test_the_merchant_views_are_there(home: Path) -> None:
+    """The backfill loaded each event's merchant row beside its user row."""
+    code, out, _ = _run(
+        "SELECT (SELECT count(*) FROM merchant_activity) = (SELECT count(*) FROM features) "
+        "AND (SELECT count(DISTINCT merchant_id) FROM merchant_activity) > 1 AS ok",
+        "--format", "csv",
+    )  # fmt: skip
+    assert code == 0 and out.splitlines() == ["ok", "True"], out
 
 
 def test_a_bad_query_exits_2_with_duckdbs_message(home: Path) -> None:
