@@ -213,15 +213,7 @@ def prepare(n: int, folder: Path, args: argparse.Namespace, *, feast: bool) -> P
     events = folder / "events.parquet"
     pq.write_table(ev.table(), events)
     labels = folder / "labels.parquet"
-    frame = pd.DataFrame(
-        {
-            "event_id": outcomes.event_id,
-            "label": outcomes.label,
-            "user_id": outcomes.user_id,
-            "merchant_id": outcomes.merchant_id,
-            "outcome_time": outcomes.outcome_time_ms,
-        }
-    )
+    frame = outcomes.table().to_pandas()
     frame.to_parquet(labels)
     result = backfill(read_events(events), lateness_ms=DEFAULT_LATENESS_MS)
     if result.rejected:

@@ -16,10 +16,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.apply import Applied
-from features.merchant_state import MerchantState
-from features.rows import offline_table
-from features.views import MERCHANT_ACTIVITY, MERCHANT_OUTCOMES, USER, View
+from features.merchant_state import MerchantState, accepted
+from features.views import MERCHANT_ACTIVITY, MERCHANT_OUTCOMES, USER
 from infra.merchant_rows import EVENTS, OUTCOMES, MerchantRows, empty
 
 
@@ -81,8 +79,12 @@ def merchant_backfill(users: pa.Table, labels: pd.DataFrame | None) -> dict[str,
         rows = MerchantRows.concat([rows, label_rows(labels)])
     update = MerchantState().update(rows)
     return {
-        MERCHANT_ACTIVITY.name: _table(MERCHANT_ACTIVITY, update.activity_rows, update.activity),
-        MERCHANT_OUTCOMES.name: _table(MERCHANT_OUTCOMES, update.outcome_rows, update.outcomes),
+        MERCHANT_ACTIVITY.name: accepted(MERCHANT_ACTIVITY, update.activity_rows, update.activity)[
+            1
+        ],
+        MERCHANT_OUTCOMES.name: accepted(MERCHANT_OUTCOMES, update.outcome_rows, update.outcomes)[
+            1
+        ],
     }
 
 
@@ -96,17 +98,3 @@ def write_views(root: Path, users: pa.Table, labels: pd.DataFrame | None, tag: s
     for name, table in merchant_backfill(users, labels).items():
         OfflineWriter(root / name).write(table, tag=tag)
     return root / USER.name
-
-
-def _table(view: View, rows: MerchantRows, applied: Applied) -> pa.Table:
-    good = rows.take(applied.rows)
-    return offline_table(
-        view.specs,
-        event_id=good.event_id,
-        entity_id=good.merchant_id,
-        event_time_ms=good.time_ms,
-        features=applied.features,
-        partition=good.source_partition,
-        offset=good.source_offset,
-        join_key=view.join_key,
-    )

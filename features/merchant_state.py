@@ -23,10 +23,12 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from features.apply import Applied, Columns, apply_events
+from features.rows import offline_table
 from features.state import Snapshot, WindowState
-from features.views import MERCHANT_ACTIVITY, MERCHANT_OUTCOMES
+from features.views import MERCHANT_ACTIVITY, MERCHANT_OUTCOMES, View
 from infra.merchant_rows import EVENTS, OUTCOMES, MerchantRows
 
 _MAGIC = "featflow-merchant-state-1"
@@ -63,6 +65,24 @@ class MerchantSnapshot:
             outcomes=np.frombuffer(self.outcomes.encode(), dtype=np.uint8),
         )
         return buf.getvalue()
+
+
+def accepted(view: View, rows: MerchantRows, applied: Applied) -> tuple[MerchantRows, pa.Table]:
+    """The rows of one view's update that the state accepted, and their offline table (the
+    source record's partition and offset in ``kafka_partition``/``kafka_offset``): what the
+    merchant worker and the merchant backfill both write."""
+    good = rows.take(applied.rows)
+    table = offline_table(
+        view.specs,
+        event_id=good.event_id,
+        entity_id=good.merchant_id,
+        event_time_ms=good.time_ms,
+        features=applied.features,
+        partition=good.source_partition,
+        offset=good.source_offset,
+        join_key=view.join_key,
+    )
+    return good, table
 
 
 class MerchantState:

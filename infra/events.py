@@ -98,6 +98,10 @@ class EventBatch:
     def __len__(self) -> int:
         return len(self.event_id)
 
+    def arrow_ids(self) -> pa.Array:
+        """The event ids as an Arrow string array (no copy when the batch holds one)."""
+        return _arrow_ids(self.event_id)
+
     def ids(self) -> list[str]:
         """The event ids as Python strings, whichever form the batch holds them in."""
         ids = self.event_id

@@ -117,6 +117,19 @@ class GeneratedOutcomes:
     outcome_time_ms: np.ndarray
     probability: np.ndarray  # float64: the true probability the label was drawn from
 
+    def table(self) -> pa.Table:
+        """The labels as a labels file's columns (``featflow train --labels`` reads them; the
+        merchant and the time feed the merchant's label counts)."""
+        return pa.table(
+            {
+                "event_id": self.event_id,
+                "label": self.label,
+                "user_id": self.user_id,
+                "merchant_id": self.merchant_id,
+                "outcome_time": self.outcome_time_ms,
+            }
+        )
+
     def records(self, *, with_probability: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs for the ``outcomes`` topic, keyed by user_id; with the true
         probability for a labels file (``featflow train`` then reports the ceiling AUC)."""

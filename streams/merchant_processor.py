@@ -16,8 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from features.apply import Applied
-from features.merchant_state import MerchantState
-from features.rows import offline_table
+from features.merchant_state import MerchantState, accepted
 from features.views import MERCHANT_ACTIVITY, MERCHANT_OUTCOMES, View
 from infra.dead_letter import DeadLetter, Reason
 from infra.merchant_rows import MerchantRows, decode
@@ -41,19 +40,8 @@ class ViewRows:
         """Add the accepted rows of one update."""
         if not len(applied.rows):
             return
-        good = rows.take(applied.rows)
-        self.offline.append(
-            offline_table(
-                self.view.specs,
-                event_id=good.event_id,
-                entity_id=good.merchant_id,
-                event_time_ms=good.time_ms,
-                features=applied.features,
-                partition=good.source_partition,
-                offset=good.source_offset,
-                join_key=self.view.join_key,
-            )
-        )
+        good, table = accepted(self.view, rows, applied)
+        self.offline.append(table)
         newest = applied.newest
         self.online_id.append(good.merchant_id[newest])
         self.online_time_ms.append(good.time_ms[newest])
@@ -155,9 +143,10 @@ class MerchantProcessor:
             name = view_rows.view.name
             counts.applied[name] = len(applied.rows)
             counts.late[name] = sum(1 for _, why, _ in applied.refused if why == Reason.LATE)
-            for row, why, detail in applied.refused:
+            if applied.refused:  # one line a fetch, not one a row: a lagging partition sends many
+                row, why, detail = applied.refused[0]
                 log.warning(
-                    "%s row of event %s refused (%s): %s",
-                    name, rows.event_id[row].as_py(), why.value, detail,
+                    "%s: %d rows refused, the first (event %s) %s: %s",
+                    name, len(applied.refused), rows.event_id[row].as_py(), why.value, detail,
                 )  # fmt: skip
         return effects

@@ -53,7 +53,6 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
         self.merchants: MerchantReader | None = None  # merchant features, for stream scoring
         self.totals = Counters()
         self.outcomes_stored = 0
-        self.merchant_labels = 0  # labels that named their merchant (re-keyed to it)
 
     def stats(self) -> WorkerStats:
         """The counters now, as plain data for ``/metrics``."""
@@ -95,8 +94,8 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
         """Store writes of one fetch, its rows re-keyed by merchant, predictions, dead letters."""
         assert self.online is not None
         if len(effects.accepted):
-            await asyncio.to_thread(self._store, effects)
-            await self.send_merchant_rows(_event_rows(effects))
+            records = await asyncio.to_thread(self._store, effects)
+            await self.send_merchant_records(records)
         if self.scorer is not None and self.merchants is not None and len(effects.accepted):
             accepted = effects.accepted
             merchants = await asyncio.to_thread(self.merchants.read, accepted.merchant_id)
@@ -105,21 +104,25 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
         if effects.dead_letters:
             await self.send_dead_letters(self.config.topics.dlq, effects.dead_letters)
 
-    async def send_merchant_rows(self, rows: MerchantRows, *, wait: bool = False) -> None:
-        """One ``merchant_rows`` record per merchant partition the rows are bound for; acked
-        before the next checkpoint, or now (``wait``: the outcome store acks its records to
-        faust right after)."""
+    def merchant_records(self, rows: MerchantRows) -> list[tuple[None, bytes, int]]:
+        """One ``merchant_rows`` record per merchant partition the rows are bound for."""
         if not len(rows):
-            return
+            return []
         parts = by_partition(rows, self.config.topics.partitions)
-        records = [(None, part.encode(), p) for p, part in parts.items()]
+        return [(None, part.encode(), p) for p, part in parts.items()]
+
+    async def send_merchant_records(
+        self, records: list[tuple[None, bytes, int]], *, wait: bool = False
+    ) -> None:
+        """Send them, acknowledged before the next checkpoint, or now (``wait``: the outcome
+        store acks its records to faust right after)."""
         # the next fetch need not wait for these acks (freshness), only the next checkpoint
         topic = self.config.topics.merchant_rows
         await self.send(topic, records, ack_before_checkpoint=not wait)
 
-    def _store(self, effects: Effects) -> None:
-        """Online first (what freshness waits for), then the offline part file; one thread
-        hop per fetch."""
+    def _store(self, effects: Effects) -> list[tuple[None, bytes, int]]:
+        """Online first (what freshness waits for), then the offline part file, then the
+        rows re-keyed by merchant, encoded; one thread hop per fetch."""
         assert self.online is not None
         self.online.write(
             entity_id=effects.online_user_id,
@@ -129,6 +132,7 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
         table = effects.offline(self.specs)
         first = effects.accepted
         self.offline.write(table, tag=f"{int(first.partition[0]):04d}-{int(first.offset[0]):012d}")
+        return self.merchant_records(_event_rows(effects))
 
 
 def _event_rows(effects: Effects) -> MerchantRows:
@@ -142,7 +146,7 @@ def _event_rows(effects: Effects) -> MerchantRows:
         good.user_id,
         good.event_time_ms,
         good.amount,
-        _arrow_ids(good.event_id),
+        good.arrow_ids(),
     )
 
 
@@ -164,10 +168,6 @@ def _outcome_rows(table: pa.Table) -> MerchantRows:
         col("label", np.float64),
         named.column("event_id").combine_chunks(),
     )
-
-
-def _arrow_ids(ids: list[str] | pa.Array) -> pa.Array:
-    return ids if isinstance(ids, pa.Array) else pa.array(ids, type=pa.string())
 
 
 def _members_service(members: Sequence[PartitionedWorker]):
@@ -318,9 +318,8 @@ class OutcomeStore:
             first = events[0].message
             tag = f"{first.partition:04d}-{first.offset:012d}"
             await asyncio.to_thread(self.writer.write, table, tag=tag)
-            rows = _outcome_rows(table)
-            await self.worker.send_merchant_rows(rows, wait=True)
-            self.worker.merchant_labels += len(rows)
+            records = self.worker.merchant_records(_outcome_rows(table))
+            await self.worker.send_merchant_records(records, wait=True)
             if dead:
                 await self.worker.send_dead_letters(config.topics.outcomes_dlq, dead)
             self.worker.outcomes_stored += table.num_rows

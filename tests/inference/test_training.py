@@ -43,19 +43,6 @@ def _offline_rows(rows: list[tuple[int, pd.Timestamp, float]]) -> pa.Table:
     )
 
 
-def _labels(outcomes) -> pd.DataFrame:
-    """The generated labels as a labels file holds them (merchant and time included)."""
-    return pd.DataFrame(
-        {
-            "event_id": outcomes.event_id,
-            "label": outcomes.label,
-            "user_id": outcomes.user_id,
-            "merchant_id": outcomes.merchant_id,
-            "outcome_time": outcomes.outcome_time_ms,
-        }
-    )
-
-
 def test_point_in_time_against_hand_built_oracle(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     store = apply_repo(settings.stores)
@@ -100,7 +87,7 @@ def test_train_learns_the_hidden_rule_and_onnx_agrees(tmp_path: Path) -> None:
     events = generate_events(12_000, users=300, start_ms=1_767_225_600_000, mean_gap_ms=2_000)
     outcomes = generate_outcomes(events, seed=2)
     result = backfill(from_records([v for _, v in events.records()]), lateness_ms=60_000)
-    labels = _labels(outcomes)
+    labels = outcomes.table().to_pandas()
     offline = write_views(settings.stores.home / "offline", result.table, labels, tag="b")
     data = training_set_by_event(offline, labels)
     model = train(data)
@@ -141,7 +128,7 @@ def test_the_feature_vocabulary_beats_window_features_alone(tmp_path: Path) -> N
     )
     outcomes = generate_outcomes(events, seed=11)
     result = backfill(from_records([v for _, v in events.records()]), lateness_ms=60_000)
-    labels = _labels(outcomes)
+    labels = outcomes.table().to_pandas()
     offline = write_views(tmp_path, result.table, labels, tag="backfill")
     data = training_set_by_event(offline, labels)
     full = train(data).metadata["holdout_metrics"]["auc"]

@@ -47,19 +47,6 @@ def _zipf_merchants(events, seed: int = 0):
     return events
 
 
-def _labels(outcomes) -> pd.DataFrame:
-    """The generated labels as a labels file holds them (merchant and time included)."""
-    return pd.DataFrame(
-        {
-            "event_id": outcomes.event_id,
-            "label": outcomes.label,
-            "user_id": outcomes.user_id,
-            "merchant_id": outcomes.merchant_id,
-            "outcome_time": outcomes.outcome_time_ms,
-        }
-    )
-
-
 def _merchant_oracle(root: Path, events: pd.DataFrame) -> np.ndarray:
     """The merchant columns by pandas: for each event (merchant_id, event_timestamp), each
     merchant view's newest row strictly before it (``merge_asof``, no exact matches), one
@@ -87,7 +74,7 @@ def test_merchant_views_join_as_of_before_each_event(tmp_path: Path) -> None:
     events = _zipf_merchants(generate_events(5000, users=80, start_ms=T0, mean_gap_ms=700, seed=7))
     outcomes = generate_outcomes(events, seed=7, label_delay_ms=600_000)
     table = backfill(from_records([v for _, v in events.records()]), lateness_ms=60_000).table
-    labels = _labels(outcomes)
+    labels = outcomes.table().to_pandas()
     offline = write_views(tmp_path / "all", table, labels, tag="a")
     data = training_set_by_event(offline, labels)
     users = len(USER_INPUTS)
@@ -152,7 +139,7 @@ def test_same_rows_as_feast_historical_retrieval(tmp_path: Path) -> None:
     outcomes = generate_outcomes(events, seed=4, label_delay_ms=120_000)
     table = backfill(from_records([v for _, v in events.records()]), lateness_ms=0).table
     store = apply_repo(stores)
-    labels = _labels(outcomes)
+    labels = outcomes.table().to_pandas()
     offline = write_views(stores.home / "offline", table, labels, tag="a")
     assert offline == stores.offline_dir
     ours = training_set_by_event(stores.offline_dir, labels)
