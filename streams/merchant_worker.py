@@ -50,6 +50,7 @@ class MerchantWorker(PartitionedWorker[MerchantProcessor, MerchantEffects]):
             late=dict(self.totals.late),
             replays=self.totals.replays,
             partitions_owned=len(self.processors),
+            dead_letters=dict(self.dead_letters),
         )
 
     def new_processor(self, partition: int, state: bytes | None, offset: int) -> MerchantProcessor:

@@ -38,6 +38,7 @@ class MerchantStats:
     late: Mapping[str, int] = field(default_factory=dict)  # rows refused as late, by view
     replays: int = 0  # second copies of rows skipped
     partitions_owned: int = 0
+    dead_letters: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (topic, reason)
 
 
 class _StatsCollector:
@@ -63,7 +64,8 @@ class _StatsCollector:
             "Records sent to a dead-letter topic (acknowledged), by source topic and reason.",
             labels=["topic", "reason"],
         )
-        for (topic, reason), count in sorted(stats.dead_letters.items()):
+        both = {**stats.dead_letters, **self.merchants.dead_letters}  # topics differ
+        for (topic, reason), count in sorted(both.items()):
             letters.add_metric([topic, reason], count)
         yield letters
         yield CounterMetricFamily(

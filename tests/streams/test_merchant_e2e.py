@@ -14,18 +14,20 @@ import dataclasses
 import io
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from featflow.processes import start_worker, stop_process, wait_caught_up
 from featflow.settings import Settings
 from features.feast_repo import open_store
 from features.views import MERCHANT_ACTIVITY, MERCHANT_OUTCOMES, View
+from infra.process import free_port
 from infra.producer import publish
 from infra.topics import ensure_topics
 from streams.generator import generate_outcomes
@@ -33,6 +35,12 @@ from testing.oracle import Stream, bruteforce_oracle_np
 from tests.streams.pipeline_helpers import assert_clean_log, make_events
 
 RTOL = 1e-9
+# records on merchant_rows that featflow did not write: random bytes, JSON, an Arrow stream
+# of another schema, an empty value
+_sink = pa.BufferOutputStream()
+with pa.ipc.new_stream(_sink, pa.schema([("x", pa.int64())])) as _writer:
+    _writer.write_table(pa.table({"x": [1, 2]}))
+JUNK = (bytes(range(256)) * 2, b'{"merchant_id": 5}', _sink.getvalue().to_pybytes(), b"")
 
 
 def _topic_rows(settings: Settings) -> tuple[pd.DataFrame, int]:
@@ -49,6 +57,8 @@ def _topic_rows(settings: Settings) -> tuple[pd.DataFrame, int]:
         while any(consumer.position(tp) < end[tp] for tp in parts):
             for tp, messages in consumer.poll(timeout_ms=1000).items():
                 for m in messages:
+                    if m.value in JUNK:
+                        continue  # the records built to break the decoder (dead letters)
                     table = pa.ipc.open_stream(io.BytesIO(m.value)).read_all().to_pandas()
                     table["partition"] = tp.partition
                     table["offset"] = m.offset
@@ -61,6 +71,17 @@ def _topic_rows(settings: Settings) -> tuple[pd.DataFrame, int]:
     assert (rows["merchant_id"] % settings.topics.partitions == rows["partition"]).all()
     copies = rows.duplicated(["partition", "source", "source_partition", "source_offset"])
     return rows[~copies].reset_index(drop=True), int(copies.sum())
+
+
+def _read_all(settings: Settings, topic: str) -> list:
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )  # fmt: skip
+    try:
+        return list(consumer)
+    finally:
+        consumer.close()
 
 
 def _oracle(rows: pd.DataFrame, view: View, source: int) -> pd.DataFrame:
@@ -117,16 +138,30 @@ def test_merchant_views_through_the_broker_and_a_kill(settings: Settings, tmp_pa
         worker.wait()
         publish(settings.kafka, settings.topics.events, records[3000:])
         publish(settings.kafka, settings.topics.outcomes, labels[1500:])
-        worker = start_worker(settings, log)
+        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        for value in JUNK:
+            producer.send(settings.topics.merchant_rows, value=value, partition=1)
+        producer.flush()
+        producer.close()
+        port = free_port()
+        worker = start_worker(settings.model_copy(update={"worker_web_port": port}), log)
         wait_caught_up(settings, [worker], timeout=240)
         deadline = time.monotonic() + 60
         while len(_offline(settings, MERCHANT_OUTCOMES)) < len(labels):
             assert time.monotonic() < deadline, "labels did not reach the merchant view"
             time.sleep(0.5)
         wait_caught_up(settings, [worker], timeout=120)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
     finally:
         stop_process(worker)
     assert_clean_log(log)
+    # the junk is on the merchant DLQ with its reason, and counted where operators look
+    letters = _read_all(settings, settings.topics.merchant_rows_dlq)
+    assert sorted(m.value for m in letters) == sorted(JUNK)
+    assert all(dict(m.headers)["featflow.reason"] == b"schema" for m in letters)
+    topic = settings.topics.merchant_rows
+    assert f'featflow_dead_letters_total{{reason="schema",topic="{topic}"}} 4.0' in metrics
 
     rows, copies = _topic_rows(settings)
     assert copies > 0  # the kill made the user worker send rows a second time
