@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,10 +103,12 @@ class MerchantState:
         )
         self.seen: dict[tuple[int, int], int] = dict(seen or {})
 
-    def update(self, rows: MerchantRows) -> MerchantUpdate:
-        """Apply rows in arrival order, skipping second copies; one result per view."""
-        fresh = self._fresh(rows)
-        rows = rows.take(fresh)
+    def update(self, records: MerchantRows | Sequence[MerchantRows]) -> MerchantUpdate:
+        """Apply records (each a ``merchant_rows`` record's rows, or one batch) in arrival
+        order, skipping second copies; one result per view."""
+        parts = [records] if isinstance(records, MerchantRows) else list(records)
+        total = sum(len(part) for part in parts)
+        rows = MerchantRows.concat([part.take(self._fresh(part)) for part in parts])
         txn = rows.take(rows.source == EVENTS)
         lab = rows.take(rows.source == OUTCOMES)
         activity = apply_events(
@@ -115,24 +118,24 @@ class MerchantState:
         outcomes = apply_events(
             self.outcomes, Columns(lab.merchant_id, lab.time_ms, lab.value, zeros)
         )
-        return MerchantUpdate(txn, activity, lab, outcomes, int((~fresh).sum()))
+        return MerchantUpdate(txn, activity, lab, outcomes, total - len(rows))
 
-    def _fresh(self, rows: MerchantRows) -> np.ndarray:
-        """Mask of the rows above their source partition's newest applied offset; advances
-        the marks. Rows of one source partition arrive in offset order (one writer each)."""
-        fresh = np.ones(len(rows), dtype=bool)
-        if not len(rows):
+    def _fresh(self, record: MerchantRows) -> np.ndarray:
+        """Mask of one record's rows above their source partition's newest offset applied
+        before the record; then advances the marks. A writer sends a source partition's
+        offsets in order across records (one record per fetch, fetches in offset order), but
+        orders each record's rows by time, so within a record the offsets may go back."""
+        fresh = np.ones(len(record), dtype=bool)
+        if not len(record):
             return fresh
-        part = rows.source_partition.astype(np.int64) & 0xFFFFFFFF  # -1: a file's rows
-        key = rows.source.astype(np.int64) << 32 | part
+        part = record.source_partition.astype(np.int64) & 0xFFFFFFFF  # -1: a file's rows
+        key = record.source.astype(np.int64) << 32 | part
         for k in np.unique(key).tolist():
             mine = np.flatnonzero(key == k)
-            source = (k >> 32, int(rows.source_partition[mine[0]]))
+            source = (k >> 32, int(record.source_partition[mine[0]]))
             mark = self.seen.get(source, -1)
-            offsets = rows.source_offset[mine]
-            # a second copy is at or below the mark, or repeats an offset within this batch
-            keep = offsets > np.maximum.accumulate(np.r_[mark, offsets[:-1]])
-            fresh[mine] = keep
+            offsets = record.source_offset[mine]
+            fresh[mine] = offsets > mark  # at or below: a second copy, sent again after a crash
             self.seen[source] = max(mark, int(offsets.max()))
         return fresh
 

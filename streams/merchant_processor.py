@@ -132,7 +132,7 @@ class MerchantProcessor:
             self.offset = record.offset
         if not parts:
             return effects
-        update = self.state.update(MerchantRows.concat(parts))
+        update = self.state.update(parts)  # record by record: each is deduplicated whole
         counts = effects.counts
         counts.replays = update.replays
         for view_rows, rows, applied in (

@@ -105,9 +105,12 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
             await self.send_dead_letters(self.config.topics.dlq, effects.dead_letters)
 
     def merchant_records(self, rows: MerchantRows) -> list[tuple[None, bytes, int]]:
-        """One ``merchant_rows`` record per merchant partition the rows are bound for."""
+        """One ``merchant_rows`` record per merchant partition the rows are bound for, its
+        rows in time order: a fetch holds several user partitions' rows one partition after
+        another, and a merchant counts the rows that reached it before each of its rows."""
         if not len(rows):
             return []
+        rows = rows.take(np.argsort(rows.time_ms, kind="stable"))
         parts = by_partition(rows, self.config.topics.partitions)
         return [(None, part.encode(), p) for p, part in parts.items()]
 
