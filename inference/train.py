@@ -83,7 +83,7 @@ def training_set_by_event(
             for view in MERCHANT_VIEWS:
                 rows_sql = _merchant_rows(offline_dir.parent, view)
                 con.execute(f"CREATE VIEW {view.name} AS {rows_sql}")
-            table = con.execute(_join_sql(offline_dir, truth, history_ms)).to_arrow_table()
+            table = con.sql(_join_sql(offline_dir, truth, history_ms)).to_arrow_table()
         finally:
             con.close()
     features = np.column_stack(
