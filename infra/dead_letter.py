@@ -7,8 +7,11 @@ Kafka headers, the convention Kafka Connect uses for its DLQs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+
+_SOURCE = ("featflow.source.topic", "featflow.source.partition", "featflow.source.offset")
 
 
 class Reason(StrEnum):
@@ -50,7 +53,22 @@ class DeadLetter:
         return [
             ("featflow.reason", self.reason.value.encode()),
             ("featflow.detail", self.detail.encode()),
-            ("featflow.source.topic", self.topic.encode()),
-            ("featflow.source.partition", str(self.partition).encode()),
-            ("featflow.source.offset", str(self.offset).encode()),
+            (_SOURCE[0], self.topic.encode()),
+            (_SOURCE[1], str(self.partition).encode()),
+            (_SOURCE[2], str(self.offset).encode()),
         ]
+
+
+def source_of(headers: Sequence[tuple[str, bytes]] | None) -> tuple[str, int, int] | None:
+    """``(topic, partition, offset)`` of the record a dead letter's ``headers`` name, or None
+    for a record featflow did not write.
+
+    >>> letter = DeadLetter(Reason.SCHEMA, "x", b"{}", None, "events", 3, 41)
+    >>> source_of(letter.headers())
+    ('events', 3, 41)
+    """
+    found = {k: v for k, v in headers or () if k in _SOURCE}
+    try:
+        return found[_SOURCE[0]].decode(), int(found[_SOURCE[1]]), int(found[_SOURCE[2]])
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return None

@@ -25,6 +25,10 @@ class Checkpoint:
 
     offset: int  # last offset whose effects the state includes; -1 before any
     state: bytes
+    # The DLQ's position once every dead letter of the records up to ``offset`` was
+    # acknowledged: a replayed record's letter, if one was sent, lies at or after it
+    # (``infra.dead_letter_log``). 0 (read all) for a checkpoint written without it.
+    dlq_from: int = 0
 
 
 class CheckpointStore:
@@ -54,12 +58,16 @@ class CheckpointStore:
         (header_len,) = _HEADER_LEN.unpack_from(data, start)
         start += _HEADER_LEN.size
         header = json.loads(data[start : start + header_len])
-        return Checkpoint(offset=int(header["offset"]), state=data[start + header_len :])
+        return Checkpoint(
+            offset=int(header["offset"]),
+            state=data[start + header_len :],
+            dlq_from=int(header.get("dlq_from", 0)),
+        )
 
     def save(self, topic: str, partition: int, checkpoint: Checkpoint) -> None:
         """Replace the partition's checkpoint atomically (temp file, fsync, rename, dir fsync)."""
         path = self._path(topic, partition)
-        header = json.dumps({"offset": checkpoint.offset}).encode()
+        header = json.dumps({"offset": checkpoint.offset, "dlq_from": checkpoint.dlq_from}).encode()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as out:
             out.write(_MAGIC + _HEADER_LEN.pack(len(header)) + header)

@@ -20,6 +20,7 @@ with a fake and a fake clock.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
@@ -61,6 +62,11 @@ class Checkpointable(Protocol):
 
 
 Commit = Callable[[str, int, int], Awaitable[bool]]  # (topic, partition, offset) -> committed?
+Mark = Callable[[], Awaitable[int]]  # the DLQ's position now (``Checkpoint.dlq_from``)
+
+
+async def _no_dlq() -> int:
+    return 0
 
 
 class OffsetWentBackwards(RuntimeError):
@@ -76,8 +82,10 @@ class Checkpointer:
         interval_s: float,
         commit: Commit,
         clock: Callable[[], float] = time.monotonic,
+        mark: Mark = _no_dlq,
     ):
         self.store = store
+        self.mark = mark
         self.interval_s = interval_s
         self._commit = commit
         self._clock = clock
@@ -110,12 +118,13 @@ class Checkpointer:
         return self._committed[partition]
 
     # -- writing ---------------------------------------------------------------
-    def save_now(self, processor: Checkpointable) -> None:
+    def save_now(self, processor: Checkpointable, dlq_from: int) -> None:
         """Write ``processor``'s checkpoint synchronously (on release and stop; the caller
-        has drained the store writes and settled any write in flight)."""
+        has drained the store writes, settled any write in flight and taken ``mark``)."""
         self._advance(processor.partition, processor.offset)
         state = processor.state.snapshot()
-        self.store.save(processor.topic, processor.partition, Checkpoint(processor.offset, state))
+        checkpoint = Checkpoint(processor.offset, state, dlq_from)
+        self.store.save(processor.topic, processor.partition, checkpoint)
         self._last[processor.partition] = self._clock()
 
     async def maybe(
@@ -146,10 +155,11 @@ class Checkpointer:
                 await self._commit_offset(processor.topic, partition, offset)
             return
         await drain()
+        dlq_from = await self.mark()  # after every letter of the records up to offset
         snapshot = processor.state.capture()
         self._advance(partition, offset)
         self._writing = asyncio.create_task(
-            self._write(processor.topic, partition, offset, snapshot)
+            self._write(processor.topic, partition, Checkpoint(offset, b"", dlq_from), snapshot)
         )
 
     async def settle(self) -> None:
@@ -171,12 +181,14 @@ class Checkpointer:
             )
         self._written[partition] = offset
 
-    async def _write(self, topic: str, partition: int, offset: int, snapshot: Encodable) -> None:
+    async def _write(
+        self, topic: str, partition: int, header: Checkpoint, snapshot: Encodable
+    ) -> None:
         def write() -> None:
-            self.store.save(topic, partition, Checkpoint(offset, snapshot.encode()))
+            self.store.save(topic, partition, dataclasses.replace(header, state=snapshot.encode()))
 
         await asyncio.to_thread(write)
-        await self._commit_offset(topic, partition, offset)
+        await self._commit_offset(topic, partition, header.offset)
 
     async def _commit_offset(self, topic: str, partition: int, offset: int) -> None:
         if offset < 0:

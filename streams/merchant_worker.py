@@ -36,8 +36,14 @@ class MerchantWorker(PartitionedWorker[MerchantProcessor, MerchantEffects]):
     process_in_thread = True  # the feature worker's freshness shares this event loop
 
     def __init__(self, config: WorkerConfig):
-        topic, group = config.topics.merchant_rows, config.merchant_group
-        super().__init__(config, topic=topic, group=group, pace_s=PACE_S)
+        topics = config.topics
+        super().__init__(
+            config,
+            topic=topics.merchant_rows,
+            dlq=topics.merchant_rows_dlq,
+            group=config.merchant_group,
+            pace_s=PACE_S,
+        )
         stores = config.stores
         self.offline = {v.name: OfflineWriter(stores.view_dir(v.name)) for v in MERCHANT_VIEWS}
         self.online: dict[str, OnlineStore] = {}
@@ -83,8 +89,7 @@ class MerchantWorker(PartitionedWorker[MerchantProcessor, MerchantEffects]):
         await asyncio.to_thread(self._store, effects.activity)
         await asyncio.to_thread(self._store, effects.outcomes)
         if effects.dead_letters:
-            dlq = self.config.topics.merchant_rows_dlq
-            await self.send_dead_letters(dlq, effects.dead_letters)
+            await self.send_dead_letters(self.dlq, effects.dead_letters)
 
     def _store(self, rows: ViewRows) -> None:
         if not rows.offline:

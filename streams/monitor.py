@@ -3,7 +3,8 @@ requests out (``featflow monitor``).
 
 One process reads every partition of ``predictions`` and ``outcomes`` (assigned, not a
 group: the state is one per model version, not per partition), decodes each record
-(bad ones go to ``predictions.dlq`` / ``outcomes.dlq`` with their reason) and feeds
+(bad predictions go to ``predictions.dlq`` with their reason; bad outcomes are counted, and
+dead-lettered by the worker that stores outcomes, so each is in ``outcomes.dlq`` once) and feeds
 :class:`~monitoring.core.MonitorCore`. Every ``interval_s`` it takes a snapshot: the rows
 go to a parquet part file under ``$FEATFLOW_HOME/monitoring/`` and, one JSON record per
 row, to topic ``monitoring``; a retraining request the policy fires goes to topic
@@ -11,7 +12,8 @@ row, to topic ``monitoring``; a retraining request the policy fires goes to topi
 under ``predictions/``; then the core's state and the last offset read of every partition
 are saved in one atomic checkpoint. A restarted monitor restores that checkpoint and resumes after
 those offsets, so it neither loses nor double-counts a joined pair; what it read after the
-checkpoint is read again into the state as it was before it.
+checkpoint is read again into the state as it was before it, and a bad prediction read again
+finds its dead letter already in the DLQ (``infra.dead_letter_log``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from kafka.errors import KafkaError
 from inference.registry import ModelRegistry
 from infra.config import PARTITION_FETCH_BYTES
 from infra.dead_letter import DeadLetter
+from infra.dead_letter_log import LettersSent, already_sent, dlq_end
 from infra.lag import group_lag
 from infra.outcomes import check_outcomes
 from infra.predictions import Prediction, decode_predictions
@@ -82,6 +85,8 @@ class Monitor:
         self.offsets: dict[tuple[str, int], int] = {}
         self.consumed: Counter[str] = Counter()  # records read, by topic
         self.dead_letters: Counter[tuple[str, str]] = Counter()  # (source topic, reason)
+        self.outcomes_refused: Counter[str] = Counter()  # by reason; the worker dead-letters
+        self.letters_sent = LettersSent()
         self.snapshots = 0
         self.requests = 0
         self.latest: list[MetricRow] = []
@@ -150,6 +155,20 @@ class Monitor:
             state = msgspec.msgpack.decode(saved.state, type=_Saved)
             self.core.restore(state.core)
             self.offsets = {(t, p): o for t, p, o in state.offsets}
+        replay_after = {
+            tp.partition: self.offsets.get((tp.topic, tp.partition), -1)
+            for tp in parts
+            if tp.topic == topics.predictions
+        }
+        sent = await asyncio.to_thread(
+            already_sent,
+            self.config.kafka,
+            topics.predictions_dlq,
+            0 if saved is None else saved.dlq_from,
+            topics.predictions,
+            replay_after,
+        )
+        self.letters_sent.add(topics.predictions, sent)
         for tp in parts:
             last = self.offsets.get((tp.topic, tp.partition))
             if last is None:
@@ -186,12 +205,13 @@ class Monitor:
                 self.core.add_outcomes(
                     [Label(o.event_id, o.prediction_id, o.label, t) for o, t, _, _ in checked]
                 )
-                await self._dead(topics.outcomes_dlq, dead)
+                self.outcomes_refused.update(d.reason.value for d in dead)
             self.consumed[tp.topic] += len(msgs)
             self.offsets[(tp.topic, tp.partition)] = msgs[-1].offset
 
     async def _dead(self, topic: str, letters: list[DeadLetter]) -> None:
         assert self._producer is not None
+        letters = self.letters_sent.fresh(letters)
         if not letters:
             return
         sends = [
@@ -234,9 +254,10 @@ class Monitor:
         unstored, self._unstored = self._unstored, []
         await asyncio.to_thread(self._store_predictions, unstored)
         saved = _Saved(self.core.state(), [(t, p, o) for (t, p), o in self.offsets.items()])
-        await asyncio.to_thread(
-            self.checkpoints.save, CHECKPOINT_NAME, 0, Checkpoint(-1, msgspec.msgpack.encode(saved))
-        )
+        assert self._consumer is not None
+        dlq_from = await dlq_end(self._consumer, topics.predictions_dlq)  # letters are acked
+        checkpoint = Checkpoint(-1, msgspec.msgpack.encode(saved), dlq_from)
+        await asyncio.to_thread(self.checkpoints.save, CHECKPOINT_NAME, 0, checkpoint)
         self.snapshots += 1
         self.latest = rows
         return rows
@@ -255,6 +276,8 @@ class Monitor:
             rows.append(
                 MetricRow(now_ms, ALL_VERSIONS, "dead_letters", f"{topic}/{reason}", float(n), n)
             )
+        for reason, n in sorted(self.outcomes_refused.items()):
+            rows.append(MetricRow(now_ms, ALL_VERSIONS, "outcomes_refused", reason, float(n), n))
         return rows
 
     async def _worker_lag(self, now_ms: int, wait: bool = False) -> MetricRow:

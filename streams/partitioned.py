@@ -10,7 +10,8 @@ fetch in flight at most). Every ``checkpoint_interval_s``, after waiting for the
 flight, the worker saves a partition's state with the offset it reflects, and only then
 commits that offset to Kafka. On (re)start or rebalance a partition resumes from its
 checkpoint: later records are replayed into the state as it was before them, so nothing is
-counted twice.
+counted twice. Dead letters too: a replayed record whose letter the DLQ already holds is
+not sent again (``infra.dead_letter_log``), so each bad record is in the DLQ once.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from aiokafka.errors import KafkaError
 
 from infra.config import PARTITION_FETCH_BYTES
 from infra.dead_letter import DeadLetter
+from infra.dead_letter_log import LettersSent, already_sent, dlq_end
 from infra.lag import log_end_offsets
 from infra.topics import ensure_topics
 from streams.checkpoint import CheckpointStore
@@ -64,9 +66,12 @@ class PartitionedWorker(ABC, Generic[P, E]):
     #: (and loop) with one whose latency matters more; the kernels release the GIL.
     process_in_thread = False
 
-    def __init__(self, config: WorkerConfig, *, topic: str, group: str, pace_s: float = 0.0):
+    def __init__(
+        self, config: WorkerConfig, *, topic: str, dlq: str, group: str, pace_s: float = 0.0
+    ):
         self.config = config
         self.topic = topic
+        self.dlq = dlq  # where this worker's refused records of ``topic`` go
         self.group = group
         # after a fetch that was not full, wait this long before the next: larger batches
         # for a worker whose freshness matters less than the CPU it leaves to others
@@ -75,8 +80,9 @@ class PartitionedWorker(ABC, Generic[P, E]):
         self.processors: dict[int, P] = {}
         # Dead letters the DLQ acknowledged, by (source topic, reason): what operators count.
         self.dead_letters: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.letters_sent = LettersSent()  # replayed records whose letter the DLQ holds
         self.checkpointer = Checkpointer(
-            self.checkpoints, config.checkpoint_interval_s, self._commit
+            self.checkpoints, config.checkpoint_interval_s, self._commit, mark=self.dlq_end
         )
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -108,10 +114,14 @@ class PartitionedWorker(ABC, Generic[P, E]):
         """Take over ``partitions``: restore each from its checkpoint (or replay from the
         start) and seek past what the state holds."""
         assert self._consumer is not None
+        replay_after: dict[int, int] = {}  # partition -> the offset its replay starts after
+        dlq_from = None
         for tp in partitions:
             if tp.topic != self.topic or tp.partition in self.processors:
                 continue
             checkpoint = self.checkpoints.load(tp.topic, tp.partition)
+            start = 0 if checkpoint is None else checkpoint.dlq_from
+            dlq_from = start if dlq_from is None else min(dlq_from, start)
             if checkpoint is None:
                 processor = self.new_processor(tp.partition, None, -1)
                 # Without a checkpoint the state is empty, so the history must be
@@ -132,7 +142,13 @@ class PartitionedWorker(ABC, Generic[P, E]):
                 self._consumer.seek(tp, checkpoint.offset + 1)
             self.processors[tp.partition] = processor
             self.checkpointer.track(tp.partition, processor.offset)
+            replay_after[tp.partition] = processor.offset
             log.info("acquired %s-%d at offset %d", tp.topic, tp.partition, processor.offset)
+        if replay_after:
+            sent = await asyncio.to_thread(
+                already_sent, self.config.kafka, self.dlq, dlq_from or 0, self.topic, replay_after
+            )
+            self.letters_sent.add(self.topic, sent)
 
     def _log_end(self, tp: TopicPartition) -> int:
         from kafka import KafkaConsumer
@@ -149,12 +165,14 @@ class PartitionedWorker(ABC, Generic[P, E]):
         """Give up ``partitions`` (revoked or stopping): drain the writes, then checkpoint."""
         await self.drain()  # a checkpoint must not get ahead of the stores
         await self.checkpointer.settle()  # nor be overtaken by an older one
+        dlq_from = await self.dlq_end()
         for tp in partitions:
             if tp.topic != self.topic:
                 continue
             processor = self.processors.pop(tp.partition, None)
+            self.letters_sent.forget(self.topic, tp.partition)
             if processor is not None:
-                self.checkpointer.save_now(processor)
+                self.checkpointer.save_now(processor, dlq_from)
                 self.checkpointer.forget(tp.partition)
                 log.info("released %s-%d at offset %d", tp.topic, tp.partition, processor.offset)
 
@@ -266,14 +284,21 @@ class PartitionedWorker(ABC, Generic[P, E]):
             await asyncio.gather(*pending)
 
     async def send_dead_letters(self, topic: str, letters: Sequence[DeadLetter]) -> None:
-        """Send to the DLQ ``topic`` and wait for every acknowledgement, then count them."""
+        """Send to the DLQ ``topic`` and wait for every acknowledgement, then count them;
+        a replayed record of ``self.topic`` whose letter the DLQ holds is not sent again."""
         assert self._producer is not None
+        letters = self.letters_sent.fresh(letters)
         sends = [
             await self._producer.send(topic, value=d.record_value, key=d.key, headers=d.headers())
             for d in letters
         ]
         await asyncio.gather(*sends)
         self.dead_letters.update((d.topic, d.reason.value) for d in letters)
+
+    async def dlq_end(self, dlq: str | None = None) -> int:
+        """The end of ``dlq`` (this worker's by default) now: ``Checkpoint.dlq_from``."""
+        assert self._consumer is not None
+        return await dlq_end(self._consumer, dlq or self.dlq)
 
     async def _commit(self, topic: str, partition: int, offset: int) -> bool:
         """Commit the offset after ``offset``, whose effects a checkpoint on disk holds."""

@@ -14,7 +14,8 @@ row as written, hashes included). The topic copy is caught up from the history, 
 beside it: on start and after every step, the rows after the last one on the topic are
 sent, so a kill between the two writes loses nothing and sends nothing twice. After each
 request is decided its offset is saved (one atomic checkpoint); a request decided but not
-yet saved is skipped on restart, because the history already holds its decision.
+yet saved is skipped on restart, because the history already holds its decision, and a
+refused request read again finds its dead letter already in the DLQ.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from inference.gate import GateVerdict, decide
 from inference.retraining import Request, Retrainer
+from infra.dead_letter_log import LettersSent, already_sent, dlq_end
 from infra.retrain import RetrainRequest, decode_requests
 from infra.topics import ensure_topics
 from monitoring.shadow import SHADOW_METRICS
@@ -51,6 +53,7 @@ class Trainer:
         self.checkpoints = CheckpointStore(config.stores.checkpoint_dir)
         self.offset = -1  # last retrain offset decided
         self.dead_letters = 0
+        self.letters_sent = LettersSent()  # refused requests a replay meets again
         self.decided = 0
         self.ignored_rows = 0  # monitoring records that are not rows (not ours to judge)
         # the latest shadow rows: (shadow version, champion version) -> metric -> row
@@ -83,6 +86,15 @@ class Trainer:
             self._consumer.assign([retrain, monitoring])
             saved = self.checkpoints.load(CHECKPOINT_NAME, 0)
             self.offset = saved.offset if saved is not None else -1
+            sent = await asyncio.to_thread(
+                already_sent,
+                cfg.kafka,
+                cfg.topics.retrain_dlq,
+                0 if saved is None else saved.dlq_from,
+                cfg.topics.retrain,
+                {0: self.offset},
+            )
+            self.letters_sent.add(cfg.topics.retrain, sent)
             self._consumer.seek(retrain, self.offset + 1)
             await self._consumer.seek_to_end(monitoring)  # live verdicts, not old ones
             self._published = await self._on_topic()
@@ -121,22 +133,24 @@ class Trainer:
                 return
             letter = refused.get(message.offset)
             if letter is not None:
-                assert self._producer is not None
-                await self._producer.send_and_wait(
-                    self.config.topics.retrain_dlq,
-                    value=letter.record_value,
-                    key=letter.key,
-                    headers=letter.headers(),
-                )
-                self.dead_letters += 1
+                for fresh in self.letters_sent.fresh([letter]):  # none if a replay's
+                    assert self._producer is not None
+                    await self._producer.send_and_wait(
+                        self.config.topics.retrain_dlq,
+                        value=fresh.record_value,
+                        key=fresh.key,
+                        headers=fresh.headers(),
+                    )
+                    self.dead_letters += 1
             else:
                 decided = await self._decide(_request(next(requests)))
                 if not decided:  # stopped while a shadow trial waits: resume it on restart
                     return
             self.offset = message.offset
-            await asyncio.to_thread(
-                self.checkpoints.save, CHECKPOINT_NAME, 0, Checkpoint(self.offset, b"")
-            )
+            assert self._consumer is not None
+            dlq_from = await dlq_end(self._consumer, self.config.topics.retrain_dlq)
+            checkpoint = Checkpoint(self.offset, b"", dlq_from)
+            await asyncio.to_thread(self.checkpoints.save, CHECKPOINT_NAME, 0, checkpoint)
 
     async def _decide(self, request: Request) -> bool:
         """Take one request to its decision; False if stopped before one."""

@@ -29,8 +29,10 @@ from features.online import OnlineStore, open_online
 from features.scoring_row import MerchantReader
 from features.spec import DEFAULT_FEATURES, FeatureSpec
 from features.state import WindowState
+from infra.dead_letter_log import LettersSent, already_sent
 from infra.merchant_rows import EVENTS, OUTCOMES, MerchantRows, by_partition
 from infra.outcomes import decode_outcomes
+from streams.checkpoint import Checkpoint, CheckpointStore
 from streams.config import WorkerConfig
 from streams.merchant_worker import MerchantWorker
 from streams.metrics import WorkerStats, render_metrics
@@ -45,7 +47,9 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
     """Consumes ``events`` in micro-batches and keeps the user feature stores current."""
 
     def __init__(self, config: WorkerConfig, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES):
-        super().__init__(config, topic=config.topics.events, group=config.group)
+        super().__init__(
+            config, topic=config.topics.events, dlq=config.topics.dlq, group=config.group
+        )
         self.specs = tuple(specs)
         self.offline = OfflineWriter(config.stores.offline_dir)
         self.online: OnlineStore | None = None
@@ -102,7 +106,7 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
             records = self.scorer.records(accepted, effects.features, merchants)
             await self.send(self.config.topics.predictions, [(k, v, None) for k, v in records])
         if effects.dead_letters:
-            await self.send_dead_letters(self.config.topics.dlq, effects.dead_letters)
+            await self.send_dead_letters(self.dlq, effects.dead_letters)
 
     def merchant_records(self, rows: MerchantRows) -> list[tuple[None, bytes, int]]:
         """One ``merchant_rows`` record per merchant partition the rows are bound for, its
@@ -286,13 +290,23 @@ def _metrics_thread(port: int, render: Callable[[], str]) -> None:
 
 
 class OutcomeStore:
-    """Buffers outcome events, writes them as one part file, then acks them."""
+    """Buffers outcome events, writes them as one part file, then acks them.
+
+    After each flush it saves, per partition, the last offset flushed and where the DLQ
+    stood (``Checkpoint``, no state). faust commits acked offsets a few seconds later, so a
+    restart replays some outcomes already flushed: those are acked again and nothing more;
+    the ones after them whose flush a crash cut short find their dead letters, if sent, in
+    the DLQ (``infra.dead_letter_log``): each bad outcome is in ``outcomes.dlq`` once.
+    """
 
     def __init__(self, config: WorkerConfig, worker: FeatureWorker, max_batch: int = 1000):
         self.config = config
         self.worker = worker
         self.max_batch = max_batch
         self.writer = OfflineWriter(config.stores.outcomes_dir)
+        self.checkpoints = CheckpointStore(config.stores.checkpoint_dir)
+        self.flushed: dict[int, int] = {}  # partition -> last offset flushed
+        self.letters_sent = LettersSent()
         self._events: list = []
         self._lock = asyncio.Lock()
 
@@ -309,22 +323,59 @@ class OutcomeStore:
             events, self._events = self._events, []
             if not events:
                 return
-            config = self.config
-            table, dead = decode_outcomes(
-                [e.value for e in events],
-                partitions=[e.message.partition for e in events],
-                offsets=[e.message.offset for e in events],
-                topic=config.topics.outcomes,
-                rules=config.rules,
-                keys=[e.message.key for e in events],
-            )
-            first = events[0].message
-            tag = f"{first.partition:04d}-{first.offset:012d}"
-            await asyncio.to_thread(self.writer.write, table, tag=tag)
-            records = self.worker.merchant_records(_outcome_rows(table))
-            await self.worker.send_merchant_records(records, wait=True)
-            if dead:
-                await self.worker.send_dead_letters(config.topics.outcomes_dlq, dead)
-            self.worker.outcomes_stored += table.num_rows
-            for event in events:
+            await self._restore({e.message.partition for e in events})
+            new = [e for e in events if e.message.offset > self.flushed[e.message.partition]]
+            if new:
+                await self._flush(new)
+            for event in events:  # the replayed ones were flushed before a restart
                 event.ack()
+
+    async def _flush(self, events: list) -> None:
+        config = self.config
+        table, dead = decode_outcomes(
+            [e.value for e in events],
+            partitions=[e.message.partition for e in events],
+            offsets=[e.message.offset for e in events],
+            topic=config.topics.outcomes,
+            rules=config.rules,
+            keys=[e.message.key for e in events],
+        )
+        first = events[0].message
+        tag = f"{first.partition:04d}-{first.offset:012d}"
+        await asyncio.to_thread(self.writer.write, table, tag=tag)
+        records = self.worker.merchant_records(_outcome_rows(table))
+        await self.worker.send_merchant_records(records, wait=True)
+        dead = self.letters_sent.fresh(dead)
+        if dead:
+            await self.worker.send_dead_letters(config.topics.outcomes_dlq, dead)
+        dlq_from = await self.worker.dlq_end(config.topics.outcomes_dlq)
+        last = {e.message.partition: e.message.offset for e in events}  # offsets ascend
+        for partition, offset in last.items():
+            checkpoint = Checkpoint(offset, b"", dlq_from)
+            await asyncio.to_thread(
+                self.checkpoints.save, config.topics.outcomes, partition, checkpoint
+            )
+            self.flushed[partition] = offset
+        self.worker.outcomes_stored += table.num_rows
+
+    async def _restore(self, partitions: set[int]) -> None:
+        """Where the flushes of ``partitions`` stopped, for those seen for the first time or
+        flushed since by another worker process (a rebalance), and which of their later
+        records' letters the DLQ already holds."""
+        topic, dlq = self.config.topics.outcomes, self.config.topics.outcomes_dlq
+        after: dict[int, int] = {}
+        dlq_from = None
+        for partition in partitions:
+            saved = self.checkpoints.load(topic, partition)
+            offset = -1 if saved is None else saved.offset
+            if partition in self.flushed and offset <= self.flushed[partition]:
+                continue  # nobody else flushed it: this process's position holds
+            self.flushed[partition] = after[partition] = offset
+            start = 0 if saved is None else saved.dlq_from
+            dlq_from = start if dlq_from is None else min(dlq_from, start)
+        if not after:
+            return
+        sent = await asyncio.to_thread(
+            already_sent, self.config.kafka, dlq, dlq_from or 0, topic, after
+        )
+        self.letters_sent.add(topic, sent)

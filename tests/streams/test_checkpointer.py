@@ -177,11 +177,11 @@ def test_offset_going_backwards_is_refused(tmp_path: Path) -> None:
     proc = _processor(0)
     proc.process(_records(30))
     cp.track(0, -1)
-    cp.save_now(proc)
+    cp.save_now(proc, 0)
     older = _processor(0)
     older.process(_records(10))
     with pytest.raises(OffsetWentBackwards, match="offset 9 would overtake the one at 29"):
-        cp.save_now(older)
+        cp.save_now(older, 0)
     saved = store.load(TOPIC, 0)
     assert saved is not None and saved.offset == 29
 

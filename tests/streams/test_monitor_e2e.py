@@ -54,6 +54,16 @@ def _data(seed: int, n: int, start: int = 0):
     return preds, outs
 
 
+def _read(settings: Settings, topic: str) -> list:
+    """Every record of ``topic``."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=3000)  # fmt: skip
+    try:
+        return list(consumer)
+    finally:
+        consumer.close()
+
+
 def _send(settings: Settings, topic: str, records: list[dict]) -> None:
     publish(settings.kafka, topic,
             [(str(r.get("user_id", 0)).encode(), enc.encode(r)) for r in records])  # fmt: skip
@@ -135,17 +145,11 @@ def test_snapshots_dead_letters_and_outputs(settings: Settings) -> None:
         (settings.predictions_topic, "schema"): 1,
         (settings.predictions_topic, "malformed_json"): 2,
         (settings.predictions_topic, "out_of_range"): 1,
-        (settings.outcomes_topic, "schema"): 1,
-        (settings.outcomes_topic, "malformed_json"): 1,
     }
-    consumer = KafkaConsumer(
-        settings.topics.predictions_dlq,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=3000,
-    )
-    letters = list(consumer)
-    consumer.close()
+    # bad outcomes are the worker's to dead-letter (it stores outcomes): counted here, not sent
+    assert dict(monitor.outcomes_refused) == {"schema": 1, "malformed_json": 1}
+    assert _read(settings, settings.topics.outcomes_dlq) == []
+    letters = _read(settings, settings.topics.predictions_dlq)
     reasons = sorted(dict(m.headers)["featflow.reason"].decode() for m in letters)
     assert reasons == ["malformed_json", "malformed_json", "out_of_range", "schema"]
     (tombstone,) = [m for m in letters if m.value is None]
@@ -165,8 +169,8 @@ def test_snapshots_dead_letters_and_outputs(settings: Settings) -> None:
     assert service[("consumer_lag", None)] == 0  # the last snapshot: caught up
     assert service[("worker_lag", None)] == 3  # the worker group has read none of them
     assert service[("dead_letters", f"{settings.predictions_topic}/schema")] == 1
-    assert service[("dead_letters", f"{settings.outcomes_topic}/schema")] == 1
-    assert service[("dead_letters", f"{settings.outcomes_topic}/malformed_json")] == 1
+    assert service[("outcomes_refused", "schema")] == 1
+    assert service[("outcomes_refused", "malformed_json")] == 1
     stored = pd.concat(
         pq.read_table(f).to_pandas() for f in settings.stores.predictions_dir.glob("*.parquet")
     )
@@ -189,8 +193,12 @@ def test_a_crash_after_a_checkpoint_loses_and_doubles_nothing(settings: Settings
     cfg = dataclasses.replace(settings.monitor, window_labels=10**6, window_events=10**6)
     batches = [_data(2, 1500), _data(3, 1000, start=1500), _data(4, 800, start=2500)]
 
+    bad = [(b"%d" % i, b'{"prediction_id": %d}' % i) for i in range(5)]  # in batch B
+
     def send(k: int) -> None:
         _send(settings, settings.predictions_topic, batches[k][0])
+        if k == 1:
+            publish(settings.kafka, settings.predictions_topic, bad)
         _send(settings, settings.outcomes_topic, batches[k][1])
 
     async def first_life() -> Monitor:
@@ -226,7 +234,12 @@ def test_a_crash_after_a_checkpoint_loses_and_doubles_nothing(settings: Settings
         assert got[version][1] == n  # every pair once: none lost, none twice
         assert got[version][0] == pytest.approx(auc, abs=1e-9)
     # it resumed after A's checkpoint: read B again and C, not A
-    assert two.consumed[settings.predictions_topic] == len(batches[1][0]) + len(batches[2][0])
+    read_again = len(batches[1][0]) + len(bad) + len(batches[2][0])
+    assert two.consumed[settings.predictions_topic] == read_again
+    # B's bad predictions were dead-lettered by the first life, read again by the second,
+    # and are in the DLQ once each
+    letters = _read(settings, settings.topics.predictions_dlq)
+    assert sorted(m.value for m in letters) == sorted(v for _, v in bad)
     assert two.consumed[settings.outcomes_topic] == len(batches[1][1]) + len(batches[2][1])
     (dup,) = [r for r in two.latest if r.metric == "duplicate_records"]
     assert dup.value == 0

@@ -156,3 +156,35 @@ def test_a_challenger_that_is_not_better_is_rejected_on_the_broker(settings: Set
     assert registry.champion_version() == "v0001" and registry.shadow_version() is None
     on_topic = [json.loads(m.value) for m in _read(settings, settings.model_events_topic)]
     assert [r["kind"] for r in on_topic] == _kinds(settings)
+
+
+def test_refused_requests_are_dead_lettered_once_across_a_crash(settings: Settings) -> None:
+    """A crash after a refused request's letter but before its offset was saved: the
+    restarted trainer reads the request again and finds the letter already in the DLQ."""
+    from streams.checkpoint import Checkpoint, CheckpointStore
+    from streams.trainer import CHECKPOINT_NAME
+
+    ensure_topics(settings.kafka, settings.topics)
+    cfg = settings.trainer
+    bad = [(b"", b'{"request_id": %d}' % i) for i in range(3)]
+    publish(settings.kafka, settings.retrain_topic, bad)
+
+    async def life() -> Trainer:
+        trainer = Trainer(cfg)
+        task = asyncio.create_task(trainer.run())
+        await _until(lambda: trainer.offset == len(bad) - 1)
+        trainer.stop()
+        await task
+        return trainer
+
+    first = asyncio.run(life())
+    assert first.dead_letters == len(bad)
+    store = CheckpointStore(settings.stores.checkpoint_dir)
+    saved = store.load(CHECKPOINT_NAME, 0)
+    assert saved is not None and saved.dlq_from > 0
+    # the crash: every letter sent, the first request's offset never saved
+    store.save(CHECKPOINT_NAME, 0, Checkpoint(-1, b"", 0))
+    second = asyncio.run(life())
+    assert second.dead_letters == 0
+    letters = _read(settings, f"{settings.retrain_topic}.dlq")
+    assert sorted(m.value for m in letters) == sorted(v for _, v in bad)
