@@ -13,12 +13,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import schemathesis
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck
-from hypothesis import settings as hypothesis_settings
 from kafka import KafkaConsumer
 from skl2onnx import to_onnx
 from sklearn.linear_model import LogisticRegression
@@ -31,6 +28,7 @@ from features.scoring_row import SCORING_FEATURES, MerchantReader
 from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
 from features.state import WindowState
 from features.views import MERCHANT_VIEWS
+from inference.auth import OPEN, Tokens
 from inference.predictor import Predictor
 from inference.publisher import PredictionPublisher
 from inference.registry import ModelRegistry
@@ -102,13 +100,14 @@ def _app(
     publisher: PredictionPublisher | None = None,
     interval: float = 1.0,
     transactions: Transactions | None = None,
+    tokens: Tokens = OPEN,
 ):
     store = apply_repo(settings.stores)
     predictor = Predictor(ModelRegistry(settings.stores.models_dir), SCORING_FEATURES)
     reader = open_online(store, DEFAULT_FEATURES)
     return create_app(
         predictor, reader, MerchantReader(store), publisher, refresh_interval_s=interval,
-        transactions=transactions,
+        transactions=transactions, tokens=tokens,
     )  # fmt: skip
 
 
@@ -480,36 +479,3 @@ def test_documented_user_id_range_is_exactly_int64(tmp_path: Path) -> None:
             assert _admits(single, n) is valid and _admits(batch, n) is valid, n
             status = client.post("/predict", json={"user_id": n}).status_code
             assert status == (200 if valid else 422), n
-
-
-@pytest.fixture(scope="module")
-def live_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesis.BaseSchema]:
-    """The live service's own /openapi.json, with a champion so /predict can answer 200."""
-    settings = Settings(home=tmp_path_factory.mktemp("schemathesis"))
-    _setup(settings)
-    state = WindowState(DEFAULT_FEATURES)
-    state.update(USERS, np.full(len(USERS), 1_767_225_600_000), np.full(len(USERS), 5.0), USERS)
-    with _serve(_app(settings, transactions=_state_peek(state))) as url:
-        yield schemathesis.openapi.from_url(f"{url}/openapi.json")
-
-
-live = schemathesis.pytest.from_fixture("live_schema")
-
-
-@pytest.fixture
-def _schemathesis_node_id(request: pytest.FixtureRequest) -> None:
-    """schemathesis 4.32's lazy schemas read ``node._nodeid``, which pytest 9.2 no longer has."""
-    if not hasattr(request.node, "_nodeid"):
-        request.node._nodeid = request.node.nodeid
-
-
-@pytest.mark.usefixtures("_schemathesis_node_id")
-@live.parametrize()
-@hypothesis_settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-def test_service_conforms_to_its_schema(case: schemathesis.Case) -> None:
-    """Schemathesis with all its checks (status codes, content types, response schemas, valid
-    data accepted, invalid data refused, no 5xx) against the live server: what the schema
-    promises is what the server does."""
-    case.call_and_validate()
