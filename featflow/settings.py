@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(
         5.0, gt=0, description="How long a command waits for the broker or Redis to answer."
     )
+    redis_timeout_s: float = Field(
+        1.0, gt=0, description="How long a Redis command may take before the store is down."
+    )
     checkpoint_interval_s: float = Field(5.0, ge=0)
     stream_scoring: bool = Field(False, description="Worker scores each accepted event.")
     promotion_min_auc_gain: float = Field(
@@ -186,7 +189,7 @@ class Settings(BaseSettings):
     @property
     def stores(self) -> Stores:
         """Where the stores, checkpoints and models live."""
-        return Stores(self.home, self.online_store)
+        return Stores(self.home, self.online_store, self.redis_timeout_s)
 
     @property
     def lateness_ms(self) -> int:

@@ -61,7 +61,8 @@ def feature_store_yaml(stores: Stores) -> dict[str, object]:
 
 
 def _redis_connection_string(stores: Stores) -> str:
-    """Feast's redis connection string form: ``host:port[,db=N][,ssl=true]``."""
+    """Feast's redis connection string form: ``host:port[,db=N][,ssl=true],socket_timeout=S,
+    socket_connect_timeout=S`` (Feast hands each ``key=value`` to redis-py as JSON)."""
     from urllib.parse import urlparse
 
     url = urlparse(stores.online_store)
@@ -73,6 +74,8 @@ def _redis_connection_string(stores: Stores) -> str:
         parts.append(f"password={url.password}")
     if url.scheme == "rediss":
         parts.append("ssl=true")
+    timeout = stores.redis_timeout_s
+    parts += [f"socket_timeout={timeout}", f"socket_connect_timeout={timeout}"]
     return ",".join(parts)
 
 

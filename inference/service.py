@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from features.online import OnlineStore
+from features.online import OnlineStore, OnlineUnavailable
 from features.scoring_row import (
     MERCHANT_DEFAULTS,
     SCORING_FEATURES,
@@ -197,6 +197,7 @@ class Health(BaseModel):
     ready: bool
     model_version: str | None
     online_store: Literal["ok", "unreachable"]
+    online_store_error: str | None = None  # why it is unreachable
     last_model_error: str | None
     # events not yet in the state transactions are scored on (-1: unknown; None: no
     # transaction scoring here)
@@ -237,6 +238,7 @@ class Champion(BaseModel):
     champion: str
 
 
+_RETRY_AFTER = {"Retry-After": "1"}  # seconds: a store outage is retried by the client
 _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": Unavailable, "description": "A bearer token is needed (or is unknown)."},
     403: {"model": Unavailable, "description": "The token is not allowed this."},
@@ -463,7 +465,11 @@ def create_app(
                 "(behind the user's newest event by more than the allowed lateness) or too "
                 "far in the future.",
             },
-            503: {"model": Unavailable, "description": "No model is loaded yet."},
+            503: {
+                "model": Unavailable,
+                "description": "No model is loaded yet, or the online store does not answer "
+                "(with Retry-After).",
+            },
         },
     )
     async def predict(body: PredictRequest) -> Any:
@@ -471,14 +477,17 @@ def create_app(
         start = time.perf_counter()
         single = not isinstance(body, BatchPredictRequest)
         users = [body.user_id] if single else body.user_ids
-        if isinstance(body, TransactionPredictRequest):
-            features, found = _transaction_features(body)
-        else:
-            features, found = reader.read(users)
-        # the merchant each row names (this transaction's, or the user's newest event's)
-        merchant_rows = np.tile(MERCHANT_DEFAULTS, (len(users), 1))
-        if found.any():
-            merchant_rows[found] = merchants.read(merchants_of(features[found]))
+        try:
+            if isinstance(body, TransactionPredictRequest):
+                features, found = _transaction_features(body)
+            else:
+                features, found = reader.read(users)
+            # the merchant each row names (this transaction's, or the user's newest event's)
+            merchant_rows = np.tile(MERCHANT_DEFAULTS, (len(users), 1))
+            if found.any():
+                merchant_rows[found] = merchants.read(merchants_of(features[found]))
+        except OnlineUnavailable as exc:  # within the store's timeout: never a hung request
+            raise HTTPException(503, str(exc), headers=_RETRY_AFTER) from exc
         features = scoring_rows(features, merchant_rows)
         try:
             version, scores = predictor.score(features)
@@ -558,13 +567,14 @@ def create_app(
     async def health(response: Response) -> dict[str, Any]:
         """Ready only when a model is loaded and the online store answers."""
         model = predictor.active
-        store_ok = reader.ping()
-        ready = model is not None and store_ok
+        store_error = reader.unavailable()
+        ready = model is not None and store_error is None
         response.status_code = 200 if ready else 503
         return {
             "ready": ready,
             "model_version": model.version if model else None,
-            "online_store": "ok" if store_ok else "unreachable",
+            "online_store": "ok" if store_error is None else "unreachable",
+            "online_store_error": store_error,
             "last_model_error": predictor.last_error,
             "transactions_lag": None if transactions_lag is None else transactions_lag(),
         }

@@ -115,6 +115,9 @@ class Stores:
 
     home: Path
     online_store: str = "sqlite"  # or a redis:// URL
+    # how long a Redis command may take (connect included) before the store counts as
+    # unavailable: /predict answers 503 then, a worker retries (never a hung request)
+    redis_timeout_s: float = 1.0
 
     def __post_init__(self) -> None:
         check_online_store(self.online_store)

@@ -57,6 +57,8 @@ class MerchantWorker(PartitionedWorker[MerchantProcessor, MerchantEffects]):
             replays=self.totals.replays,
             partitions_owned=len(self.processors),
             dead_letters=dict(self.dead_letters),
+            store_errors=dict(self.store_retry.errors),
+            stores_up=self.store_retry.up(),
         )
 
     def new_processor(self, partition: int, state: bytes | None, offset: int) -> MerchantProcessor:
@@ -95,10 +97,12 @@ class MerchantWorker(PartitionedWorker[MerchantProcessor, MerchantEffects]):
         if not rows.offline:
             return
         ids, times, features = rows.online()
-        self.online[rows.view.name].write(entity_id=ids, event_time_ms=times, features=features)
+        online = self.online[rows.view.name]
+        write = lambda: online.write(entity_id=ids, event_time_ms=times, features=features)  # noqa: E731
+        self.store_retry.call("online", write)
         table = pa.concat_tables(rows.offline)
         # named after the first row's source event (or label): readers drop second copies
         # by (kafka_partition, kafka_offset), the source coordinates every row keeps
         first = table.slice(0, 1).to_pylist()[0]
         tag = f"{first['kafka_partition']:04d}-{first['kafka_offset']:012d}"
-        self.offline[rows.view.name].write(table, tag=tag)
+        self.store_retry.call("offline", lambda: self.offline[rows.view.name].write(table, tag=tag))

@@ -28,6 +28,8 @@ class WorkerStats:
     dead_letters: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (topic, reason)
     partitions_owned: int = 0
     outcomes_stored: int = 0
+    store_errors: Mapping[str, int] = field(default_factory=dict)  # failed writes, by store
+    stores_up: Mapping[str, bool] = field(default_factory=dict)  # stores that ever failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,8 @@ class MerchantStats:
     replays: int = 0  # second copies of rows skipped
     partitions_owned: int = 0
     dead_letters: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (topic, reason)
+    store_errors: Mapping[str, int] = field(default_factory=dict)
+    stores_up: Mapping[str, bool] = field(default_factory=dict)
 
 
 class _StatsCollector:
@@ -79,6 +83,23 @@ class _StatsCollector:
             value=stats.partitions_owned,
         )
         merchants = self.merchants
+        errors = CounterMetricFamily(
+            "featflow_store_errors",
+            "Store writes that failed and were retried (store down, disk full), by store.",
+            labels=["store"],
+        )
+        up = GaugeMetricFamily(
+            "featflow_store_up",
+            "1 while the store takes writes, 0 during an outage (stores that ever failed).",
+            labels=["store"],
+        )
+        for store in sorted({*stats.store_errors, *merchants.store_errors}):
+            count = stats.store_errors.get(store, 0) + merchants.store_errors.get(store, 0)
+            errors.add_metric([store], count)
+            ok = stats.stores_up.get(store, True) and merchants.stores_up.get(store, True)
+            up.add_metric([store], float(ok))
+        yield errors
+        yield up
         applied = CounterMetricFamily(
             "featflow_merchant_rows_applied",
             "Rows applied to a merchant view's state, by view.",

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import gc
 import logging
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Generic, TypeVar
@@ -36,6 +37,7 @@ from infra.topics import ensure_topics
 from streams.checkpoint import CheckpointStore
 from streams.checkpointer import Checkpointable, Checkpointer
 from streams.config import WorkerConfig
+from streams.store_retry import StoreRetry
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,10 @@ class PartitionedWorker(ABC, Generic[P, E]):
         # sends whose acknowledgement a checkpoint must wait for, but the next fetch need not
         self._unacked: list[asyncio.Future[object]] = []
         self._stopping = asyncio.Event()
+        # set on stop: a write retrying against a store that is down gives up (the
+        # checkpoint stays behind it, so a restart writes it again)
+        self._stop_writes = threading.Event()
+        self.store_retry = StoreRetry(self._stop_writes)
         self.started = asyncio.Event()  # set once the producer and stores are ready
         self.fatal: BaseException | None = None  # raised by run(): the worker must stop
 
@@ -208,6 +214,7 @@ class PartitionedWorker(ABC, Generic[P, E]):
     async def stop(self) -> None:
         """Checkpoint every owned partition and close the Kafka clients."""
         self._stopping.set()
+        self._stop_writes.set()
         if self._consumer is not None:
             await self.release([TopicPartition(self.topic, p) for p in self.processors])
             await self._consumer.stop()

@@ -66,6 +66,8 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
             dead_letters=dict(self.dead_letters),
             partitions_owned=len(self.processors),
             outcomes_stored=self.outcomes_stored,
+            store_errors=dict(self.store_retry.errors),
+            stores_up=self.store_retry.up(),
         )
 
     def new_processor(self, partition: int, state: bytes | None, offset: int) -> PartitionProcessor:
@@ -130,15 +132,21 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
     def _store(self, effects: Effects) -> list[tuple[None, bytes, int]]:
         """Online first (what freshness waits for), then the offline part file, then the
         rows re-keyed by merchant, encoded; one thread hop per fetch."""
-        assert self.online is not None
-        self.online.write(
-            entity_id=effects.online_user_id,
-            event_time_ms=effects.online_event_time_ms,
-            features=effects.online_features,
+        online = self.online
+        assert online is not None
+        retry = self.store_retry
+        retry.call(
+            "online",
+            lambda: online.write(
+                entity_id=effects.online_user_id,
+                event_time_ms=effects.online_event_time_ms,
+                features=effects.online_features,
+            ),
         )
         table = effects.offline(self.specs)
         first = effects.accepted
-        self.offline.write(table, tag=f"{int(first.partition[0]):04d}-{int(first.offset[0]):012d}")
+        tag = f"{int(first.partition[0]):04d}-{int(first.offset[0]):012d}"
+        retry.call("offline", lambda: self.offline.write(table, tag=tag))
         return self.merchant_records(_event_rows(effects))
 
 
@@ -342,7 +350,8 @@ class OutcomeStore:
         )
         first = events[0].message
         tag = f"{first.partition:04d}-{first.offset:012d}"
-        await asyncio.to_thread(self.writer.write, table, tag=tag)
+        write = lambda: self.writer.write(table, tag=tag)  # noqa: E731
+        await asyncio.to_thread(self.worker.store_retry.call, "offline", write)
         records = self.worker.merchant_records(_outcome_rows(table))
         await self.worker.send_merchant_records(records, wait=True)
         dead = self.letters_sent.fresh(dead)

@@ -31,21 +31,28 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 
+class OnlineUnavailable(ConnectionError):
+    """The online store did not answer (down, unreachable, timed out, locked): a worker
+    retries the write, ``/predict`` answers 503. Not raised for bad data."""
+
+
 class OnlineStore(Protocol):
     """What the worker and the service need of an online store."""
 
     def write(
         self, *, entity_id: np.ndarray, event_time_ms: np.ndarray, features: np.ndarray
     ) -> int:
-        """Upsert one row per entity (all finite, else ``ValueError``); returns rows written."""
+        """Upsert one row per entity (all finite, else ``ValueError``); returns rows written.
+        ``OnlineUnavailable`` if the store does not answer."""
         ...
 
     def read(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(features [n, F], all finite, with defaults for unknown entities; found [n] bool)."""
+        """(features [n, F], all finite, with defaults for unknown entities; found [n] bool).
+        ``OnlineUnavailable`` if the store does not answer."""
         ...
 
-    def ping(self) -> bool:
-        """Whether the store answers."""
+    def unavailable(self) -> str | None:
+        """Why the store does not answer now, or None when it does (``/health``)."""
         ...
 
 

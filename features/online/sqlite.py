@@ -12,7 +12,7 @@ import numpy as np
 
 from features import online_codec as codec
 from features.feast_repo import PROJECT
-from features.online import default_features, number, only_usable
+from features.online import OnlineUnavailable, default_features, number, only_usable
 from features.rows import require_finite
 from features.spec import FeatureSpec
 from features.views import View
@@ -83,8 +83,11 @@ class SqliteOnline:
             name = spec.name
             rows.extend(zip(keys, [name] * len(keys), values, texts, stamps, strict=True))
         conn = self._conn()
-        with conn:
-            conn.executemany(self._upsert, rows)
+        try:
+            with conn:
+                conn.executemany(self._upsert, rows)
+        except sqlite3.OperationalError as exc:  # locked past the timeout, disk full, I/O
+            raise OnlineUnavailable(f"sqlite: {exc}") from exc
         return len(entity_id)
 
     def read(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -103,10 +106,10 @@ class SqliteOnline:
         only_usable(out, found, self._defaults)
         return out, found
 
-    def ping(self) -> bool:
-        """Whether the database file answers a query."""
+    def unavailable(self) -> str | None:
+        """Why the database file does not answer a query, or None when it does."""
         try:
             self._conn().execute("SELECT 1")
-            return True
-        except sqlite3.Error:
-            return False
+        except sqlite3.Error as exc:
+            return f"sqlite: {exc}"
+        return None

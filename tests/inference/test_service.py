@@ -153,7 +153,7 @@ def test_reader_equals_feast(backend: str, tmp_path: Path, request: pytest.Fixtu
     np.testing.assert_array_equal(got[:-1], features)
     assert found.tolist() == [True] * len(USERS) + [False]
     np.testing.assert_array_equal(got[-1], default_features(DEFAULT_FEATURES))
-    assert reader.ping()
+    assert reader.unavailable() is None
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
