@@ -20,6 +20,11 @@ Caveat: the machine has 2 cores shared by the server under load, Redis and the l
 generator (~5% of a core at 500 req/s), so these are not dedicated-server figures.
 
     python -m benchmarks.http_load [--rate 500] [--seconds 25] [--rounds 2] [--publish]
+
+Overload (featflow alone, ``--only featflow``): at twice the rate above it must answer every
+request; past its capacity, with more connections than its in-flight limit (``--pool``),
+it must shed the excess with 503 and ``Retry-After`` (counted apart from errors) and keep
+the latency of what it answers bounded, instead of queueing without bound.
 """
 
 from __future__ import annotations
@@ -112,18 +117,21 @@ def _requests(target: str, users: list[int]) -> tuple[bytes, list[bytes], bytes,
     return b"/get-online-features", bodies, b"PRESENT", b"NOT_FOUND"
 
 
-async def _load(port: int, target: str, users: list[int], rate: float, warm: int) -> dict[str, Any]:
+async def _load(
+    port: int, target: str, users: list[int], rate: float, warm: int, pool_size: int = POOL
+) -> dict[str, Any]:
     """Send ``len(users)`` requests at ``rate``/s; latencies of those after ``warm``."""
     path, bodies, good, bad = _requests(target, users)
     clock = time.perf_counter  # uvloop's loop.time() only has millisecond resolution
     pool: asyncio.Queue[_Conn] = asyncio.Queue()
-    for _ in range(POOL):
+    for _ in range(pool_size):
         pool.put_nowait(_Conn(port))
     n = len(users)
     latency = np.full(n, np.nan)  # scheduled send -> response complete, seconds
     service = np.full(n, np.nan)  # request written -> response complete
     lag = np.full(n, np.nan)  # scheduled send -> request written (timer, client, pool wait)
     errors: dict[str, int] = {}
+    shed = np.zeros(n, dtype=bool)  # answered 503 with Retry-After: load shed, not an error
 
     def fail(kind: str) -> None:
         errors[kind] = errors.get(kind, 0) + 1
@@ -153,7 +161,9 @@ async def _load(port: int, target: str, users: list[int], rate: float, warm: int
         done = clock()
         latency[i] = done - due
         service[i] = done - sent
-        if status != 200:
+        if status == 503 and b"overloaded" in payload:
+            shed[i] = True
+        elif status != 200:
             fail(f"HTTP {status}")
         elif good not in payload or bad in payload:
             fail("wrong body")
@@ -176,8 +186,10 @@ async def _load(port: int, target: str, users: list[int], rate: float, warm: int
     while not pool.empty():
         pool.get_nowait().close()
     kept = slice(warm, n)
+    answered = ~shed[kept]
     return {
-        "latency_s": latency[kept].tolist(),
+        "latency_s": latency[kept][answered].tolist(),
+        "shed": int(shed[kept].sum()),
         "service_s": service[kept].tolist(),
         "lag_s": lag[kept].tolist(),
         "errors": errors,
@@ -195,7 +207,7 @@ def loadgen_main(args: argparse.Namespace) -> int:
     warm = int(args.rate * args.warmup)
     n = warm + int(args.rate * args.seconds)
     users = rng.integers(1, args.users + 1, size=n).tolist()
-    result = asyncio.run(_load(args.port, args.target, users, args.rate, warm))
+    result = asyncio.run(_load(args.port, args.target, users, args.rate, warm, args.pool))
     Path(args.out).write_text(json.dumps(result))
     return 0
 
@@ -254,6 +266,8 @@ def _run_load(
         str(args.users),
         "--seed",
         str(seed),
+        "--pool",
+        str(args.pool),
         "--out",
         str(out),
     ]
@@ -286,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--publish", action="store_true", help="publish predictions (Tansu)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool", type=int, default=POOL, help="keep-alive connections")
+    parser.add_argument("--only", choices=["featflow"], help="load featflow alone (overload)")
     # internal: the load-generator child
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--target", choices=["featflow", "feast"], help=argparse.SUPPRESS)
@@ -297,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
 
     flags = (
         f"--rate {args.rate:g} --seconds {args.seconds:g} --warmup {args.warmup:g} "
-        f"--rounds {args.rounds} --users {args.users}" + (" --publish" if args.publish else "")
+        f"--rounds {args.rounds} --users {args.users}"
+        + (" --publish" if args.publish else "")
+        + (f" --pool {args.pool}" if args.pool != POOL else "")
+        + (f" --only {args.only}" if args.only else "")
     )
     header("HTTP load: featflow /predict vs feast serve", __doc__.split("\n\n")[1] + "\n" + flags)
     bindir = Path(sys.executable).parent
@@ -335,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                 ServerProcess("feast serve", feast_argv, feast_port, scratch / "feast.log"),
             ),
         }
+        if args.only:
+            servers = {args.only: servers[args.only]}
         for _, (port, proc) in servers.items():
             stack.enter_context(_started(proc, f"http://127.0.0.1:{port}/health"))
 
@@ -347,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                 s = _stats(result["latency_s"])
                 print(
                     f"  {target} round {r + 1}: p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms, "
-                    f"errors {sum(result['errors'].values())}",
+                    f"errors {sum(result['errors'].values())}, shed {result['shed']}",
                     flush=True,
                 )
         ff_metrics = httpx.get(f"http://127.0.0.1:{ff_port}/metrics", timeout=5).text
@@ -374,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                 svc["p99"],
                 lag["p99"],
                 f"{errs}" + (f" ({detail})" if detail else ""),
+                str(result["shed"]),
             ]
         )
         bucket = pooled.setdefault(target, {"latency_s": [], "service_s": [], "errors": []})
@@ -396,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                 _stats(bucket["service_s"])["p99"],
                 "",
                 str(sum(bucket["errors"])),
+                "",
             ]
         )
     heads = ["server", "round", "req/s sent", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms"]
@@ -405,8 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         "p99 from write ms",
         "client lag p99 ms",
         "errors (incl. warm-up)",
+        "shed (503)",
     ]
-    ff, fe = _stats(pooled["featflow"]["latency_s"]), _stats(pooled["feast"]["latency_s"])
+    ff = _stats(pooled["featflow"]["latency_s"])
+    fe = _stats(pooled["feast"]["latency_s"]) if "feast" in pooled else None
     report = [
         f"`python -m benchmarks.http_load {flags}`; featflow "
         + ("publishes predictions to Tansu" if args.publish else "runs with --no-publish"),
@@ -417,10 +442,13 @@ def main(argv: list[str] | None = None) -> int:
         "response; 'from write' starts when the request was written instead; 'client lag' is "
         "scheduled -> written (the generator's timer granularity, ~1 ms with uvloop, and its "
         "own CPU stalls).",
-        "",
-        f"featflow / Feast (pooled): p50 {ff['p50'] / fe['p50']:.2f}, "
-        f"p99 {ff['p99'] / fe['p99']:.2f}, max {ff['max'] / fe['max']:.2f}",
     ]
+    if fe is not None:
+        report += [
+            "",
+            f"featflow / Feast (pooled): p50 {ff['p50'] / fe['p50']:.2f}, "
+            f"p99 {ff['p99'] / fe['p99']:.2f}, max {ff['max'] / fe['max']:.2f}",
+        ]
     handler = [ln for ln in ff_metrics.splitlines() if ln.startswith("featflow_predict_latency")]
     count = next((ln for ln in handler if "_count" in ln), None)
     total = next((ln for ln in handler if "_sum" in ln), None)
@@ -431,12 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     verdict(
         "featflow /predict p99 under load (ms)", ff["p99"], TARGET_P99_MS, higher_is_better=False
     )
-    verdict(
-        "featflow /predict p99 / feast serve p99",
-        ff["p99"] / fe["p99"],
-        TARGET_RATIO,
-        higher_is_better=False,
-    )
+    if fe is not None:
+        verdict(
+            "featflow /predict p99 / feast serve p99",
+            ff["p99"] / fe["p99"],
+            TARGET_RATIO,
+            higher_is_better=False,
+        )
     errors = sum(sum(b["errors"]) for b in pooled.values())
     return 1 if errors else 0
 

@@ -558,6 +558,7 @@ def serve(config: str | None, host: str, port: int, no_publish: bool) -> None:
         transactions=None if replica is None else replica.peek,
         transactions_lag=None if replica is None else replica.lag,
         rules=settings.event_rules, lateness_ms=settings.lateness_ms, tokens=tokens,
+        max_inflight=settings.serve_max_inflight,
     )  # fmt: skip
     try:
         AnnouncedServer(

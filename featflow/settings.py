@@ -95,6 +95,10 @@ class Settings(BaseSettings):
         "all", description="Which stream workers a worker process runs."
     )
 
+    serve_max_inflight: int = Field(
+        64, ge=1, description="/predict requests in flight before the next is shed (503)."
+    )
+
     # Bearer tokens of featflow serve's scopes (inference/auth.py), from the environment or a
     # file each; a scope without one is open. Secret: never in a repr or a log line.
     predict_token: SecretStr | None = None

@@ -238,6 +238,7 @@ class Champion(BaseModel):
     champion: str
 
 
+DEFAULT_MAX_INFLIGHT = 64  # /predict requests in flight before the next is shed (503)
 _RETRY_AFTER = {"Retry-After": "1"}  # seconds: a store outage is retried by the client
 _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": Unavailable, "description": "A bearer token is needed (or is unknown)."},
@@ -253,6 +254,7 @@ class _Metrics:
     found: Counter
     looked_up: Counter
     model: Gauge
+    shed: Counter
 
 
 def _metrics() -> _Metrics:
@@ -269,6 +271,11 @@ def _metrics() -> _Metrics:
         Counter("featflow_features_found", "Users whose features were found.", registry=reg),
         Counter("featflow_features_requested", "Users looked up.", registry=reg),
         Gauge("featflow_model_info", "Serving model version (value 1).", ["version"], registry=reg),
+        Counter(
+            "featflow_predict_shed",
+            "Requests to /predict answered 503 at once: too many in flight.",
+            registry=reg,
+        ),
     )
 
 
@@ -297,6 +304,46 @@ class _CountRequests:
             await send(message)
 
         await self.app(scope, receive, counting_send)
+
+
+class _ShedLoad:
+    """Past ``limit`` requests to /predict in flight, answer 503 with ``Retry-After`` at
+    once rather than queue without bound: under overload every queued request would wait
+    longer than its caller, so the ones that can be answered in time are answered and the
+    rest are told to come back (what a load balancer or client retry policy acts on).
+
+    In flight means entered and not yet answered: the scoring itself holds the event loop,
+    so requests wait between reading their body and their turn, and that wait is this
+    count. Counted in ``featflow_predict_shed_total``."""
+
+    def __init__(self, app: ASGIApp, limit: int, shed: Counter) -> None:
+        self.app = app
+        self.limit = limit
+        self.shed = shed
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/predict":
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.limit:
+            self.shed.inc()
+            body = _encoder.encode(
+                {"detail": f"overloaded: {self.inflight} requests in flight; retry after 1 s"}
+            )
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+            ]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
 
 
 def _refuse(status: int, field: str, value: object, why: str) -> None:
@@ -407,6 +454,7 @@ def create_app(
     rules: EventRules = EventRules(),
     lateness_ms: int = DEFAULT_LATENESS_MS,
     tokens: Tokens = OPEN,
+    max_inflight: int = DEFAULT_MAX_INFLIGHT,
 ) -> FastAPI:
     """The FastAPI app over a predictor, the user and merchant feature readers and an
     optional publisher; the registry is re-read every ``refresh_interval_s``; ``tokens``
@@ -451,7 +499,8 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(_CountRequests, counter=metrics.requests)
+    app.add_middleware(_ShedLoad, limit=max_inflight, shed=metrics.shed)
+    app.add_middleware(_CountRequests, counter=metrics.requests)  # outermost: counts the shed
 
     @app.post(
         "/predict",
@@ -652,6 +701,7 @@ def build_app(
     rules: EventRules = EventRules(),
     lateness_ms: int = DEFAULT_LATENESS_MS,
     tokens: Tokens = OPEN,
+    max_inflight: int = DEFAULT_MAX_INFLIGHT,
 ) -> FastAPI:
     """The service over ``stores``: the registry's champion scoring features read from the
     configured online store (or, for a transaction, from ``transactions``); predictions go
@@ -666,4 +716,5 @@ def build_app(
     return create_app(
         predictor, reader, MerchantReader(store), publisher, transactions=transactions,
         transactions_lag=transactions_lag, rules=rules, lateness_ms=lateness_ms, tokens=tokens,
+        max_inflight=max_inflight,
     )  # fmt: skip

@@ -101,13 +101,14 @@ def _app(
     interval: float = 1.0,
     transactions: Transactions | None = None,
     tokens: Tokens = OPEN,
+    max_inflight: int = 64,
 ):
     store = apply_repo(settings.stores)
     predictor = Predictor(ModelRegistry(settings.stores.models_dir), SCORING_FEATURES)
     reader = open_online(store, DEFAULT_FEATURES)
     return create_app(
         predictor, reader, MerchantReader(store), publisher, refresh_interval_s=interval,
-        transactions=transactions, tokens=tokens,
+        transactions=transactions, tokens=tokens, max_inflight=max_inflight,
     )  # fmt: skip
 
 
@@ -479,3 +480,28 @@ def test_documented_user_id_range_is_exactly_int64(tmp_path: Path) -> None:
             assert _admits(single, n) is valid and _admits(batch, n) is valid, n
             status = client.post("/predict", json={"user_id": n}).status_code
             assert status == (200 if valid else 422), n
+
+
+def test_past_capacity_predict_sheds_with_503_and_retry_after(tmp_path: Path) -> None:
+    """64 requests at once against a limit of 2 in flight: the excess is answered 503 with
+    Retry-After at once (counted on /metrics), the rest 200; nothing else, nothing hangs."""
+    import asyncio
+
+    settings = Settings(home=tmp_path)
+    _setup(settings)
+
+    async def burst(url: str) -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+            body = {"user_id": int(USERS[0])}
+            return await asyncio.gather(*(client.post("/predict", json=body) for _ in range(64)))
+
+    with _serve(_app(settings, max_inflight=2)) as url:
+        answers = asyncio.run(burst(url))
+        metrics = httpx.get(f"{url}/metrics").text
+    codes = [a.status_code for a in answers]
+    assert set(codes) == {200, 503}, codes
+    shed = [a for a in answers if a.status_code == 503]
+    assert all(a.headers["retry-after"] == "1" for a in shed)
+    assert all(a.json()["detail"].startswith("overloaded: 2 requests in flight") for a in shed)
+    assert f"featflow_predict_shed_total {float(len(shed))}" in metrics
