@@ -199,7 +199,7 @@ class Watcher:
 
         self.settings = settings
         self.history = ModelEvents(settings.stores.models_dir)
-        self.consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+        self.consumer = KafkaConsumer(**settings.kafka.python_args())
         tp = TopicPartition(settings.monitoring_topic, 0)
         self.consumer.assign([tp])
         self.consumer.seek_to_end(tp)

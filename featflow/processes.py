@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from featflow.settings import Settings
 from infra.process import die_with_parent
 
@@ -23,6 +25,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env["FEATFLOW_LOGLEVEL"] = os.environ.get("FEATFLOW_LOGLEVEL", "warn")
     env.setdefault("PYTHONFAULTHANDLER", "1")  # a crash in native code still leaves a trace
     for name, value in settings.model_dump().items():
+        if isinstance(value, SecretStr):  # str() would be its mask
+            value = value.get_secret_value()
         if value is not None:  # unset stays unset (str(None) would be a value)
             env[f"FEATFLOW_{name.upper()}"] = str(value)
     return env

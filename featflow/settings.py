@@ -99,6 +99,23 @@ class Settings(BaseSettings):
         64, ge=1, description="/predict requests in flight before the next is shed (503)."
     )
 
+    # How every Kafka client authenticates (infra.config.KafkaConfig). The password, like
+    # every secret here, comes from the environment or a file and never shows in a repr
+    # or a log line.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: Path | None = None
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for the brokers' TLS.")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (mTLS).")
+    kafka_ssl_keyfile: Path | None = None
+    # Redis AUTH password (Feast's repo reads it from $FEATFLOW_REDIS_PASSWORD, never from
+    # a file on disk) and, for a rediss:// URL, the CA bundle that verifies the server.
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = None
+    redis_ca_file: Path | None = None
+
     # Bearer tokens of featflow serve's scopes (inference/auth.py), from the environment or a
     # file each; a scope without one is open. Secret: never in a repr or a log line.
     predict_token: SecretStr | None = None
@@ -152,29 +169,47 @@ class Settings(BaseSettings):
         """Precedence: keyword arguments, then ``FEATFLOW_*`` variables, then the YAML file."""
         return init_settings, env_settings, _YamlSource(settings_cls)
 
+    def secret(self, name: str) -> str | None:
+        """The secret setting ``name``: its variable's value, or the first line of the file
+        ``<name>_file`` names; None if neither is set."""
+        value: SecretStr | None = getattr(self, name)
+        path: Path | None = getattr(self, f"{name}_file")
+        if path is None:
+            return None if value is None else value.get_secret_value()
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"{name}_file {path}: {exc.strerror}") from None
+        secret = lines[0].strip() if lines else ""
+        # both set is a mistake, unless the variable is the file's (Feast's repo reads
+        # the Redis password from its variable, so featflow exports it)
+        if value is not None and value.get_secret_value() != secret:
+            raise ValueError(f"set {name} or {name}_file, not both")
+        return secret
+
     @property
     def tokens(self) -> Tokens:
         """Each scope's token: the variable's, or the first line of its file."""
-        found: dict[str, str | None] = {}
-        for scope in ("predict", "metrics", "admin"):
-            value: SecretStr | None = getattr(self, f"{scope}_token")
-            path: Path | None = getattr(self, f"{scope}_token_file")
-            if value is not None and path is not None:
-                raise ValueError(f"set {scope}_token or {scope}_token_file, not both")
-            if path is not None:
-                try:
-                    lines = path.read_text().splitlines()
-                except OSError as exc:
-                    raise ValueError(f"{scope}_token_file {path}: {exc.strerror}") from None
-                found[scope] = lines[0].strip() if lines else ""
-            else:
-                found[scope] = None if value is None else value.get_secret_value()
-        return Tokens(**found)
+        return Tokens(**{s: self.secret(f"{s}_token") for s in ("predict", "metrics", "admin")})
 
     @property
     def kafka(self) -> KafkaConfig:
-        """Where the broker is, for every Kafka client."""
-        return KafkaConfig(self.kafka_bootstrap, self.connect_timeout_s)
+        """Where the broker is and how to authenticate, for every Kafka client."""
+
+        def path(value: Path | None) -> str | None:
+            return None if value is None else str(value)
+
+        return KafkaConfig(
+            self.kafka_bootstrap,
+            self.connect_timeout_s,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.secret("kafka_sasl_password"),
+            ssl_cafile=path(self.kafka_ssl_cafile),
+            ssl_certfile=path(self.kafka_ssl_certfile),
+            ssl_keyfile=path(self.kafka_ssl_keyfile),
+        )
 
     @property
     def topics(self) -> Topics:
@@ -193,7 +228,13 @@ class Settings(BaseSettings):
     @property
     def stores(self) -> Stores:
         """Where the stores, checkpoints and models live."""
-        return Stores(self.home, self.online_store, self.redis_timeout_s)
+        return Stores(
+            self.home,
+            self.online_store,
+            self.redis_timeout_s,
+            redis_password=self.secret("redis_password"),
+            redis_ca_file=None if self.redis_ca_file is None else str(self.redis_ca_file),
+        )
 
     @property
     def lateness_ms(self) -> int:

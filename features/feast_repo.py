@@ -9,6 +9,7 @@ executing exactly the file it wrote.
 
 from __future__ import annotations
 
+import os
 import runpy
 from collections.abc import Sequence
 from dataclasses import replace
@@ -32,6 +33,9 @@ PUSH_SOURCE = USER.push_source
 TIMESTAMP_FIELD = "event_timestamp"
 #: Feast's entity key serialization version. Tests pin the online key layout it implies.
 ENTITY_KEY_SERIALIZATION_VERSION = 3
+#: Where Feast's repo takes the Redis password from (expanded when it reads the YAML).
+REDIS_PASSWORD_VARIABLE = "FEATFLOW_REDIS_PASSWORD"
+
 #: Columns every offline row carries besides the features, for replay de-duplication.
 OFFLINE_EXTRA_COLUMNS = ("event_id", "kafka_partition", "kafka_offset")
 
@@ -61,8 +65,10 @@ def feature_store_yaml(stores: Stores) -> dict[str, object]:
 
 
 def _redis_connection_string(stores: Stores) -> str:
-    """Feast's redis connection string form: ``host:port[,db=N][,ssl=true],socket_timeout=S,
-    socket_connect_timeout=S`` (Feast hands each ``key=value`` to redis-py as JSON)."""
+    """Feast's redis connection string form: ``host:port[,db=N][,ssl=true,ssl_ca_certs=F]
+    [,password=${FEATFLOW_REDIS_PASSWORD}],socket_timeout=S,socket_connect_timeout=S``
+    (Feast hands each ``key=value`` to redis-py, as JSON where it parses). The password is
+    the variable's name, which Feast expands when it reads the file: no secret on disk."""
     from urllib.parse import urlparse
 
     url = urlparse(stores.online_store)
@@ -70,10 +76,14 @@ def _redis_connection_string(stores: Stores) -> str:
     db = url.path.strip("/")
     if db:
         parts.append(f"db={db}")
-    if url.password:
-        parts.append(f"password={url.password}")
+    if stores.redis_password is not None:
+        if "," in stores.redis_password:
+            raise ValueError("the Redis password must not contain ',' (Feast splits on it)")
+        parts.append(f"password=${{{REDIS_PASSWORD_VARIABLE}}}")
     if url.scheme == "rediss":
         parts.append("ssl=true")
+        if stores.redis_ca_file:
+            parts.append(f"ssl_ca_certs={stores.redis_ca_file}")
     timeout = stores.redis_timeout_s
     parts += [f"socket_timeout={timeout}", f"socket_connect_timeout={timeout}"]
     return ",".join(parts)
@@ -168,6 +178,7 @@ def apply_repo(stores: Stores, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES) 
     from feast import Entity, FeatureStore, FeatureView, FileSource, PushSource
 
     repo = write_repo(stores, specs)
+    _export_password(stores)
     namespace = runpy.run_path(str(repo / "features.py"))
     objects = [
         value
@@ -183,4 +194,12 @@ def open_store(stores: Stores) -> FeatureStore:
     """The Feast store for an applied repo (``apply_repo`` must have run once)."""
     from feast import FeatureStore
 
+    _export_password(stores)
     return FeatureStore(repo_path=str(stores.feature_repo))
+
+
+def _export_password(stores: Stores) -> None:
+    """Put the Redis password where the repo's ``feature_store.yaml`` names it (it may have
+    come from a file): this process's environment, which Feast expands."""
+    if stores.redis_password is not None:
+        os.environ[REDIS_PASSWORD_VARIABLE] = stores.redis_password

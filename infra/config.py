@@ -13,7 +13,8 @@ must agree on (a topic name, where a store lives) is defined here, once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -21,13 +22,19 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
 def check_online_store(value: str) -> str:
-    """``value`` if it names an online store featflow can use, else ``ValueError``.
+    """``value`` if it names an online store featflow can use, else ``ValueError``; a URL
+    must not carry a password (it would show wherever the URL does).
 
     >>> check_online_store("sqlite")
     'sqlite'
     """
     if value != "sqlite" and not value.startswith(("redis://", "rediss://")):
         raise ValueError("online_store must be 'sqlite' or a redis:// URL")
+    if "@" in value:
+        raise ValueError(
+            "online_store must not carry credentials: set FEATFLOW_REDIS_PASSWORD or "
+            "FEATFLOW_REDIS_PASSWORD_FILE instead"
+        )
     return value
 
 
@@ -36,12 +43,107 @@ def check_online_store(value: str) -> str:
 PARTITION_FETCH_BYTES = 4 * 1024 * 1024
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaConfig:
-    """Where the broker is and how long a new client waits for it to answer."""
+    """Where the broker is, how long a new client waits for it to answer, and how clients
+    authenticate: every Kafka client featflow makes is built from :meth:`python_args`
+    (kafka-python), :meth:`aio_args` (aiokafka) or :meth:`faust_credentials`, so a setting
+    reaches all of them (worker, monitor, trainer, server, CLI).
+
+    >>> KafkaConfig("b:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+    ...             sasl_username="u", sasl_password="p").python_args()["sasl_mechanism"]
+    'SCRAM-SHA-512'
+    >>> "s3cr3t" in repr(KafkaConfig(sasl_password="s3cr3t"))
+    False
+    """
 
     bootstrap: str = DEFAULT_BOOTSTRAP
     connect_timeout_s: float = 5.0
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None  # CA bundle to verify the brokers (else the system's)
+    ssl_certfile: str | None = None  # client certificate (mutual TLS)
+    ssl_keyfile: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(f"{self.security_protocol} needs a SASL mechanism, user and password")
+
+    @property
+    def sasl(self) -> bool:
+        """Whether clients authenticate with SASL."""
+        return self.security_protocol.startswith("SASL")
+
+    @property
+    def tls(self) -> bool:
+        """Whether clients speak TLS to the brokers."""
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def python_args(self) -> dict[str, object]:
+        """Keyword arguments for a kafka-python client."""
+        args: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl:
+            args |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.sasl_username,
+                "sasl_plain_password": self.sasl_password,
+            }
+        if self.tls:
+            args |= {
+                "ssl_cafile": self.ssl_cafile,
+                "ssl_certfile": self.ssl_certfile,
+                "ssl_keyfile": self.ssl_keyfile,
+            }
+        return args
+
+    def aio_args(self) -> dict[str, object]:
+        """Keyword arguments for an aiokafka client."""
+        args: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl:
+            args |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.sasl_username,
+                "sasl_plain_password": self.sasl_password,
+            }
+        if self.tls:
+            args["ssl_context"] = self.ssl_context()
+        return args
+
+    def faust_credentials(self) -> object | None:
+        """faust's ``broker_credentials`` (None for PLAINTEXT)."""
+        import faust
+
+        if self.sasl:
+            return faust.SASLCredentials(
+                username=self.sasl_username,
+                password=self.sasl_password,
+                mechanism=self.sasl_mechanism,
+                ssl_context=self.ssl_context() if self.tls else None,
+            )
+        if self.tls:
+            return faust.SSLCredentials(self.ssl_context())
+        return None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context for the brokers: the CA bundle, and the client certificate."""
+        context = ssl.create_default_context(cafile=self.ssl_cafile)
+        if self.ssl_certfile:
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        return context
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +220,8 @@ class Stores:
     # how long a Redis command may take (connect included) before the store counts as
     # unavailable: /predict answers 503 then, a worker retries (never a hung request)
     redis_timeout_s: float = 1.0
+    redis_password: str | None = field(default=None, repr=False)  # Redis AUTH
+    redis_ca_file: str | None = None  # verifies a rediss:// server's certificate
 
     def __post_init__(self) -> None:
         check_online_store(self.online_store)

@@ -95,7 +95,7 @@ def already_sent(
     if not after:
         return set()
     consumer = KafkaConsumer(
-        bootstrap_servers=kafka.bootstrap,
+        **kafka.python_args(),
         enable_auto_commit=False,
         **client_timeouts(kafka.connect_timeout_s),
     )

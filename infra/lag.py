@@ -55,7 +55,7 @@ def group_lag(kafka: KafkaConfig, group: str, topic: str) -> int:
     """Records in ``topic`` not yet covered by consumer ``group``'s committed offsets."""
     # A consumer that never subscribes only reads the group's offsets; it does not join it.
     consumer = KafkaConsumer(
-        bootstrap_servers=kafka.bootstrap,
+        **kafka.python_args(),
         group_id=group,
         enable_auto_commit=False,
     )

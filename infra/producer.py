@@ -18,7 +18,7 @@ def make_producer(kafka: KafkaConfig) -> KafkaProducer:
     # Bootstrap gives up after connect_timeout_s; max_block_ms stays at its default,
     # as it also bounds waiting for buffer space, where a slow broker is not a missing one.
     return KafkaProducer(
-        bootstrap_servers=kafka.bootstrap,
+        **kafka.python_args(),
         acks="all",
         linger_ms=5,
         batch_size=256 * 1024,

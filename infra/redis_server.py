@@ -24,8 +24,11 @@ def redis_binary() -> str:
     return str(get_binary_path())
 
 
-def embedded_redis(port: int | None = None, log_path: Path | None = None) -> ServerProcess:
-    """An unstarted Redis server on 127.0.0.1 without persistence."""
+def embedded_redis(
+    port: int | None = None, log_path: Path | None = None, password: str | None = None
+) -> ServerProcess:
+    """An unstarted Redis server on 127.0.0.1 without persistence (``password``: AUTH
+    required; on its command line, so for tests only)."""
     port = port or free_port()
     argv = [
         redis_binary(),
@@ -39,5 +42,6 @@ def embedded_redis(port: int | None = None, log_path: Path | None = None) -> Ser
         "no",
         "--protected-mode",
         "no",
+        *(["--requirepass", password] if password else []),
     ]
     return ServerProcess("redis", argv, port, log_path)

@@ -72,7 +72,7 @@ def ensure_topics(kafka: KafkaConfig, topics: Topics, timeout: float | None = No
         left = max(deadline - time.monotonic(), 0.1)
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=kafka.bootstrap,
+                **kafka.python_args(),
                 client_id="featflow-admin",
                 **client_timeouts(left),
             )

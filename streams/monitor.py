@@ -111,10 +111,10 @@ class Monitor:
         cfg = self.config
         await asyncio.to_thread(ensure_topics, cfg.kafka, cfg.topics)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False, group_id=None,
+            **cfg.kafka.aio_args(), enable_auto_commit=False, group_id=None,
             max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
         )  # fmt: skip
-        self._producer = AIOKafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, linger_ms=5)
+        self._producer = AIOKafkaProducer(**cfg.kafka.aio_args(), linger_ms=5)
         await self._consumer.start()
         await self._producer.start()
         web = await self._start_web() if cfg.web_port else None

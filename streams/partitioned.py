@@ -160,7 +160,7 @@ class PartitionedWorker(ABC, Generic[P, E]):
         from kafka import KafkaConsumer
         from kafka import TopicPartition as KafkaTopicPartition
 
-        probe = KafkaConsumer(bootstrap_servers=self.config.kafka.bootstrap)
+        probe = KafkaConsumer(**self.config.kafka.python_args())
         try:
             ktp = KafkaTopicPartition(tp.topic, tp.partition)
             return log_end_offsets(probe, [ktp])[ktp]
@@ -188,10 +188,10 @@ class PartitionedWorker(ABC, Generic[P, E]):
         config = self.config
         await asyncio.to_thread(ensure_topics, config.kafka, config.topics)
         await self.prepare()
-        self._producer = AIOKafkaProducer(bootstrap_servers=config.kafka.bootstrap, acks="all")
+        self._producer = AIOKafkaProducer(**config.kafka.aio_args(), acks="all")
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=config.kafka.bootstrap,
+            **config.kafka.aio_args(),
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -82,7 +82,7 @@ class FeatureReplica:
         from kafka import KafkaConsumer, TopicPartition
 
         consumer = KafkaConsumer(
-            bootstrap_servers=self._kafka.bootstrap,
+            **self._kafka.python_args(),
             enable_auto_commit=False,
             request_timeout_ms=int(max(self._kafka.connect_timeout_s, 1.0) * 6000),
             max_partition_fetch_bytes=4 << 20,

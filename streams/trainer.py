@@ -75,9 +75,9 @@ class Trainer:
         cfg = self.config
         await asyncio.to_thread(ensure_topics, cfg.kafka, cfg.topics)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.kafka.bootstrap, enable_auto_commit=False, group_id=None
+            **cfg.kafka.aio_args(), enable_auto_commit=False, group_id=None
         )
-        self._producer = AIOKafkaProducer(bootstrap_servers=cfg.kafka.bootstrap, linger_ms=5)
+        self._producer = AIOKafkaProducer(**cfg.kafka.aio_args(), linger_ms=5)
         await self._consumer.start()
         await self._producer.start()
         try:
@@ -236,7 +236,7 @@ class Trainer:
         record's row (0 when empty or when that row is not in the history)."""
         tp = TopicPartition(self.config.topics.model_events, 0)
         reader = AIOKafkaConsumer(
-            bootstrap_servers=self.config.kafka.bootstrap, enable_auto_commit=False, group_id=None
+            **self.config.kafka.aio_args(), enable_auto_commit=False, group_id=None
         )
         await reader.start()
         try:

@@ -230,9 +230,11 @@ def build_app(config: WorkerConfig, specs: Sequence[FeatureSpec] = DEFAULT_FEATU
     app = faust.App(
         f"{config.group}-faust",  # its own group: the DLQ watcher
         broker=f"kafka://{config.kafka.bootstrap}",
+        broker_credentials=config.kafka.faust_credentials(),
         datadir=str(config.stores.faust_dir),
         web_enabled=config.web_port > 0,
         web_port=max(config.web_port, 1),
+        web_bind="127.0.0.1",  # where it listens (web_host is only the advertised name)
         web_host="127.0.0.1",
         topic_disable_leader=True,
         broker_session_timeout=config.session_timeout_s,

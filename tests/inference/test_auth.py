@@ -115,9 +115,12 @@ def test_tokens_are_checked_when_configured(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, admin_token_file=secret, predict_token=PREDICT)
     assert settings.tokens == Tokens(predict=PREDICT, admin=ADMIN)
     assert PREDICT not in repr(settings) and ADMIN not in repr(settings.tokens)
-    both = Settings(home=tmp_path, admin_token_file=secret, admin_token=ADMIN)
+    both = Settings(home=tmp_path, admin_token_file=secret, admin_token=ADMIN + "x")
     with pytest.raises(ValueError, match="not both"):
         _ = both.tokens
+    # the same secret from both (featflow exports a file's secret where Feast reads it)
+    same = Settings(home=tmp_path, admin_token_file=secret, admin_token=ADMIN)
+    assert same.tokens.admin == ADMIN
 
 
 def test_serve_never_logs_a_token(tmp_path: Path) -> None:
