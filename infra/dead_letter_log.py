@@ -15,6 +15,7 @@ The position may be low (the embedded broker reports ends a batch short, see
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
 
 log = logging.getLogger(__name__)
+
+READ_BACK_TIMEOUT_S = 120.0  # one attempt at reading a DLQ's tail
 
 # Every DLQ has one partition (``Topics.catalogue``): one order to read back.
 DLQ_PARTITION = 0
@@ -83,17 +86,44 @@ def already_sent(
     start: int,
     source_topic: str,
     after: Mapping[int, int],
-    timeout_s: float = 120.0,
+    stop: threading.Event | None = None,
 ) -> set[tuple[int, int]]:
     """``(partition, offset)`` of the records of ``source_topic`` whose dead letter ``dlq``
     holds at or after position ``start``, for each partition ``p`` in ``after`` only past
-    offset ``after[p]`` (what a replay will meet again)."""
+    offset ``after[p]`` (what a replay will meet again).
+
+    A replay must not start without this answer, so a broker that does not answer is
+    retried (1 s doubling to 10 s, a warning each time) until it does, or until ``stop`` is
+    set (then ``TimeoutError``): a broker silent during a rebalance once stopped the worker.
+    """
+    from kafka.errors import KafkaError
+
+    if not after:
+        return set()
+    stop = stop or threading.Event()  # never set: wait for the broker
+    pause = 1.0
+    while True:
+        try:
+            seen = _read_back(kafka, dlq, start, source_topic, after)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.warning("%s not readable (%s): retrying in %.0f s", dlq, exc, pause)
+            if stop.wait(pause):
+                raise TimeoutError(f"stopped before {dlq} could be read back") from exc
+            pause = min(pause * 2, 10.0)
+            continue
+        if seen:  # only after an unclean stop: a clean one checkpoints what it processed
+            msg = "%d dead letters of the replay already in %s: not sent again"
+            log.warning(msg, len(seen), dlq)
+        return seen
+
+
+def _read_back(
+    kafka: KafkaConfig, dlq: str, start: int, source_topic: str, after: Mapping[int, int]
+) -> set[tuple[int, int]]:
     from kafka import KafkaConsumer, TopicPartition
 
     from infra.lag import log_end_offsets
 
-    if not after:
-        return set()
     consumer = KafkaConsumer(
         **kafka.python_args(),
         enable_auto_commit=False,
@@ -104,10 +134,10 @@ def already_sent(
         end = log_end_offsets(consumer, [tp])[tp]
         seen: set[tuple[int, int]] = set()
         consumer.seek(tp, max(start, 0))
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + READ_BACK_TIMEOUT_S
         while consumer.position(tp) < end:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{dlq} not read back to offset {end} in {timeout_s} s")
+                raise TimeoutError(f"not read back to offset {end} in {READ_BACK_TIMEOUT_S} s")
             for message in consumer.poll(timeout_ms=500).get(tp, []):
                 source = source_of(message.headers)
                 if source is None or source[0] != source_topic:
@@ -115,9 +145,6 @@ def already_sent(
                 _, partition, offset = source
                 if partition in after and offset > after[partition]:
                     seen.add((partition, offset))
-        if seen:  # only after an unclean stop: a clean one checkpoints what it processed
-            msg = "%d dead letters of the replay already in %s: not sent again"
-            log.warning(msg, len(seen), dlq)
         return seen
     finally:
         consumer.close()

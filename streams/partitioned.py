@@ -92,10 +92,10 @@ class PartitionedWorker(ABC, Generic[P, E]):
         # sends whose acknowledgement a checkpoint must wait for, but the next fetch need not
         self._unacked: list[asyncio.Future[object]] = []
         self._stopping = asyncio.Event()
-        # set on stop: a write retrying against a store that is down gives up (the
-        # checkpoint stays behind it, so a restart writes it again)
-        self._stop_writes = threading.Event()
-        self.store_retry = StoreRetry(self._stop_writes)
+        # set on stop: what waits in a thread for a store or the broker gives up (a write
+        # retrying: the checkpoint stays behind it; a DLQ read-back: no replay starts)
+        self._stop_waiting = threading.Event()
+        self.store_retry = StoreRetry(self._stop_waiting)
         self.started = asyncio.Event()  # set once the producer and stores are ready
         self.fatal: BaseException | None = None  # raised by run(): the worker must stop
 
@@ -152,8 +152,9 @@ class PartitionedWorker(ABC, Generic[P, E]):
             log.info("acquired %s-%d at offset %d", tp.topic, tp.partition, processor.offset)
         if replay_after:
             sent = await asyncio.to_thread(
-                already_sent, self.config.kafka, self.dlq, dlq_from or 0, self.topic, replay_after
-            )
+                already_sent, self.config.kafka, self.dlq, dlq_from or 0, self.topic,
+                replay_after, self._stop_waiting,
+            )  # fmt: skip
             self.letters_sent.add(self.topic, sent)
 
     def _log_end(self, tp: TopicPartition) -> int:
@@ -214,7 +215,7 @@ class PartitionedWorker(ABC, Generic[P, E]):
     async def stop(self) -> None:
         """Checkpoint every owned partition and close the Kafka clients."""
         self._stopping.set()
-        self._stop_writes.set()
+        self._stop_waiting.set()
         if self._consumer is not None:
             await self.release([TopicPartition(self.topic, p) for p in self.processors])
             await self._consumer.stop()
