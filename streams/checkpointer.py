@@ -63,6 +63,11 @@ class Checkpointable(Protocol):
 
 Commit = Callable[[str, int, int], Awaitable[bool]]  # (topic, partition, offset) -> committed?
 Mark = Callable[[], Awaitable[int]]  # the DLQ's position now (``Checkpoint.dlq_from``)
+Retry = Callable[[str, Callable[[], None]], None]  # (store, write): runs write until it works
+
+
+def _once(store: str, write: Callable[[], None]) -> None:
+    write()
 
 
 async def _no_dlq() -> int:
@@ -83,9 +88,11 @@ class Checkpointer:
         commit: Commit,
         clock: Callable[[], float] = time.monotonic,
         mark: Mark = _no_dlq,
+        retry: Retry = _once,
     ):
         self.store = store
         self.mark = mark
+        self.retry = retry  # a full or unwritable disk: wait for it rather than crash
         self.interval_s = interval_s
         self._commit = commit
         self._clock = clock
@@ -124,7 +131,8 @@ class Checkpointer:
         self._advance(processor.partition, processor.offset)
         state = processor.state.snapshot()
         checkpoint = Checkpoint(processor.offset, state, dlq_from)
-        self.store.save(processor.topic, processor.partition, checkpoint)
+        topic, partition = processor.topic, processor.partition
+        self.retry("checkpoint", lambda: self.store.save(topic, partition, checkpoint))
         self._last[processor.partition] = self._clock()
 
     async def maybe(
@@ -187,7 +195,7 @@ class Checkpointer:
         def write() -> None:
             self.store.save(topic, partition, dataclasses.replace(header, state=snapshot.encode()))
 
-        await asyncio.to_thread(write)
+        await asyncio.to_thread(self.retry, "checkpoint", write)
         await self._commit_offset(topic, partition, header.offset)
 
     async def _commit_offset(self, topic: str, partition: int, offset: int) -> None:

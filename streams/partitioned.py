@@ -83,8 +83,16 @@ class PartitionedWorker(ABC, Generic[P, E]):
         # Dead letters the DLQ acknowledged, by (source topic, reason): what operators count.
         self.dead_letters: collections.Counter[tuple[str, str]] = collections.Counter()
         self.letters_sent = LettersSent()  # replayed records whose letter the DLQ holds
+        # set on stop: what waits in a thread for a store or the broker gives up (a write
+        # retrying: the checkpoint stays behind it; a DLQ read-back: no replay starts)
+        self._stop_waiting = threading.Event()
+        self.store_retry = StoreRetry(self._stop_waiting)
         self.checkpointer = Checkpointer(
-            self.checkpoints, config.checkpoint_interval_s, self._commit, mark=self.dlq_end
+            self.checkpoints,
+            config.checkpoint_interval_s,
+            self._commit,
+            mark=self.dlq_end,
+            retry=self.store_retry.call,
         )
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -92,10 +100,6 @@ class PartitionedWorker(ABC, Generic[P, E]):
         # sends whose acknowledgement a checkpoint must wait for, but the next fetch need not
         self._unacked: list[asyncio.Future[object]] = []
         self._stopping = asyncio.Event()
-        # set on stop: what waits in a thread for a store or the broker gives up (a write
-        # retrying: the checkpoint stays behind it; a DLQ read-back: no replay starts)
-        self._stop_waiting = threading.Event()
-        self.store_retry = StoreRetry(self._stop_waiting)
         self.started = asyncio.Event()  # set once the producer and stores are ready
         self.fatal: BaseException | None = None  # raised by run(): the worker must stop
 

@@ -1,7 +1,8 @@
 """Redis stops answering for 10 s while events flow (SIGSTOP: connections hang, the hardest
 case for a client): the worker retries, shows the outage on ``/metrics``, loses nothing
 and catches up; ``/predict`` answers 503 with ``Retry-After`` within the store's timeout
-and ``/health`` says why, then both recover by themselves."""
+and ``/health`` says why, then both recover by themselves. Then the same for a home folder
+that stops taking files (a full or read-only disk)."""
 
 from __future__ import annotations
 
@@ -120,3 +121,58 @@ def test_redis_outage_mid_stream(settings: Settings, tmp_path: Path) -> None:
     )
     offline = read_offline(settings)
     assert sorted(offline["event_id"]) == sorted(expected.events.event_id)  # none lost
+
+
+def test_unwritable_home_mid_stream(settings: Settings, tmp_path: Path) -> None:
+    """The offline store's folder and the checkpoints' folder stop taking files for 6 s
+    while events flow (each replaced by a plain file: every write fails with an OSError, as
+    on a full or read-only disk, whatever the user): the worker retries, shows both on
+    /metrics, keeps its last good checkpoint, and resumes with nothing lost or doubled."""
+    web = free_port()
+    settings = settings.model_copy(update={"worker_web_port": web})
+    events = make_events(8_000, users=300, seed=22)
+    expected = oracle(events)
+    records = list(events.records())
+    ensure_topics(settings.kafka, settings.topics)
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log)
+    producer = threading.Thread(
+        target=publish,
+        args=(settings.kafka, settings.topics.events, records[1000:]),
+        kwargs={"rate": 500},
+    )
+    folders = [settings.stores.offline_dir, settings.stores.checkpoint_dir]
+    try:
+        publish(settings.kafka, settings.topics.events, records[:1000])
+        _until(lambda: any(settings.stores.offline_dir.glob("*.parquet")), 120, "no rows")
+        producer.start()
+        time.sleep(2.0)
+        for folder in folders:
+            folder.rename(folder.with_name(folder.name + ".away"))
+            folder.write_bytes(b"")  # a file where the folder was
+        try:
+            for store in ("offline", "checkpoint"):
+                _until(lambda s=store: _metric(web, f'featflow_store_up{{store="{s}"}}') == 0.0,
+                       30, f"the {store} outage did not show: " + _text(web))  # fmt: skip
+            time.sleep(6.0)
+            assert worker.poll() is None, log.read_text()[-3000:]
+        finally:
+            for folder in folders:
+                folder.unlink()
+                folder.with_name(folder.name + ".away").rename(folder)
+        producer.join()
+        wait_caught_up(settings, [worker], timeout=180)
+        for store in ("offline", "checkpoint"):
+            assert _metric(web, f'featflow_store_up{{store="{store}"}}') == 1.0
+    finally:
+        stop_process(worker)
+    assert "offline store unavailable, retrying" in log.read_text()
+    latest = expected.latest_per_user()
+    got = read_online(settings.stores, latest.index.tolist()).set_index("user_id")
+    np.testing.assert_allclose(
+        got[list(FEATURE_NAMES)].to_numpy(float),
+        latest[list(FEATURE_NAMES)].to_numpy(float),
+        rtol=1e-9,
+    )
+    offline = read_offline(settings)
+    assert sorted(offline["event_id"]) == sorted(expected.events.event_id)
