@@ -430,6 +430,8 @@ def backfill(
     click.echo(f"{result.table.num_rows} rows -> {output_path}")
     if rejects:
         click.echo(f"{len(result.rejected)} rejected {result.reasons()} -> {rejects}")
+    if result.duplicates:
+        click.echo(f"{result.duplicates} duplicates (an event_id their user already had): no row")
     if not no_store:
         from features.feast_repo import apply_repo
         from features.merchant_backfill import write_views

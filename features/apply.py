@@ -9,6 +9,10 @@ stores is sound, whatever the input:
 - a row with a non-finite feature is refused as ``out_of_range``: no store ever holds inf or
   NaN. Amounts are bounded (``EventRules.max_amount``) so this should never fire; it is
   the last line, tested by driving the kernels past the bound.
+
+Given the events' ids, a copy of an event its user already holds (a producer's retry) is
+a duplicate: no row, no refusal, listed in ``Applied.duplicates``
+(``features.kernels.dedupe``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from features.state import BatchResult, WindowState
+from features.state import BatchResult, WindowState, event_keys
 from infra.dead_letter import Reason
 from infra.events import EventBatch
 from infra.isolation import describe, isolate
@@ -32,6 +36,7 @@ class Applied:
     features: np.ndarray  # float64 [len(rows), F], all finite
     newest: np.ndarray  # bool [len(rows)]: each user's newest row (what the online store holds)
     refused: list[tuple[int, Reason, str]]  # (batch row, reason, detail), by row
+    duplicates: np.ndarray  # int64: batch rows that copy an event the user holds
 
     @staticmethod
     def merge(parts: list[tuple[np.ndarray, Applied]]) -> Applied:
@@ -44,25 +49,29 @@ class Applied:
         newest = np.concatenate([a.newest for _, a in parts])[order]
         refused = [(int(taken[r]), why, d) for taken, a in parts for r, why, d in a.refused]
         refused.sort(key=lambda r: r[0])
-        return Applied(rows[order], features, newest, refused)
+        duplicates = np.sort(np.concatenate([taken[a.duplicates] for taken, a in parts]))
+        return Applied(rows[order], features, newest, refused, duplicates.astype(np.int64))
 
 
 class Columns(NamedTuple):
-    """The four event columns the window state reads, in arrival order."""
+    """The event columns the window state reads, in arrival order; ``event_key`` (the
+    events' id keys, ``features.state.event_keys``) turns on duplicate detection."""
 
     user_id: np.ndarray  # int64
     event_time_ms: np.ndarray  # int64
     amount: np.ndarray  # float64
     merchant_id: np.ndarray  # int64
+    event_key: np.ndarray | None = None  # int64
 
     @staticmethod
     def of(batch: EventBatch) -> Columns:
-        """The columns of ``batch`` (no copy)."""
-        return Columns(batch.user_id, batch.event_time_ms, batch.amount, batch.merchant_id)
+        """The columns of ``batch`` (no copy), with its events' id keys."""
+        keys = event_keys(batch.user_id, batch.arrow_ids())
+        return Columns(batch.user_id, batch.event_time_ms, batch.amount, batch.merchant_id, keys)
 
     def take(self, rows: np.ndarray) -> Columns:
         """These rows (an index array), in the order given."""
-        return Columns(*(c[rows] for c in self))
+        return Columns(*(None if c is None else c[rows] for c in self))
 
 
 def apply_events(state: WindowState, batch: EventBatch | Columns) -> Applied:
@@ -71,7 +80,8 @@ def apply_events(state: WindowState, batch: EventBatch | Columns) -> Applied:
     refused: list[tuple[int, Reason, str]] = []
 
     def step(lo: int, hi: int) -> BatchResult:
-        return state.update(*(c[lo:hi] for c in cols))
+        keys = None if cols.event_key is None else cols.event_key[lo:hi]
+        return state.update(*(c[lo:hi] for c in cols[:4]), event_keys=keys)
 
     def failed(row: int, exc: Exception) -> None:
         refused.append((row, Reason.PROCESSING_ERROR, describe(exc)))
@@ -82,12 +92,13 @@ def apply_events(state: WindowState, batch: EventBatch | Columns) -> Applied:
         result = parts[0][2]
         rows = np.arange(n, dtype=np.int64)
         features, late, newest = result.features, result.late, result.latest_mask
+        dup = result.duplicate if result.duplicate is not None else np.zeros(n, dtype=bool)
         unheld = np.zeros(n, dtype=bool)
         for j, why in result.failed:
             unheld[j] = True
             refused.append((j, Reason.PROCESSING_ERROR, why))
     else:
-        rows, features, late, unheld, newest = _join(parts, cols, len(state.specs), refused)
+        rows, features, late, unheld, newest, dup = _join(parts, cols, len(state.specs), refused)
 
     lateness_s = state.lateness_ms / 1000
     for j in np.flatnonzero(late).tolist():
@@ -97,15 +108,16 @@ def apply_events(state: WindowState, batch: EventBatch | Columns) -> Applied:
         )
         refused.append((int(rows[j]), Reason.LATE, detail))
     finite = np.isfinite(features).all(axis=1)
-    for j in np.flatnonzero(~finite & ~late & ~unheld).tolist():
+    for j in np.flatnonzero(~finite & ~late & ~unheld & ~dup).tolist():
         col = int(np.flatnonzero(~np.isfinite(features[j]))[0])
         detail = f"feature {state.feature_names[col]} would be {features[j, col]}; not stored"
         refused.append((int(rows[j]), Reason.OUT_OF_RANGE, detail))
-    keep = finite & ~late & ~unheld
+    duplicates = rows[dup]
+    keep = finite & ~late & ~unheld & ~dup
     if not keep.all():
         rows, features, newest = rows[keep], features[keep], newest[keep]
     refused.sort(key=lambda r: r[0])
-    return Applied(rows, features, newest, refused)
+    return Applied(rows, features, newest, refused, duplicates)
 
 
 def _join(
@@ -113,11 +125,16 @@ def _join(
     cols: Columns,
     width: int,
     refused: list[tuple[int, Reason, str]],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, features, late, unheld, newest) of a batch applied in several updates."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, features, late, unheld, newest, duplicate) of a batch applied in several
+    updates."""
     rows = np.concatenate([np.arange(lo, hi) for lo, hi, _ in parts] + [np.empty(0, np.int64)])
     features = np.concatenate([r.features for *_, r in parts] + [np.empty((0, width))])
     late = np.concatenate([r.late for *_, r in parts] + [np.empty(0, bool)])
+    dup = np.concatenate(
+        [r.duplicate if r.duplicate is not None else np.zeros(len(r.late), bool) for *_, r in parts]
+        + [np.empty(0, bool)]
+    )
     tmax = np.concatenate([r.entity_max_time_ms for *_, r in parts] + [np.empty(0, np.int64)])
     unheld = np.zeros(len(rows), dtype=bool)
     start = 0
@@ -128,7 +145,7 @@ def _join(
         start += hi - lo
     rows = rows.astype(np.int64)
     users, times = cols.user_id[rows], cols.event_time_ms[rows]
-    return rows, features, late, unheld, _newest(users, times, late | unheld, tmax)
+    return rows, features, late, unheld, _newest(users, times, late | unheld | dup, tmax), dup
 
 
 def _newest(users: np.ndarray, times: np.ndarray, late: np.ndarray, tmax: np.ndarray) -> np.ndarray:

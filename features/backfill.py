@@ -36,6 +36,7 @@ class BackfillResult:
 
     table: pa.Table  # offline schema: kafka_partition = -1, kafka_offset = input row number
     rejected: list[DeadLetter]
+    duplicates: int = 0  # rows copying an event their user holds (same event_id): no row
 
     def reasons(self) -> dict[str, int]:
         """Refused rows per reason."""
@@ -84,7 +85,7 @@ def backfill(
         offset=good.offset,
     )
     dead.sort(key=lambda d: d.offset)
-    return BackfillResult(table, dead)
+    return BackfillResult(table, dead, len(applied.duplicates))
 
 
 def load_kernels() -> None:

@@ -12,12 +12,16 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
+import pyarrow as pa
+from numba import int64 as nb_int64
+from numba.typed import Dict as NumbaDict
 
 from features import kernels as K
 from features.derived import derived_plan, fill_derived
+from features.kernels import dedupe as D
 from features.spec import (
     DEFAULT_FEATURES,
     DEFAULT_LATENESS_MS,
@@ -28,7 +32,8 @@ from features.spec import (
     validate_specs,
 )
 
-SNAPSHOT_VERSION = 2  # 2: + promoted entities and their running window sums
+SNAPSHOT_VERSION = 3  # 2: + promoted entities and their running sums; 3: + recent event ids
+_READABLE_VERSIONS = (2, 3)  # a version-2 snapshot restores with no recent ids
 # Times are bounded so that t - lateness - window can never overflow int64 in the kernel.
 _MAX_ABS_TIME_MS = 1 << 60
 # Bytes per entry of the numba typed dict, measured (76 MB RSS for 1M int64 -> int64).
@@ -37,6 +42,23 @@ _ID_TABLE_BYTES_PER_ENTRY = 80
 # per side-storage slot beyond its array data, i.e. three small numba-owned arrays).
 _DIST_MAP_BYTES_PER_ENTRY = 64
 _SIDE_BYTES_PER_SLOT = 720
+# Recent event ids are swept (``dedupe.evict``) when they reach this many, or twice what
+# the last sweep kept: amortised O(1) per event.
+_EVICT_MIN = 1 << 16
+
+
+def event_keys(entity_ids: np.ndarray, event_ids: pa.Array) -> np.ndarray:
+    """The duplicate-detection key of each (entity, event id) (``features.kernels.dedupe``),
+    from the ids' Arrow buffers (no Python string per event)."""
+    ids = event_ids
+    if not pa.types.is_large_string(ids.type):
+        ids = ids.cast(pa.large_string())
+    _, offsets, data = ids.buffers()
+    offs = np.frombuffer(offsets, dtype=np.int64)[ids.offset : ids.offset + len(ids) + 1]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
+    out = np.empty(len(ids), dtype=np.int64)
+    D.id_keys(np.ascontiguousarray(entity_ids, dtype=np.int64), offs, raw, out)
+    return out
 
 
 @dataclass(frozen=True)
@@ -48,6 +70,8 @@ class BatchResult:
     latest_mask: np.ndarray  # bool [n]; rows to write to the online store
     entity_max_time_ms: np.ndarray  # int64 [n]; the row's entity max event time after the batch
     failed: tuple[tuple[int, str], ...] = ()  # (row, why): events the state could not hold
+    # bool [n]: a copy of an event the entity holds (``features.kernels.dedupe``); no row
+    duplicate: np.ndarray | None = None
 
 
 def _trimmed_caps(lengths: np.ndarray, min_seg: int) -> np.ndarray:
@@ -88,6 +112,9 @@ class Snapshot:
     hist_m: np.ndarray
     promoted: np.ndarray
     sums: np.ndarray
+    seen_keys: np.ndarray  # recent event-id keys (``features.kernels.dedupe``) ...
+    seen_times: np.ndarray  # ... their event times ...
+    seen_entities: np.ndarray  # ... and their entities (raw ids)
 
     def encode(self) -> bytes:
         """The bytes :meth:`WindowState.restore` reads (an uncompressed ``.npz``)."""
@@ -137,6 +164,10 @@ class WindowState:
         self._cfg = K.Config(lateness_ms=lateness_ms, min_seg=self._min_seg, tuning=tuning)
         self._n = 0
         self._st = K.new_state(initial_entities, initial_arena, len(self._enc.halflife))
+        # recent event ids per entity (duplicates): key -> time, key -> entity
+        self._seen_t = NumbaDict.empty(nb_int64, nb_int64)
+        self._seen_e = NumbaDict.empty(nb_int64, nb_int64)
+        self._evict_at = _EVICT_MIN
 
     # ------------------------------------------------------------------ properties
 
@@ -172,6 +203,7 @@ class WindowState:
             + int(st.meta[K.META_XBYTES])
             + len(st.xi) * _SIDE_BYTES_PER_SLOT
             + (len(st.dmap) + len(st.cmap)) * _DIST_MAP_BYTES_PER_ENTRY
+            + len(self._seen_t) * 2 * _ID_TABLE_BYTES_PER_ENTRY
         )
 
     def holds(self, user_id: int) -> bool:
@@ -196,8 +228,13 @@ class WindowState:
         times_ms: np.ndarray,
         amounts: np.ndarray,
         merchants: np.ndarray,
+        event_keys: np.ndarray | None = None,
     ) -> BatchResult:
         """Apply a batch in arrival order and return one feature row per event.
+
+        With ``event_keys`` (:func:`event_keys` of the events' ids), an event whose id its
+        entity already holds is a duplicate (``features.kernels.dedupe``): marked in
+        ``duplicate``, with a NaN row, no state change and no ``latest_mask``.
 
         ``latest_mask`` marks, per user, the accepted row that is the last-arrived row with
         the user's max event time as of the end of the batch, so an online store written
@@ -222,7 +259,54 @@ class WindowState:
         self._ensure_entities(self._n + n)
         ent = np.empty(n, dtype=np.int64)
         self._n = K.assign_dense_ids(self._st.table, users, self._st.keys, self._n, ent)
+        if event_keys is None:
+            return self._apply(ent, times, amts, mers)
+        keys = _as_1d("event_keys", event_keys, np.int64)
+        if keys.shape[0] != n:
+            raise ValueError(f"event_keys must have {n} entries, got {keys.shape[0]}")
+        duplicate = np.zeros(n, dtype=np.bool_)
+        D.mark_duplicates(
+            ent, users, keys, times, self._st.seg, self._lateness_ms, self._seen_t,
+            self._seen_e, NumbaDict.empty(nb_int64, nb_int64), duplicate,
+        )  # fmt: skip
+        if not duplicate.any():
+            result = self._apply(ent, times, amts, mers)
+        else:
+            kept = np.flatnonzero(~duplicate)
+            part = self._apply(ent[kept], times[kept], amts[kept], mers[kept])
+            features = np.full((n, part.features.shape[1]), np.nan)
+            features[kept] = part.features
+            late = np.zeros(n, dtype=np.bool_)
+            late[kept] = part.late
+            latest = np.zeros(n, dtype=np.bool_)
+            latest[kept] = part.latest_mask
+            result = BatchResult(
+                features=features,
+                late=late,
+                latest_mask=latest,
+                entity_max_time_ms=self._st.seg[ent, K.TMAX],
+                failed=tuple((int(kept[row]), why) for row, why in part.failed),
+            )
+        if len(self._seen_t) >= self._evict_at:
+            self.sweep_ids()
+        return replace(result, duplicate=duplicate)
 
+    @property
+    def n_recent_ids(self) -> int:
+        """Event ids held for duplicate detection (swept ones excluded)."""
+        return len(self._seen_t)
+
+    def sweep_ids(self) -> None:
+        """Forget the event ids no copy can match any more (memory only: no verdict
+        changes); :meth:`update` calls it as they accumulate."""
+        D.evict(self._seen_t, self._seen_e, self._st.table, self._st.seg, self._lateness_ms)
+        self._evict_at = max(2 * len(self._seen_t), _EVICT_MIN)
+
+    def _apply(
+        self, ent: np.ndarray, times: np.ndarray, amts: np.ndarray, mers: np.ndarray
+    ) -> BatchResult:
+        """Run the kernels over these events (dense entity indexes) in order."""
+        n = ent.shape[0]
         events = K.Events(ent=ent, t=times, amt=amts, mer=mers)
         out = np.empty((n, len(self._kernel_cols)), dtype=np.float64)
         late = np.zeros(n, dtype=np.bool_)
@@ -366,8 +450,11 @@ class WindowState:
         promoted = np.flatnonzero(seg[:, K.XSLOT] >= 0).astype(np.int64)
         sums = np.empty((promoted.shape[0], int(self._enc.glay[K.GL_NXF])), dtype=np.float64)
         K.gather_sums(st, promoted, sums)
+        m = len(self._seen_t)
+        seen = (np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.int64))
+        D.gather(self._seen_t, self._seen_e, *seen)
         return self._snapshot_of(st.keys[:n].copy(), seg, lengths, st.ewm[:n].copy(),
-                                 hist_t, hist_a, hist_m, promoted, sums)  # fmt: skip
+                                 hist_t, hist_a, hist_m, promoted, sums, seen)  # fmt: skip
 
     def _capture_entities(self, dense: np.ndarray) -> Snapshot:
         """A snapshot of only the entities ``dense`` (dense indexes, unique), renumbered
@@ -398,8 +485,10 @@ class WindowState:
         hist_m: np.ndarray,
         promoted: np.ndarray,
         sums: np.ndarray,
+        seen: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> Snapshot:
         """A :class:`Snapshot` of these entity arrays (``seg`` rows give TMAX and EVICTED)."""
+        none = np.empty(0, np.int64)
         header = {
             "version": SNAPSHOT_VERSION,
             "specs": spec_fingerprint(self._specs),
@@ -418,6 +507,9 @@ class WindowState:
             hist_m=hist_m,
             promoted=promoted,  # entities on the incremental path ...
             sums=sums,  # ... and their running sums (rounding depends on history)
+            seen_keys=none if seen is None else seen[0],  # recent event ids: keys, times,
+            seen_times=none if seen is None else seen[1],  # entities (a peek's scratch
+            seen_entities=none if seen is None else seen[2],  # state needs none)
         )
 
     @classmethod
@@ -440,9 +532,10 @@ class WindowState:
             header = json.loads(str(z["header"]))
         except Exception as exc:  # corrupt/foreign bytes: fail with context
             raise ValueError(f"not a WindowState snapshot: {exc}") from exc
-        if header.get("version") != SNAPSHOT_VERSION:
+        if header.get("version") not in _READABLE_VERSIONS:
             raise ValueError(
-                f"snapshot format version {header.get('version')!r} != {SNAPSHOT_VERSION}"
+                f"snapshot format version {header.get('version')!r} is not one this build "
+                f"reads {_READABLE_VERSIONS}"
             )
         if header["specs"] != spec_fingerprint(specs):
             have = [s[0] for s in header["specs"]]
@@ -503,4 +596,6 @@ class WindowState:
             ks.arena_m[dest] = z["hist_m"]
         ks.meta[K.META_USED] = int(caps.sum())
         K.restore_promoted(z["promoted"], z["sums"], st._enc, tuning, ks)
+        if "seen_keys" in z:  # version 3
+            D.fill(st._seen_t, st._seen_e, z["seen_keys"], z["seen_times"], z["seen_entities"])
         return st

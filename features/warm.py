@@ -8,7 +8,8 @@ before timing anything.
 
 A plain small update would miss paths only large runs reach (arena growth and compaction,
 long windows, eviction, promotion of a busy user, out-of-order rows, restore): a tiny
-initial arena and one very busy user over two days, with some disorder, reach them.
+initial arena and one very busy user over two days, with some disorder and some copies of
+events (duplicate detection), reach them.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pyarrow as pa
 
 from features.online_codec import RedisHsetPacker
 from features.spec import DEFAULT_FEATURES
-from features.state import WindowState
+from features.state import WindowState, event_keys
 
 
 def warm() -> float:
@@ -33,13 +35,17 @@ def warm() -> float:
     times = np.where(late, times - rng.integers(0, 30_000, size=n), times)
     amounts = np.round(rng.lognormal(3.0, 1.0, size=n), 2)
     merchants = rng.integers(1, 50, size=n).astype(np.int64)
+    keys = event_keys(users, pa.array([f"e{i % (n - 500)}" for i in range(n)]))  # copies
     state = WindowState(DEFAULT_FEATURES, initial_entities=1, initial_arena=8)
     for lo in range(0, n, 1000):
         hi = lo + 1000
-        result = state.update(users[lo:hi], times[lo:hi], amounts[lo:hi], merchants[lo:hi])
+        result = state.update(
+            users[lo:hi], times[lo:hi], amounts[lo:hi], merchants[lo:hi], keys[lo:hi]
+        )
     state.compact()
+    state.sweep_ids()
     restored = WindowState.restore(state.snapshot(), DEFAULT_FEATURES)
-    restored.update(users[:10], times[-10:], amounts[:10], merchants[:10])
+    restored.update(users[:10], times[-10:], amounts[:10], merchants[:10], keys[:10])
     names = [s.name.encode() for s in DEFAULT_FEATURES]
     packer = RedisHsetPacker(DEFAULT_FEATURES, names, b"event_timestamp", b"warm")
     packer.pack(users[-1000:], times[-1000:], np.nan_to_num(result.features))

@@ -25,6 +25,7 @@ class WorkerStats:
 
     accepted: int = 0  # events applied to feature state
     skipped_replays: int = 0  # redelivered events a checkpoint already holds
+    duplicates: int = 0  # copies of an event its user holds, at new offsets (not applied)
     dead_letters: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (topic, reason)
     partitions_owned: int = 0
     outcomes_stored: int = 0
@@ -62,6 +63,12 @@ class _StatsCollector:
             "featflow_events_replay_skipped",
             "Redelivered events already reflected in a checkpoint.",
             value=stats.skipped_replays,
+        )
+        yield CounterMetricFamily(
+            "featflow_events_duplicate",
+            "Copies of an event its user already holds (same event_id, a producer's retry): "
+            "not applied.",
+            value=stats.duplicates,
         )
         letters = CounterMetricFamily(
             "featflow_dead_letters",

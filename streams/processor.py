@@ -48,11 +48,13 @@ class Counters:
 
     accepted: int = 0
     skipped_replays: int = 0
+    duplicates: int = 0  # copies of an event its user holds (a producer's retry)
 
     def add(self, other: Counters) -> None:
         """Add ``other``'s counts to these."""
         self.accepted += other.accepted
         self.skipped_replays += other.skipped_replays
+        self.duplicates += other.duplicates
 
 
 @dataclass(slots=True)
@@ -160,6 +162,7 @@ class PartitionProcessor:
         features, newest = applied.features, applied.newest
         self.offset = fresh[-1].offset
         counts.accepted = len(good)
+        counts.duplicates = len(applied.duplicates)
         dead.sort(key=lambda d: d.offset)
         return Effects(
             good,

@@ -63,6 +63,7 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
         return WorkerStats(
             accepted=self.totals.accepted,
             skipped_replays=self.totals.skipped_replays,
+            duplicates=self.totals.duplicates,
             dead_letters=dict(self.dead_letters),
             partitions_owned=len(self.processors),
             outcomes_stored=self.outcomes_stored,

@@ -114,13 +114,15 @@ def _wait_committed(settings: Settings, worker: subprocess.Popen[bytes], n: int)
 
 
 def test_dead_letters_are_sent_once_whatever_the_kills(settings: Settings, tmp_path: Path) -> None:
-    """Three SIGKILLs while events and labels flow: each malformed event is in
-    ``events.dlq`` and each malformed label in ``outcomes.dlq`` exactly once (replays after a
-    checkpoint used to send their letters again: 10 bad records, 16 letters); the good
+    """Three SIGKILLs while events (with 300 retries of a producer) and labels flow: each
+    malformed event is in ``events.dlq`` and each malformed label in ``outcomes.dlq``
+    exactly once (replays after a checkpoint used to send their letters again: 10 bad
+    records, 16 letters); each retried event counts once, online and offline; the good
     events' features are still exact and every label is stored."""
     events = make_events(16_000, users=400, seed=15)
     expected = oracle(events)
-    records = _with_bad(list(events.records()), 80, b'{"user_id": "not a number %d"')
+    records = _with_retries(list(events.records()), 300)  # a producer's retries: once each
+    records = _with_bad(records, 80, b'{"user_id": "not a number %d"')
     labels = _with_bad(
         list(generate_outcomes(events, seed=15).records()), 40, b'{"label": "yes %d"}'
     )
@@ -165,6 +167,15 @@ def test_dead_letters_are_sent_once_whatever_the_kills(settings: Settings, tmp_p
     met = re.findall(r"dead letters of the replay already in (\S+):", log.read_text())
     assert settings.topics.dlq in met
     _check(settings, expected)
+
+
+def _with_retries(records: list, n: int) -> list:
+    """``records`` with ``n`` of them sent again a few records later (same key and value)."""
+    rng = np.random.default_rng(7)
+    records = list(records)
+    for i in sorted(rng.choice(len(records) - 10, n, replace=False).tolist(), reverse=True):
+        records.insert(i + int(rng.integers(1, 10)), records[i])
+    return records
 
 
 def _with_bad(records: list, n: int, template: bytes) -> list:
