@@ -87,8 +87,8 @@ class KafkaConfig:
         """Whether clients speak TLS to the brokers."""
         return self.security_protocol in ("SSL", "SASL_SSL")
 
-    def python_args(self) -> dict[str, object]:
-        """Keyword arguments for a kafka-python client."""
+    def _common_args(self) -> dict[str, object]:
+        """What kafka-python and aiokafka take under the same names."""
         args: dict[str, object] = {
             "bootstrap_servers": self.bootstrap,
             "security_protocol": self.security_protocol,
@@ -99,6 +99,11 @@ class KafkaConfig:
                 "sasl_plain_username": self.sasl_username,
                 "sasl_plain_password": self.sasl_password,
             }
+        return args
+
+    def python_args(self) -> dict[str, object]:
+        """Keyword arguments for a kafka-python client."""
+        args = self._common_args()
         if self.tls:
             args |= {
                 "ssl_cafile": self.ssl_cafile,
@@ -109,16 +114,7 @@ class KafkaConfig:
 
     def aio_args(self) -> dict[str, object]:
         """Keyword arguments for an aiokafka client."""
-        args: dict[str, object] = {
-            "bootstrap_servers": self.bootstrap,
-            "security_protocol": self.security_protocol,
-        }
-        if self.sasl:
-            args |= {
-                "sasl_mechanism": self.sasl_mechanism,
-                "sasl_plain_username": self.sasl_username,
-                "sasl_plain_password": self.sasl_password,
-            }
+        args = self._common_args()
         if self.tls:
             args["ssl_context"] = self.ssl_context()
         return args

@@ -169,10 +169,9 @@ PREDICTION = {
 }  # fmt: skip
 
 
-@fuzz
-@given(batches(PREDICTION))
-def test_predictions(records: list[Rec]) -> None:
-    good, dead = decode_predictions(
+def _decoded(decode, records: list[Rec]) -> list:
+    """The records ``decode`` accepted (a list in order), after checking the accounting."""
+    good, dead = decode(
         [r.value for r in records],
         keys=[r.key for r in records],
         partitions=[0] * len(records),
@@ -181,7 +180,13 @@ def test_predictions(records: list[Rec]) -> None:
     refused = {d.offset for d in dead}
     assert_accounted(records, [r.offset for r in records if r.offset not in refused], dead)
     assert len(good) == len(records) - len(dead)
-    for p in good:
+    return good
+
+
+@fuzz
+@given(batches(PREDICTION))
+def test_predictions(records: list[Rec]) -> None:
+    for p in _decoded(decode_predictions, records):
         assert 0.0 <= p.score <= 1.0 and p.time_ms >= MIN_EVENT_TIME_MS
         assert all(np.isfinite(v) for v in p.features.values())
 
@@ -192,16 +197,7 @@ REQUEST = {"request_id": "r1", "time_ms": NOW, "model_version": "v1", "values": 
 @fuzz
 @given(batches(REQUEST))
 def test_retrain_requests(records: list[Rec]) -> None:
-    good, dead = decode_requests(
-        [r.value for r in records],
-        keys=[r.key for r in records],
-        partitions=[0] * len(records),
-        offsets=[r.offset for r in records],
-    )
-    refused = {d.offset for d in dead}
-    assert_accounted(records, [r.offset for r in records if r.offset not in refused], dead)
-    assert len(good) == len(records) - len(dead)
-    for r in good:
+    for r in _decoded(decode_requests, records):
         assert r.time_ms >= MIN_EVENT_TIME_MS and all(np.isfinite(v) for v in r.values.values())
 
 

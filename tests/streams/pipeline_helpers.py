@@ -47,6 +47,26 @@ def oracle(events: GeneratedEvents) -> Expected:
     return Expected(events, pandas_oracle(stream, DEFAULT_FEATURES))
 
 
+def check_stores(settings: Settings, expected: Expected) -> None:
+    """Online: each user's newest row equals the oracle's. Offline: exactly one row per event
+    once replays are dropped (none lost, none counted twice), each equal to the oracle's."""
+    from features.reader import read_online
+
+    latest = expected.latest_per_user()
+    got = read_online(settings.stores, latest.index.tolist()).set_index("user_id")
+    np.testing.assert_allclose(
+        got[list(FEATURE_NAMES)].to_numpy(float),
+        latest[list(FEATURE_NAMES)].to_numpy(float),
+        rtol=1e-9,
+    )
+    offline = read_offline(settings)
+    assert sorted(offline["event_id"]) == sorted(expected.events.event_id)
+    rows = offline.set_index("event_id").loc[expected.events.event_id]
+    np.testing.assert_allclose(
+        rows[list(FEATURE_NAMES)].to_numpy(float), expected.features, rtol=1e-9
+    )
+
+
 def read_dead_letters(settings: Settings, expected: int, timeout: float = 30.0) -> list[dict]:
     """Every record on the DLQ topic, with its headers decoded."""
     consumer = KafkaConsumer(

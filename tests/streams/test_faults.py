@@ -11,28 +11,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 from featflow.processes import start_worker, stop_process, wait_caught_up
 from featflow.settings import Settings
-from features.reader import read_online
-from features.spec import FEATURE_NAMES
 from infra.broker import embedded_broker
 from infra.producer import publish
 from infra.topics import ensure_topics
-from tests.streams.pipeline_helpers import Expected, make_events, oracle, read_offline
-
-
-def _check(settings: Settings, expected: Expected) -> None:
-    latest = expected.latest_per_user()
-    got = read_online(settings.stores, latest.index.tolist()).set_index("user_id")
-    np.testing.assert_allclose(
-        got[list(FEATURE_NAMES)].to_numpy(float),
-        latest[list(FEATURE_NAMES)].to_numpy(float),
-        rtol=1e-9,
-    )
-    offline = read_offline(settings)
-    assert sorted(offline["event_id"]) == sorted(expected.events.event_id)
+from tests.streams.pipeline_helpers import check_stores, make_events, oracle
 
 
 def _acquired(log: Path) -> set[int]:
@@ -79,7 +63,7 @@ def test_a_killed_member_s_partitions_move_to_the_survivor(
     finally:
         for worker in workers:
             stop_process(worker)
-    _check(settings, expected)
+    check_stores(settings, expected)
 
 
 def test_broker_silent_for_30_s_mid_stream(settings: Settings, tmp_path: Path) -> None:
@@ -111,6 +95,6 @@ def test_broker_silent_for_30_s_mid_stream(settings: Settings, tmp_path: Path) -
             assert worker.poll() is None
         finally:
             stop_process(worker)
-        _check(settings, expected)
+        check_stores(settings, expected)
     finally:
         broker.stop()

@@ -20,17 +20,14 @@ from kafka import KafkaConsumer, TopicPartition
 
 from featflow.processes import start_worker, stop_process, wait_caught_up, wait_lag_at_most
 from featflow.settings import Settings
-from features.reader import read_online
-from features.spec import FEATURE_NAMES
 from infra.lag import group_lag
 from infra.producer import publish
 from infra.topics import ensure_topics
 from streams.generator import generate_outcomes
 from tests.streams.pipeline_helpers import (
-    Expected,
+    check_stores,
     make_events,
     oracle,
-    read_offline,
 )
 
 
@@ -39,23 +36,6 @@ def _wait_progress(
 ) -> None:
     """Until the group has checkpointed at least ``fraction`` of the events."""
     wait_lag_at_most(settings, [worker], int(total * (1 - fraction)), timeout=120)
-
-
-def _check(settings: Settings, expected: Expected) -> None:
-    latest = expected.latest_per_user()
-    got = read_online(settings.stores, latest.index.tolist()).set_index("user_id")
-    np.testing.assert_allclose(
-        got[list(FEATURE_NAMES)].to_numpy(float),
-        latest[list(FEATURE_NAMES)].to_numpy(float),
-        rtol=1e-9,
-    )
-    offline = read_offline(settings)
-    # Exactly one row per event once replays are dropped: none lost, none double counted.
-    assert sorted(offline["event_id"]) == sorted(expected.events.event_id)
-    rows = offline.set_index("event_id").loc[expected.events.event_id]
-    np.testing.assert_allclose(
-        rows[list(FEATURE_NAMES)].to_numpy(float), expected.features, rtol=1e-9
-    )
 
 
 def test_sigkill_mid_stream_then_restart(settings: Settings, tmp_path: Path) -> None:
@@ -77,7 +57,7 @@ def test_sigkill_mid_stream_then_restart(settings: Settings, tmp_path: Path) -> 
         wait_caught_up(settings, [worker], timeout=180)
     finally:
         stop_process(worker)
-    _check(settings, expected)
+    check_stores(settings, expected)
 
 
 def _dead_letter_sources(settings: Settings, topic: str) -> collections.Counter[tuple[int, int]]:
@@ -166,7 +146,7 @@ def test_dead_letters_are_sent_once_whatever_the_kills(settings: Settings, tmp_p
     # labels a restart reads again were mostly flushed before the kill and are skipped whole
     met = re.findall(r"dead letters of the replay already in (\S+):", log.read_text())
     assert settings.topics.dlq in met
-    _check(settings, expected)
+    check_stores(settings, expected)
 
 
 def _with_retries(records: list, n: int) -> list:
@@ -218,7 +198,7 @@ def test_checkpoint_whose_commit_was_lost_is_committed_on_restart(
         wait_caught_up(settings, [worker], timeout=60)
     finally:
         stop_process(worker)
-    _check(settings, expected)
+    check_stores(settings, expected)
 
 
 def test_second_worker_takes_partitions_with_their_state(
@@ -241,7 +221,7 @@ def test_second_worker_takes_partitions_with_their_state(
         stop_process(first)
         if second is not None:
             stop_process(second)
-    _check(settings, expected)
+    check_stores(settings, expected)
 
 
 def test_checkpoint_ahead_of_the_log_stops_the_worker(settings: Settings, tmp_path: Path) -> None:
