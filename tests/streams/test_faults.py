@@ -19,8 +19,14 @@ from infra.topics import ensure_topics
 from tests.streams.pipeline_helpers import check_stores, make_events, oracle
 
 
-def _acquired(log: Path) -> set[int]:
-    return {int(p) for p in re.findall(r"acquired \S+-(\d+) at offset", log.read_text())}
+def _owned(log: Path, topic: str) -> set[int]:
+    """The partitions of ``topic`` a worker owns now, from its acquired/released lines."""
+    owned: set[int] = set()
+    for verb, partition in re.findall(
+        rf"(acquired|released) {re.escape(topic)}-(\d+) ", log.read_text()
+    ):
+        (owned.add if verb == "acquired" else owned.discard)(int(partition))
+    return owned
 
 
 def test_a_killed_member_s_partitions_move_to_the_survivor(
@@ -41,20 +47,21 @@ def test_a_killed_member_s_partitions_move_to_the_survivor(
     )
     try:
         deadline = time.monotonic() + 120
-        while not (_acquired(logs[0]) and _acquired(logs[1])):  # both own partitions
+        topic = settings.topics.events
+        while not (_owned(logs[0], topic) and _owned(logs[1], topic)):  # both own some
             assert time.monotonic() < deadline, "the two workers never split the partitions"
             assert all(w.poll() is None for w in workers)
             time.sleep(0.2)
         producer.start()
         time.sleep(5.0)
-        survivor_before = _acquired(logs[1])
+        survivor_before = _owned(logs[1], topic)
         workers[0].send_signal(signal.SIGKILL)
         workers[0].wait()
         killed_at = time.monotonic()
         everything = set(range(settings.topic_partitions))
-        while _acquired(logs[1]) != everything:
+        while _owned(logs[1], topic) != everything:
             took = time.monotonic() - killed_at
-            assert took < settings.group_session_timeout_s * 3 + 10, (took, _acquired(logs[1]))
+            assert took < settings.group_session_timeout_s * 3 + 10, (took, _owned(logs[1], topic))
             assert workers[1].poll() is None, logs[1].read_text()[-3000:]
             time.sleep(0.2)
         assert survivor_before != everything  # it did take partitions over
