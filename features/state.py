@@ -51,10 +51,11 @@ def event_keys(entity_ids: np.ndarray, event_ids: pa.Array) -> np.ndarray:
     """The duplicate-detection key of each (entity, event id) (``features.kernels.dedupe``),
     from the ids' Arrow buffers (no Python string per event)."""
     ids = event_ids
-    if not pa.types.is_large_string(ids.type):
-        ids = ids.cast(pa.large_string())
+    width = np.int64 if pa.types.is_large_string(ids.type) else np.int32
     _, offsets, data = ids.buffers()
-    offs = np.frombuffer(offsets, dtype=np.int64)[ids.offset : ids.offset + len(ids) + 1]
+    # only the offsets become int64 (one kernel signature); the bytes are read in place
+    offs = np.frombuffer(offsets, dtype=width)[ids.offset : ids.offset + len(ids) + 1]
+    offs = offs.astype(np.int64)
     raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
     out = np.empty(len(ids), dtype=np.int64)
     D.id_keys(np.ascontiguousarray(entity_ids, dtype=np.int64), offs, raw, out)
