@@ -588,11 +588,14 @@ def _no_models(root: Path) -> str:
 
 @contextlib.contextmanager
 def _known_versions(registry: ModelRegistry) -> Iterator[None]:
-    """An unknown version (or no earlier champion) is a one-line answer, not a traceback."""
-    from inference.exceptions import UnknownVersion
+    """An unknown version (or no earlier champion) or a registry file damaged by hand is a
+    one-line answer, not a traceback."""
+    from inference.exceptions import RegistryDamaged, UnknownVersion
 
     try:
         yield
+    except RegistryDamaged as exc:
+        raise click.ClickException(f"the model registry is damaged: {exc}") from None
     except UnknownVersion as exc:
         if not registry.versions():
             raise click.ClickException(_no_models(registry.root)) from None
@@ -605,14 +608,21 @@ def _known_versions(registry: ModelRegistry) -> Iterator[None]:
 @click.pass_obj
 def models_list(config: str | None) -> None:
     """Versions with their holdout metrics; * marks the champion."""
+    from inference.exceptions import RegistryDamaged
+
     registry = _registry(config)
     versions = registry.versions()
     if not versions:
         raise click.ClickException(_no_models(registry.root))
-    champion = registry.champion_version()
+    with _known_versions(registry):
+        champion = registry.champion_version()
     for version in versions:
-        metrics = registry.get(version).metadata.get("holdout_metrics", {})
         mark = "*" if version == champion else " "
+        try:
+            metrics = registry.get(version).metadata.get("holdout_metrics", {})
+        except RegistryDamaged as exc:
+            click.echo(f"{mark} {version}  damaged: {exc}")
+            continue
         click.echo(
             f"{mark} {version}  auc={metrics.get('auc')}  log_loss={metrics.get('log_loss')}"
         )
@@ -651,12 +661,16 @@ def models_promote(config: str | None, version: str) -> None:
 @models.command("rollback")
 @click.pass_obj
 def models_rollback(config: str | None) -> None:
-    """Return to the previous champion."""
+    """Return to the previous champion (refused if its file does not check out)."""
     from inference import by_hand
+    from inference.exceptions import ModelRejected
 
     registry = _registry(config)
-    with _known_versions(registry):
-        now = by_hand.rollback(registry, "featflow models rollback")
+    try:
+        with _known_versions(registry):
+            now = by_hand.rollback(registry, "featflow models rollback")
+    except ModelRejected as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"champion: {now}")
 
 

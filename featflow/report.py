@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from featflow.charts import Marker, Series, line_chart
+from inference.exceptions import RegistryDamaged
 from inference.model_events import ModelEvents
 from inference.registry import ModelRegistry
 from infra.config import Stores
@@ -215,7 +216,12 @@ def _versions_table(
             last[r["model_version"]] = r
     body = []
     for version in registry.versions():
-        meta = registry.get(version).metadata
+        try:
+            meta = registry.get(version).metadata
+        except RegistryDamaged as exc:
+            body.append(f"<tr><td>{escape(version)}</td><td colspan='6'>damaged: "
+                        f"{escape(str(exc))}</td></tr>")  # fmt: skip
+            continue
         window = meta.get("training_window", {})
         holdout = meta.get("holdout_metrics", {})
         decision = last.get(version, {})

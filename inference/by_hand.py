@@ -21,7 +21,8 @@ def promote(registry: ModelRegistry, version: str, via: str) -> str:
 
 
 def rollback(registry: ModelRegistry, via: str) -> str:
-    """Return to the previous champion (``UnknownVersion`` if there is none); recorded."""
+    """Return to the previous champion (``UnknownVersion`` if there is none,
+    ``ModelRejected`` if its file no longer checks out); recorded."""
     before = registry.champion_version()
     now = registry.rollback()
     ModelEvents(registry.root).append(

@@ -10,49 +10,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 
-from inference.exceptions import ModelRejected
+from inference.exceptions import ModelRejected, UnknownVersion
+from inference.onnx_model import LoadedModel, load_model
 from inference.registry import ModelRegistry
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """One registry version loaded into an onnxruntime session, ready to score."""
-
-    version: str
-    session: ort.InferenceSession
-    input_name: str
-    feature_names: tuple[str, ...]
-
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Probability of the positive class for each row of ``features`` [n, F]."""
-        outputs = self.session.run(None, {self.input_name: features.astype(np.float32)})
-        return np.asarray(outputs[1], dtype=np.float64)[:, 1]
-
-
-def load_model(version: str, model: bytes, feature_names: Sequence[str]) -> LoadedModel:
-    """An onnxruntime session for ``model``, checked against the feature set and warmed."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # requests are tiny; threads only add latency
-    options.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise ModelRejected(f"{version}: onnxruntime cannot load it: {exc}") from exc
-    inputs = session.get_inputs()
-    width = inputs[0].shape[-1] if inputs and inputs[0].shape else None
-    if len(inputs) != 1 or width != len(feature_names):
-        raise ModelRejected(
-            f"{version}: expects inputs {[(i.name, i.shape) for i in inputs]}, "
-            f"not one [n, {len(feature_names)}] tensor"
-        )
-    loaded = LoadedModel(version, session, inputs[0].name, tuple(feature_names))
-    loaded.score(np.zeros((8, len(feature_names)), dtype=np.float32))  # warm-up
-    return loaded
 
 
 class Predictor:
@@ -81,13 +44,18 @@ class Predictor:
         """Load the alias's version if it changed; returns True when swapped. When a
         shadow alias names none, its model is dropped; the champion's never is.
 
-        A version that fails verification is refused (``last_error`` says why)
-        and the current model keeps serving.
+        A version that fails verification, or an alias that cannot be read or names no
+        version, is refused (``last_error`` says why) and the current model keeps serving.
         """
         with self._swap_lock:
-            version = self.alias()
+            try:
+                version = self.alias()
+            except ModelRejected as exc:  # champion.json edited into nonsense
+                self.last_error = str(exc)
+                return False
             current = self._active.version if self._active else None
             if version == current:
+                self.last_error = None
                 return False
             if version is None:
                 if self.alias == self.registry.champion_version:
@@ -97,8 +65,8 @@ class Predictor:
             try:
                 _, data = self.registry.load_verified(version, self.feature_names)
                 loaded = load_model(version, data, self.feature_names)
-            except ModelRejected as exc:
-                self.last_error = str(exc)
+            except (ModelRejected, UnknownVersion) as exc:
+                self.last_error = str(exc).strip("'\"")
                 return False
             self._active = loaded  # the atomic switch
             self.last_error = None

@@ -12,9 +12,13 @@ Layout under ``$FEATFLOW_HOME/models/``::
 predictions with ``role: shadow``) until it is promoted or dropped.
 
 Versions are written to a temporary folder and renamed into place, and the
-alias is replaced atomically, so a reader never sees half a model. Loading
-checks the sha256 and the feature list: a model that fails either is refused
-and whatever serves now keeps serving.
+alias is replaced atomically, both fsynced (``infra.files``), so a reader, or a restart
+after a kill or a power cut, never sees half a model. The staging folder of a writer that
+was killed is removed by the next ``register``. Loading checks the sha256 and the feature
+list: a model that fails either is refused and whatever serves now keeps serving. A file
+edited into something featflow does not write (not JSON, a field of the wrong type, a
+champion that names no version) raises ``RegistryDamaged`` with the file and the fault:
+readers keep what they serve, and writers refuse to build on it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,9 +35,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from inference.exceptions import ModelRejected, UnknownVersion
+from inference.exceptions import ModelRejected, RegistryDamaged, UnknownVersion
+from infra.files import fsync_dir, stale, temporary_writer, write_durably
 
 _VERSION = re.compile(r"^v(\d{4,})$")
+_STAGING = re.compile(r"^\.staging-(\d+)-")  # a version being written
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,13 @@ class ModelRegistry:
         meta = path / "metadata.json"
         if not _VERSION.match(version) or not meta.exists():
             raise UnknownVersion(f"no model version {version!r} in {self.root}")
-        return ModelVersion(version, path, json.loads(meta.read_text()))
+        metadata = _json_object(meta)
+        names = metadata.get("feature_names")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise RegistryDamaged(f"{meta}: feature_names is not a list of names")
+        if not isinstance(metadata.get("sha256"), str):
+            raise RegistryDamaged(f"{meta}: no sha256 of the model")
+        return ModelVersion(version, path, metadata)
 
     def register(self, model: bytes, metadata: dict[str, Any]) -> ModelVersion:
         """Store a new immutable version; returns it (not promoted)."""
@@ -93,22 +106,46 @@ class ModelRegistry:
             "created_at": datetime.now(UTC).isoformat(),
             "parent_version": champion,
         }
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
-        (staging / "model.onnx").write_bytes(model)
-        (staging / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        os.replace(staging, self.root / version)
+        self._sweep()
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=self.root))
+        try:
+            write_durably(staging / "model.onnx", model, sync_dir=False)
+            text = json.dumps(meta, indent=2, sort_keys=True).encode()
+            write_durably(staging / "metadata.json", text, sync_dir=False)
+            fsync_dir(staging)
+            os.rename(staging, self.root / version)  # refused if a racing writer took the name
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        fsync_dir(self.root)
         return self.get(version)
 
     # -- champion alias ------------------------------------------------------
     def _alias(self) -> dict[str, Any]:
         path = self.root / "champion.json"
-        alias = json.loads(path.read_text()) if path.exists() else {}
-        return {"version": None, "history": [], "shadow": None, **alias}
+        alias = {"version": None, "history": [], "shadow": None}
+        if path.exists():
+            alias |= _json_object(path)
+        history = alias["history"]
+        if not isinstance(history, list) or not all(_is_version(v) for v in history):
+            raise RegistryDamaged(f"{path}: history is not a list of versions (v0001, ...)")
+        for key in ("version", "shadow"):
+            if alias[key] is not None and not _is_version(alias[key]):
+                raise RegistryDamaged(f"{path}: {key} {alias[key]!r} is not a version name")
+        return alias
 
     def _write_alias(self, alias: dict[str, Any]) -> None:
-        tmp = self.root / f".champion.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(alias))
-        os.replace(tmp, self.root / "champion.json")
+        self._sweep()
+        write_durably(self.root / "champion.json", json.dumps(alias).encode())
+
+    def _sweep(self) -> None:
+        """Remove what writers killed mid-write left: staging folders and temporary files
+        whose pid is gone (a live writer's are its own)."""
+        for leftover in stale(self.root.glob(".*"), _writer_pid):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
     def champion_version(self) -> str | None:
         """The champion's version name, or None."""
@@ -121,7 +158,7 @@ class ModelRegistry:
 
     def promote(self, version: str, feature_names: Sequence[str] | None = None) -> None:
         """Make ``version`` the champion, after checking it would load."""
-        self.load_verified(version, feature_names)
+        self.check_serves(version, feature_names)
         alias = self._alias()
         if alias["version"] == version:
             return
@@ -135,6 +172,7 @@ class ModelRegistry:
         if not alias["history"]:
             raise UnknownVersion("no earlier champion to roll back to")
         *rest, previous = alias["history"]
+        self.check_serves(previous)  # never back to a file that was removed or tampered with
         self._write_alias({**alias, "version": previous, "history": rest})
         return previous
 
@@ -145,7 +183,7 @@ class ModelRegistry:
 
     def start_shadow(self, version: str, feature_names: Sequence[str] | None = None) -> None:
         """Score ``version`` in shadow from now on (after checking it would load)."""
-        self.load_verified(version, feature_names)
+        self.check_serves(version, feature_names)
         self._write_alias({**self._alias(), "shadow": version})
 
     def end_shadow(self) -> None:
@@ -153,12 +191,24 @@ class ModelRegistry:
         self._write_alias({**self._alias(), "shadow": None})
 
     # -- integrity -----------------------------------------------------------
+    def check_serves(self, version: str, feature_names: Sequence[str] | None = None) -> None:
+        """``ModelRejected`` unless ``version`` passes :meth:`load_verified` and
+        onnxruntime loads it with one input of the feature set's width."""
+        from inference.onnx_model import load_model  # onnxruntime: only when checking
+
+        model, data = self.load_verified(version, feature_names)
+        load_model(version, data, feature_names or model.feature_names)
+
     def load_verified(
         self, version: str, feature_names: Sequence[str] | None = None
     ) -> tuple[ModelVersion, bytes]:
-        """The version and its model bytes, or ``ModelRejected`` saying why not."""
+        """The version and its model bytes (hash and feature list checked, not parsed), or
+        ``ModelRejected`` saying why not."""
         model = self.get(version)
-        data = model.model_path.read_bytes()
+        try:
+            data = model.model_path.read_bytes()
+        except FileNotFoundError:
+            raise RegistryDamaged(f"{version}: {model.model_path} is missing") from None
         if sha256_of(data) != model.metadata.get("sha256"):
             raise ModelRejected(
                 f"{version}: model.onnx does not match its recorded sha256 (tampered or corrupt)"
@@ -169,3 +219,24 @@ class ModelRegistry:
                 f"but the feature set is {list(feature_names)}"
             )
         return model, data
+
+
+def _is_version(value: object) -> bool:
+    return isinstance(value, str) and _VERSION.match(value) is not None
+
+
+def _writer_pid(path: Path) -> int | None:
+    """The pid in a staging folder's or temporary file's name (None: not one of ours)."""
+    match = _STAGING.match(path.name)
+    return int(match.group(1)) if match else temporary_writer(path)
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``, or ``RegistryDamaged`` saying why it is not one."""
+    try:
+        value = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RegistryDamaged(f"{path}: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise RegistryDamaged(f"{path}: not a JSON object")
+    return value

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # onnxruntime and scipy load only when a request is handled (
     import numpy as np
 
     from inference.gate import GateVerdict
-    from inference.predictor import LoadedModel
+    from inference.onnx_model import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class Retrainer:
     # ------------------------------------------------------------------ internals
 
     def _train(self, request: Request, champion: str | None) -> dict[str, Any]:
-        from inference.predictor import load_model
+        from inference.onnx_model import load_model
         from inference.train import train, training_set_by_event
         from inference.workflow import stored_labels
 
@@ -228,7 +228,7 @@ class Retrainer:
     ) -> tuple[bool, str]:  # fmt: skip
         """The offline verdict: both models on the challenger's holdout (never trained on)."""
         from inference.gate import challenger_wins
-        from inference.predictor import load_model
+        from inference.onnx_model import load_model
 
         if champion is None:
             return True, "no champion yet"

@@ -686,7 +686,7 @@ def _admin_routes(app: FastAPI, predictor: Predictor, tokens: Tokens) -> None:
         """Return to the previous champion."""
         try:
             version = by_hand.rollback(predictor.registry, "HTTP /admin/rollback")
-        except UnknownVersion as exc:
+        except (ModelRejected, UnknownVersion) as exc:
             raise HTTPException(409, str(exc).strip("'\"")) from exc
         predictor.refresh()
         return {"champion": version}

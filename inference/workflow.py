@@ -83,7 +83,7 @@ def train_and_register(
     from features.event_files import read_events
     from features.merchant_backfill import write_views
     from features.scoring_row import SCORING_FEATURES
-    from inference.predictor import load_model
+    from inference.onnx_model import load_model
     from inference.registry import ModelRegistry
     from inference.train import train, training_set_by_event
 

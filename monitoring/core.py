@@ -25,6 +25,7 @@ restore at any point equal to an uninterrupted run).
 
 from __future__ import annotations
 
+import logging
 import operator
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 import numpy as np
 
-from inference.exceptions import UnknownVersion
+from inference.exceptions import ModelRejected, UnknownVersion
 from inference.registry import ModelRegistry
 from infra.predictions import Prediction
 from monitoring.drift import DriftWindow, Reference
@@ -41,6 +42,8 @@ from monitoring.policy import HOLDOUT_SAMPLES, Fired, Policy, Trigger
 from monitoring.quality import QualityWindow
 from monitoring.shadow import ShadowWindow
 from monitoring.snapshot import MetricRow, rows_of
+
+log = logging.getLogger(__name__)
 
 CORE_STATE_VERSION = 2  # 2: drift windows keep each prediction's entity
 ALL_VERSIONS = "*"
@@ -66,27 +69,38 @@ class ModelBook:
 
 def registry_book(registry: ModelRegistry) -> ModelBook:
     """A :class:`ModelBook` reading the registry: each version's reference histograms and
-    holdout metrics as trained (read once per version), the champion as it is now."""
+    holdout metrics as trained (read once per version), the champion as it is now. A
+    version or alias edited into nonsense reads as unknown (logged): the monitor goes on
+    measuring, and fires no trigger on a champion it cannot name."""
+
+    def metadata(version: str) -> dict | None:
+        try:
+            return registry.get(version).metadata
+        except (UnknownVersion, ModelRejected) as exc:
+            log.warning("model %s: %s", version, str(exc).strip("'\""))
+            return None
 
     def references(version: str) -> dict[str, Reference] | None:
-        try:
-            hists = registry.get(version).metadata.get("reference_histograms") or {}
-        except UnknownVersion:
-            return None
+        hists = (metadata(version) or {}).get("reference_histograms") or {}
         return {name: Reference.of(h) for name, h in hists.items()} or None
 
     def holdout(version: str) -> dict[str, float]:
-        try:
-            metrics = registry.get(version).metadata.get("holdout_metrics") or {}
-        except UnknownVersion:
-            return {}
+        meta = metadata(version) or {}
+        metrics = meta.get("holdout_metrics") or {}
         found = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        rows = registry.get(version).metadata.get("rows") or {}
+        rows = meta.get("rows") or {}
         if isinstance(rows.get("holdout"), int):
             found[HOLDOUT_SAMPLES] = float(rows["holdout"])
         return found
 
-    return ModelBook(references, holdout, registry.champion_version)
+    def champion() -> str | None:
+        try:
+            return registry.champion_version()
+        except ModelRejected as exc:
+            log.warning("no champion to judge: %s", exc)
+            return None
+
+    return ModelBook(references, holdout, champion)
 
 
 def _feature_matrix(predictions: Sequence[Prediction], names: Sequence[str]) -> np.ndarray:

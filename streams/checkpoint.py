@@ -1,6 +1,6 @@
 """Per-partition checkpoints: window state together with the offset it reflects.
 
-The pair is written atomically (temp file, fsync, rename), so after a crash a
+The pair is written atomically (``infra.files.write_durably``), so after a crash a
 partition restarts from a state that matches its offset exactly: records at or
 below the offset are skipped, later ones are replayed, and since the state is
 the one from before them, nothing is counted twice. Kafka's committed offset is
@@ -10,10 +10,11 @@ only informational (lag); the checkpoint is the source of truth.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+
+from infra.files import write_durably
 
 _MAGIC = b"FFCK1\n"
 _HEADER_LEN = struct.Struct(">I")
@@ -68,15 +69,4 @@ class CheckpointStore:
         """Replace the partition's checkpoint atomically (temp file, fsync, rename, dir fsync)."""
         path = self._path(topic, partition)
         header = json.dumps({"offset": checkpoint.offset, "dlq_from": checkpoint.dlq_from}).encode()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as out:
-            out.write(_MAGIC + _HEADER_LEN.pack(len(header)) + header)
-            out.write(checkpoint.state)
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.replace(path)
-        dir_fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_durably(path, _MAGIC + _HEADER_LEN.pack(len(header)) + header, checkpoint.state)

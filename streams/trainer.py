@@ -21,6 +21,7 @@ refused request read again finds its dead letter already in the DLQ.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -28,6 +29,7 @@ import time
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from inference.exceptions import RegistryDamaged
 from inference.gate import GateVerdict, decide
 from inference.retraining import Request, Retrainer
 from infra.dead_letter_log import LettersSent, already_sent, dlq_end
@@ -41,6 +43,7 @@ from streams.config import TrainerConfig
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "trainer"
+REGISTRY_RETRY_S = 5.0  # how often a request tries a damaged registry again
 _rows = msgspec.json.Decoder(MetricRow)
 
 
@@ -55,6 +58,7 @@ class Trainer:
         self.dead_letters = 0
         self.letters_sent = LettersSent()  # refused requests a replay meets again
         self.decided = 0
+        self.registry_errors = 0  # tries refused by a registry damaged by hand
         self.ignored_rows = 0  # monitoring records that are not rows (not ours to judge)
         # the latest shadow rows: (shadow version, champion version) -> metric -> row
         self.shadow_rows: dict[tuple[str, str], dict[str, MetricRow]] = {}
@@ -153,7 +157,22 @@ class Trainer:
             await asyncio.to_thread(self.checkpoints.save, CHECKPOINT_NAME, 0, checkpoint)
 
     async def _decide(self, request: Request) -> bool:
-        """Take one request to its decision; False if stopped before one."""
+        """Take one request to its decision; False if stopped before one. While the registry
+        is damaged by hand the request waits (logged every time it is tried): each step is
+        resumed from the history, so trying again repeats nothing already done."""
+        while True:
+            try:
+                return await self._decide_once(request)
+            except RegistryDamaged as exc:
+                self.registry_errors += 1
+                log.error("request %s waits for the model registry to be repaired: %s",
+                          request.request_id, exc)  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), REGISTRY_RETRY_S)
+                if self._stop.is_set():
+                    return False
+
+    async def _decide_once(self, request: Request) -> bool:
         await asyncio.to_thread(self.retrainer.acknowledge, request)
         await self._catch_up_topic()
         if not await self._labels_for(request):

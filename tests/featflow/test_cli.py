@@ -141,6 +141,15 @@ def test_train_and_models_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     model.write_bytes(model.read_bytes() + b"tampered")
     refused = runner.invoke(main, ["models", "promote", "v0002"])
     assert refused.exit_code != 0 and "sha256" in refused.output
+    # a registry edited by hand: one line that says what is wrong, no traceback
+    (model.parent / "metadata.json").write_text("{")
+    listing = runner.invoke(main, ["models", "list"])
+    assert listing.exit_code == 0 and "v0002  damaged:" in listing.output, listing.output
+    alias = model.parent.parent / "champion.json"
+    alias.write_text("[]")
+    for command in (["models", "list"], ["models", "rollback"], ["models", "promote", "v0001"]):
+        broken = runner.invoke(main, command)
+        assert broken.exit_code == 1 and "not a JSON object" in broken.output, broken.output
 
     bad_labels = tmp_path / "bad.csv"
     bad_labels.write_text("event_id,label\ne1,2\n")

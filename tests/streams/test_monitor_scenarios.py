@@ -29,7 +29,7 @@ from features.event_files import from_records
 from features.offline import OfflineWriter
 from features.scoring_row import MERCHANT_DEFAULTS, SCORING_FEATURES, scoring_rows
 from features.spec import FEATURE_NAMES
-from inference.predictor import load_model
+from inference.onnx_model import load_model
 from inference.registry import ModelRegistry
 from inference.retraining import Request, Retrainer, RetrainSettings
 from infra.config import Stores

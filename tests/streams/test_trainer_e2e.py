@@ -188,3 +188,43 @@ def test_refused_requests_are_dead_lettered_once_across_a_crash(settings: Settin
     assert second.dead_letters == 0
     letters = _read(settings, f"{settings.retrain_topic}.dlq")
     assert sorted(m.value for m in letters) == sorted(v for _, v in bad)
+
+
+@pytest.mark.timeout(300)
+def test_a_registry_damaged_by_hand_holds_a_request_until_repaired(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``champion.json`` edited into nonsense while a request arrives: the trainer stays
+    up, records nothing and says why on each try; once the file is repaired the request is
+    decided once, as if nothing had happened."""
+    import streams.trainer
+
+    monkeypatch.setattr(streams.trainer, "REGISTRY_RETRY_S", 0.2)
+    settings = settings.model_copy(update={"promotion_min_auc_gain": 0.2})
+    World(settings.stores, change=False).write(T0, T0 + 10 * N * 1000)
+    ensure_topics(settings.kafka, settings.topics)
+    alias = settings.stores.models_dir / "champion.json"
+
+    async def scenario() -> int:
+        trainer = Trainer(settings.trainer)
+        task = asyncio.create_task(trainer.run())
+        await trainer.started.wait()
+        publish(settings.kafka, settings.retrain_topic, [_request("r0", None)])
+        await _until(lambda: _kinds(settings)[-1:] == ["promoted"])
+        good = alias.read_text()
+        alias.write_text('{"version": "v0001", "history": "oops"')
+        publish(settings.kafka, settings.retrain_topic, [_request("r1", "v0001")])
+        await _until(lambda: trainer.registry_errors >= 3)
+        assert not task.done() and _kinds(settings)[-1:] == ["promoted"]
+        errors = trainer.registry_errors
+        alias.write_text(good)
+        await _until(lambda: _kinds(settings)[-1:] == ["rejected"])
+        trainer.stop()
+        await task
+        return errors
+
+    assert asyncio.run(scenario()) >= 3
+    assert _kinds(settings) == ["triggered", "trained", "promoted",
+                                "triggered", "trained", "rejected"]  # fmt: skip
+    assert ModelRegistry(settings.stores.models_dir).champion_version() == "v0001"
+    assert verify(settings.stores.models_dir) == []
