@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.files import write_durably
+from infra.files import stale, temporary_writer, write_durably
 
 _MAGIC = b"FFCK1\n"
 _HEADER_LEN = struct.Struct(">I")
@@ -42,6 +42,8 @@ class CheckpointStore:
     def __init__(self, root: Path):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        for leftover in stale(root.glob(".*.tmp"), temporary_writer):  # a writer killed
+            leftover.unlink(missing_ok=True)
 
     def _path(self, topic: str, partition: int) -> Path:
         return self.root / f"{topic}-{partition}.ckpt"

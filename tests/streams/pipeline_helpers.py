@@ -36,10 +36,14 @@ class Expected:
         return frame.groupby("user_id", sort=True).tail(1).set_index("user_id").sort_index()
 
 
-def make_events(n: int, users: int, seed: int, hours: float = 6.0) -> GeneratedEvents:
+def make_events(
+    n: int, users: int, seed: int, hours: float = 6.0, zipf: float = 1.1
+) -> GeneratedEvents:
     span_ms = hours * 3_600_000
     start_ms = int(time.time() * 1000 - span_ms)
-    return generate_events(n, users=users, start_ms=start_ms, mean_gap_ms=span_ms / n, seed=seed)
+    return generate_events(
+        n, users=users, start_ms=start_ms, mean_gap_ms=span_ms / n, seed=seed, zipf=zipf
+    )
 
 
 def oracle(events: GeneratedEvents) -> Expected:
