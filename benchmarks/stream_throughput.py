@@ -251,7 +251,8 @@ def _stop_py_spy(spy: subprocess.Popen[bytes]) -> None:
 #: Where the worker's time goes: (label, frame substring) matched anywhere in a stack,
 #: first match wins, so nested categories come first.
 PROFILE_CATEGORIES: tuple[tuple[str, str], ...] = (
-    ("Feast write_to_online_store (Redis)", "(features/online.py"),
+    ("online store write (Redis HSET pipeline)", "(features/online/"),
+    ("merchant worker (re-keyed rows, merchant views)", "(streams/merchant_"),
     ("offline parquet part file write", "(features/offline.py"),
     ("checkpoint: state snapshot + fsync", "(streams/checkpointer.py"),
     ("window kernels (WindowState.update)", "update (features/state.py"),

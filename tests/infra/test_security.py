@@ -18,7 +18,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from featflow.processes import start_command, start_worker, stop_process, wait_caught_up
 from featflow.settings import Settings
-from features.feast_repo import open_store
+from features.feast_repo import apply_repo, open_store
 from features.online import OnlineUnavailable, open_online
 from features.reader import read_online
 from features.spec import DEFAULT_FEATURES
@@ -27,6 +27,7 @@ from infra.process import free_port
 from infra.producer import publish
 from infra.redis_server import embedded_redis
 from infra.topics import ensure_topics
+from testing.tls_front import TlsFront, make_certificates
 from tests.streams.pipeline_helpers import make_events, oracle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -182,6 +183,55 @@ def test_redis_password_reaches_worker_and_feast_and_nowhere_else(
     for path in settings.home.rglob("*"):
         if path.is_file() and path.stat().st_size < 5_000_000:
             assert password.encode() not in path.read_bytes(), path
+
+
+def test_redis_over_tls_verifies_the_server_and_carries_the_features(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """``rediss://`` with ``FEATFLOW_REDIS_CA_FILE``: the worker writes and Feast's
+    ``get_online_features`` reads through a TLS front to Redis (the port featflow is given
+    speaks only TLS), and a client that trusts another CA is refused at the handshake."""
+    certificates = make_certificates(tmp_path / "tls")
+    redis = embedded_redis(log_path=tmp_path / "redis.log").start()
+    try:
+        with TlsFront(certificates, redis.port) as front:
+            settings = settings.model_copy(
+                update={
+                    "online_store": f"rediss://127.0.0.1:{front.port}",
+                    "redis_ca_file": certificates.ca,
+                }
+            )
+            events = make_events(600, users=30, seed=6)
+            ensure_topics(settings.kafka, settings.topics)
+            publish(settings.kafka, settings.topics.events, events.records())
+            worker = start_worker(settings, tmp_path / "worker.log")
+            try:
+                wait_caught_up(settings, [worker], timeout=120)
+            finally:
+                stop_process(worker)
+            latest = oracle(events).latest_per_user()
+            got = read_online(settings.stores, latest.index.tolist()).set_index("user_id")
+            np.testing.assert_allclose(
+                got["amount_sum_24h"].to_numpy(float), latest["amount_sum_24h"], rtol=1e-9
+            )
+            feast = (
+                open_store(settings.stores)
+                .get_online_features(
+                    features=["user_txn_features:txn_count_1h"],
+                    entity_rows=[{"user_id": int(u)} for u in latest.index[:5]],
+                )
+                .to_dict()
+            )
+            assert feast["txn_count_1h"] == latest["txn_count_1h"].iloc[:5].tolist()
+            assert front.handshakes > 0  # featflow's port speaks only TLS: it came this way
+            stranger = make_certificates(tmp_path / "stranger")
+            other = Stores(
+                tmp_path / "stranger-home", settings.online_store, redis_ca_file=str(stranger.ca)
+            )
+            reader = open_online(apply_repo(other), DEFAULT_FEATURES)
+            assert "certificate verify failed" in (reader.unavailable() or "").lower()
+    finally:
+        redis.stop()
 
 
 # -- every listening service on loopback -------------------------------------------------
