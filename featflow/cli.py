@@ -423,8 +423,10 @@ def backfill(
     loading.join()
     result = run_backfill(
         rows,
-        lateness_ms=int(settings.allowed_lateness_s * 1000),
+        lateness_ms=settings.lateness_ms,
         threads=threads or len(os.sched_getaffinity(0)),
+        expiry=settings.expiry,
+        partitions=settings.topic_partitions,
     )
     rejects = write_output(result, Path(output_path))
     click.echo(f"{result.table.num_rows} rows -> {output_path}")
@@ -552,7 +554,7 @@ def serve(config: str | None, host: str, port: int, no_publish: bool) -> None:
         ensure_topics(settings.kafka, settings.topics)
         replica = FeatureReplica(
             kafka=settings.kafka, topic=settings.topics.events, specs=DEFAULT_FEATURES,
-            lateness_ms=settings.lateness_ms, rules=settings.event_rules,
+            lateness_ms=settings.lateness_ms, expiry=settings.expiry, rules=settings.event_rules,
             checkpoints=CheckpointStore(settings.stores.checkpoint_dir),
         ).start()  # fmt: skip
     app = build_app(

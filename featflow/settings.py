@@ -25,7 +25,7 @@ import yaml
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from features.spec import DEFAULT_LATENESS_MS
+from features.spec import DEFAULT_EXPIRY, DEFAULT_LATENESS_MS, Expiry
 from inference.auth import Tokens
 from inference.retraining import RetrainSettings
 from infra.config import DEFAULT_BOOTSTRAP, KafkaConfig, Stores, Topics, check_online_store
@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     consumer_group: str = "featflow-worker"
 
     allowed_lateness_s: float = Field(DEFAULT_LATENESS_MS / 1000, ge=0)
+    idle_reset_s: float = Field(
+        (DEFAULT_EXPIRY.idle_ms or 0) / 1000, ge=0,
+        description="A user idle this long starts afresh (0: never); at least the longest "
+        "window plus the lateness.",
+    )  # fmt: skip
+    max_delay_s: float = Field(
+        (DEFAULT_EXPIRY.max_delay_ms or 0) / 1000, ge=0,
+        description="Events this far behind the newest of their partition are late (0: no "
+        "bound). With idle_reset_s, users idle for both are dropped from memory.",
+    )  # fmt: skip
     max_future_skew_s: float = Field(86_400.0, ge=0)
     max_record_bytes: int = Field(65_536, ge=64)
     max_amount: float = Field(
@@ -242,6 +252,11 @@ class Settings(BaseSettings):
         return int(self.allowed_lateness_s * 1000)
 
     @property
+    def expiry(self) -> Expiry:
+        """When idle users start afresh and are dropped (``features.spec.Expiry``)."""
+        return Expiry(int(self.idle_reset_s * 1000) or None, int(self.max_delay_s * 1000) or None)
+
+    @property
     def event_rules(self) -> EventRules:
         """The limits every decoder of events and outcomes applies."""
         return EventRules(
@@ -307,6 +322,7 @@ class Settings(BaseSettings):
             stores=self.stores,
             rules=self.event_rules,
             lateness_ms=self.lateness_ms,
+            expiry=self.expiry,
             group=self.consumer_group,
             session_timeout_s=self.group_session_timeout_s,
             batch_max_records=self.batch_max_records,

@@ -20,5 +20,7 @@ def train_with(
         events=events,
         rules=settings.event_rules,
         lateness_ms=settings.lateness_ms,
+        expiry=settings.expiry,
+        partitions=settings.topic_partitions,
         min_auc_gain=settings.promotion_min_auc_gain,
     )

@@ -55,13 +55,16 @@ class Applied:
 
 class Columns(NamedTuple):
     """The event columns the window state reads, in arrival order; ``event_key`` (the
-    events' id keys, ``features.state.event_keys``) turns on duplicate detection."""
+    events' id keys, ``features.state.event_keys``) turns on duplicate detection, ``clock``
+    (each event's partition clock) is for a state that is not one partition's (a backfill:
+    ``WindowState.update``)."""
 
     user_id: np.ndarray  # int64
     event_time_ms: np.ndarray  # int64
     amount: np.ndarray  # float64
     merchant_id: np.ndarray  # int64
     event_key: np.ndarray | None = None  # int64
+    clock: np.ndarray | None = None  # int64
 
     @staticmethod
     def of(batch: EventBatch) -> Columns:
@@ -81,7 +84,8 @@ def apply_events(state: WindowState, batch: EventBatch | Columns) -> Applied:
 
     def step(lo: int, hi: int) -> BatchResult:
         keys = None if cols.event_key is None else cols.event_key[lo:hi]
-        return state.update(*(c[lo:hi] for c in cols[:4]), event_keys=keys)
+        clocks = None if cols.clock is None else cols.clock[lo:hi]
+        return state.update(*(c[lo:hi] for c in cols[:4]), event_keys=keys, clocks=clocks)
 
     def failed(row: int, exc: Exception) -> None:
         refused.append((row, Reason.PROCESSING_ERROR, describe(exc)))
@@ -92,19 +96,26 @@ def apply_events(state: WindowState, batch: EventBatch | Columns) -> Applied:
         result = parts[0][2]
         rows = np.arange(n, dtype=np.int64)
         features, late, newest = result.features, result.late, result.latest_mask
+        behind = result.behind_clock if result.behind_clock is not None else np.zeros(n, bool)
         dup = result.duplicate if result.duplicate is not None else np.zeros(n, dtype=bool)
         unheld = np.zeros(n, dtype=bool)
         for j, why in result.failed:
             unheld[j] = True
             refused.append((j, Reason.PROCESSING_ERROR, why))
     else:
-        rows, features, late, unheld, newest, dup = _join(parts, cols, len(state.specs), refused)
+        rows, features, late, unheld, newest, dup, behind = _join(
+            parts, cols, len(state.specs), refused
+        )
 
     lateness_s = state.lateness_ms / 1000
+    delay_s = (state.expiry.max_delay_ms or 0) / 1000
     for j in np.flatnonzero(late).tolist():
         t_ms = int(cols.event_time_ms[rows[j]])
         detail = (
-            f"event_time {t_ms} ms is more than {lateness_s:g} s behind its entity's newest event"
+            f"event_time {t_ms} ms is more than {delay_s:g} s behind its partition's newest event"
+            if behind[j]
+            else f"event_time {t_ms} ms is more than {lateness_s:g} s behind its entity's "
+            "newest event"
         )
         refused.append((int(rows[j]), Reason.LATE, detail))
     finite = np.isfinite(features).all(axis=1)
@@ -125,9 +136,9 @@ def _join(
     cols: Columns,
     width: int,
     refused: list[tuple[int, Reason, str]],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, features, late, unheld, newest, duplicate) of a batch applied in several
-    updates."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, features, late, unheld, newest, duplicate, behind the clock) of a batch applied
+    in several updates."""
     rows = np.concatenate([np.arange(lo, hi) for lo, hi, _ in parts] + [np.empty(0, np.int64)])
     features = np.concatenate([r.features for *_, r in parts] + [np.empty((0, width))])
     late = np.concatenate([r.late for *_, r in parts] + [np.empty(0, bool)])
@@ -135,6 +146,10 @@ def _join(
         [r.duplicate if r.duplicate is not None else np.zeros(len(r.late), bool) for *_, r in parts]
         + [np.empty(0, bool)]
     )
+    behind = np.concatenate(
+        [r.behind_clock if r.behind_clock is not None else np.zeros(len(r.late), bool)
+         for *_, r in parts] + [np.empty(0, bool)]
+    )  # fmt: skip
     tmax = np.concatenate([r.entity_max_time_ms for *_, r in parts] + [np.empty(0, np.int64)])
     unheld = np.zeros(len(rows), dtype=bool)
     start = 0
@@ -145,7 +160,8 @@ def _join(
         start += hi - lo
     rows = rows.astype(np.int64)
     users, times = cols.user_id[rows], cols.event_time_ms[rows]
-    return rows, features, late, unheld, _newest(users, times, late | unheld | dup, tmax), dup
+    newest = _newest(users, times, late | unheld | dup, tmax)
+    return rows, features, late, unheld, newest, dup, behind
 
 
 def _newest(users: np.ndarray, times: np.ndarray, late: np.ndarray, tmax: np.ndarray) -> np.ndarray:

@@ -24,10 +24,10 @@ from features.event_files import SOURCE_TOPIC, EventRows
 from features.offline import PARQUET_OPTIONS
 from features.rows import offline_table
 from features.shards import balanced_shards
-from features.spec import DEFAULT_FEATURES, FeatureSpec
+from features.spec import DEFAULT_FEATURES, NO_EXPIRY, Expiry, FeatureSpec
 from features.state import WindowState
 from infra.dead_letter import DeadLetter
-from infra.events import EventBatch
+from infra.partitioner import partition_clocks, partition_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,25 +49,32 @@ def backfill(
     lateness_ms: int,
     specs: Sequence[FeatureSpec] = DEFAULT_FEATURES,
     threads: int = 1,
+    expiry: Expiry = NO_EXPIRY,
+    partitions: int = 1,
 ) -> BackfillResult:
     """Features for every accepted row of ``rows`` (in input order); late rows join the
     rejects.
 
     With ``threads > 1`` the users are split into that many shards of near-equal rows
     (``features/shards.py``), each run by its own state in its own thread: the same rows,
-    since every feature is per user.
+    since every feature is per user. With an ``expiry``, each event's partition clock is
+    that of the partition of ``partitions`` its user's records land on (the stream's topic
+    must have that many), as in the stream.
     """
     batch, dead = rows.batch, list(rows.rejected)
     shards = balanced_shards(batch.user_id, threads)
+    cols = Columns.of(batch)
+    if expiry.max_delay_ms is not None:
+        home = partition_of(batch.user_id, partitions)
+        cols = cols._replace(clock=partition_clocks(home, batch.event_time_ms))
 
-    def run(part: EventBatch | Columns) -> Applied:
-        return apply_events(WindowState(specs, lateness_ms=lateness_ms), part)
+    def run(part: Columns) -> Applied:
+        return apply_events(WindowState(specs, lateness_ms=lateness_ms, expiry=expiry), part)
 
     if len(shards) == 1:
-        applied = run(batch)
+        applied = run(cols)
     else:
         with ThreadPoolExecutor(len(shards), thread_name_prefix="backfill") as pool:
-            cols = Columns.of(batch)
             parts = list(pool.map(run, (cols.take(taken) for taken in shards)))
         applied = Applied.merge(list(zip(shards, parts, strict=True)))
     for i, reason, detail in applied.refused:

@@ -78,6 +78,41 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 DEFAULT_LATENESS_MS = 60 * SECOND_MS
 
 
+@dataclass(frozen=True)
+class Expiry:
+    """How long an idle entity is remembered; shared by stream and backfill like lateness.
+
+    ``idle_ms``: an event more than this after its entity's newest finds the entity afresh,
+    as if never seen (``since_last`` -1, the ewm restarts; every window is empty by then,
+    which is why it must be at least the longest window plus the lateness).
+    ``max_delay_ms``: an event more than this behind the newest event of its partition is
+    late (dead-lettered). With both, a partition's state drops an entity idle for longer
+    than their sum (the ``WindowState`` docstring says why no row changes).
+    """
+
+    idle_ms: int | None = None
+    max_delay_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("idle_ms", "max_delay_ms"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value <= 0
+            ):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+    @property
+    def purges(self) -> bool:
+        """Whether idle entities can be dropped from memory (both bounds set)."""
+        return self.idle_ms is not None and self.max_delay_ms is not None
+
+
+NO_EXPIRY = Expiry()  # entities remembered for ever, no event behind a clock refused
+# 30 days idle starts a user afresh; events a week behind their partition are refused: a
+# user's state is held while it was active in the last 37 days of its partition's time.
+DEFAULT_EXPIRY = Expiry(idle_ms=30 * DAY_MS, max_delay_ms=7 * DAY_MS)
+
+
 @dataclass(frozen=True, kw_only=True)
 class FeatureSpec:
     """One output feature: ``agg`` of ``column`` over a sliding event-time window, or a

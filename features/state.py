@@ -26,14 +26,16 @@ from features.spec import (
     DEFAULT_FEATURES,
     DEFAULT_LATENESS_MS,
     DERIVED_AGGS,
+    NO_EXPIRY,
+    Expiry,
     FeatureSpec,
     feature_names,
     spec_fingerprint,
     validate_specs,
 )
 
-SNAPSHOT_VERSION = 3  # 2: + promoted entities and their running sums; 3: + recent event ids
-_READABLE_VERSIONS = (2, 3)  # a version-2 snapshot restores with no recent ids
+SNAPSHOT_VERSION = 4  # 2: + promoted entities' running sums; 3: + recent ids; 4: + expiry
+_READABLE_VERSIONS = (2, 3, 4)  # 2: no recent ids; 2 and 3: the caller's expiry, no clock
 # Times are bounded so that t - lateness - window can never overflow int64 in the kernel.
 _MAX_ABS_TIME_MS = 1 << 60
 # Bytes per entry of the numba typed dict, measured (76 MB RSS for 1M int64 -> int64).
@@ -45,6 +47,11 @@ _SIDE_BYTES_PER_SLOT = 720
 # Recent event ids are swept (``dedupe.evict``) when they reach this many, or twice what
 # the last sweep kept: amortised O(1) per event.
 _EVICT_MIN = 1 << 16
+# Idle entities are dropped (a rebuild of the state, O(state)) once at least this many, and
+# a quarter of those held, may go: amortised O(1) per entity, and memory within 4/3 of the
+# live entities'.
+_PURGE_MIN = 1 << 12
+_PURGE_SHARE = 4
 
 
 def event_keys(entity_ids: np.ndarray, event_ids: pa.Array) -> np.ndarray:
@@ -73,6 +80,9 @@ class BatchResult:
     failed: tuple[tuple[int, str], ...] = ()  # (row, why): events the state could not hold
     # bool [n]: a copy of an event the entity holds (``features.kernels.dedupe``); no row
     duplicate: np.ndarray | None = None
+    # bool [n]: late for being more than ``Expiry.max_delay_ms`` behind the partition's
+    # clock (also set in ``late``); None when the rule is off
+    behind_clock: np.ndarray | None = None
 
 
 def _trimmed_caps(lengths: np.ndarray, min_seg: int) -> np.ndarray:
@@ -129,6 +139,17 @@ class WindowState:
 
     Results depend only on the event sequence (not on batch sizes, arena sizes or
     snapshot/restore points), which is what lets stream and backfill agree exactly.
+
+    **Idle entities** (``expiry``, :class:`~features.spec.Expiry`). The partition's clock is
+    the newest event time it has seen. An event more than ``max_delay_ms`` behind the clock
+    is late; an event more than ``idle_ms`` after its entity's newest finds the entity
+    afresh (the kernels). So an entity whose newest time is more than ``idle_ms +
+    max_delay_ms`` behind the clock can be dropped without changing any row: its next
+    event is either behind the clock by more than ``max_delay_ms`` (late, state or not) or
+    more than ``idle_ms`` after its newest (afresh, state or not). Which entities are dropped
+    when is memory management only. The clock is the partition's (each state of the stream
+    is one partition's); a backfill passes each event's partition clock to :meth:`update`
+    and drops nothing.
     """
 
     def __init__(
@@ -140,6 +161,7 @@ class WindowState:
         initial_arena: int = 1 << 16,
         min_segment: int = 4,
         tuning: K.Tuning = K.DEFAULT_TUNING,
+        expiry: Expiry = NO_EXPIRY,
     ) -> None:
         """``tuning`` moves work between the kernels' paths (performance only; tests force
         each path with it); the default is the production constant stream and backfill share.
@@ -159,10 +181,27 @@ class WindowState:
             [j for j, s in enumerate(self._specs) if s.agg not in DERIVED_AGGS], dtype=np.int64
         )
         self._derived = derived_plan(self._specs)
+        if not isinstance(expiry, Expiry):
+            raise ValueError(f"expiry must be a features.spec.Expiry, got {expiry!r}")
+        reach = self._enc.retention_ms + lateness_ms
+        if expiry.idle_ms is not None and expiry.idle_ms < reach:
+            raise ValueError(
+                f"idle_ms={expiry.idle_ms} must be at least the longest window plus the "
+                f"lateness ({reach} ms): an entity starting afresh must have no row in any window"
+            )
+        self._expiry = expiry
+        self._clock = K.NO_TIME  # the newest event time seen (the partition's clock)
+        self._purge_checked = K.NO_TIME  # the clock when idle entities were last looked for
+        self.purged = 0  # idle entities dropped by this object
         self._lateness_ms = lateness_ms
         self._min_seg = int(min_segment)
         self._tuning = tuning
-        self._cfg = K.Config(lateness_ms=lateness_ms, min_seg=self._min_seg, tuning=tuning)
+        self._cfg = K.Config(
+            lateness_ms=lateness_ms,
+            min_seg=self._min_seg,
+            tuning=tuning,
+            idle_ms=-1 if expiry.idle_ms is None else expiry.idle_ms,
+        )
         self._n = 0
         self._st = K.new_state(initial_entities, initial_arena, len(self._enc.halflife))
         # recent event ids per entity (duplicates): key -> time, key -> entity
@@ -188,8 +227,18 @@ class WindowState:
         return self._lateness_ms
 
     @property
+    def expiry(self) -> Expiry:
+        """When idle entities start afresh and are dropped."""
+        return self._expiry
+
+    @property
+    def clock(self) -> int:
+        """The newest event time seen (``NO_TIME`` before any)."""
+        return int(self._clock)
+
+    @property
     def n_entities(self) -> int:
-        """Entities seen so far."""
+        """Entities held (seen, less those dropped idle)."""
         return self._n
 
     @property
@@ -230,6 +279,8 @@ class WindowState:
         amounts: np.ndarray,
         merchants: np.ndarray,
         event_keys: np.ndarray | None = None,
+        *,
+        clocks: np.ndarray | None = None,
     ) -> BatchResult:
         """Apply a batch in arrival order and return one feature row per event.
 
@@ -241,6 +292,11 @@ class WindowState:
         the user's max event time as of the end of the batch, so an online store written
         only with those rows is never overwritten by an older event. Rows with a time equal
         to a previous batch's max are newer in arrival order and are marked too.
+
+        ``clocks``: each event's partition clock (the newest time of its partition up to
+        and including it), where this state is not one partition's (a backfill shard); the
+        state then drops no idle entity. Without, the state is its partition and keeps the
+        clock itself (see the class docstring).
         """
         users = _as_1d("user_ids", user_ids, np.int64)
         times = _as_1d("times_ms", times_ms, np.int64)
@@ -256,19 +312,86 @@ class WindowState:
             raise ValueError("times_ms out of range (|t| must be < 2**60 ms)")
         if n and not np.isfinite(amts).all():
             raise ValueError("amounts must be finite (NaN/inf would poison window sums)")
+        keys = None if event_keys is None else _as_1d("event_keys", event_keys, np.int64)
+        if keys is not None and keys.shape[0] != n:
+            raise ValueError(f"event_keys must have {n} entries, got {keys.shape[0]}")
+        own_clock = clocks is None
+        if not own_clock:
+            clocks = _as_1d("clocks", clocks, np.int64)
+            if clocks.shape[0] != n or (n and (clocks < times).any()):
+                raise ValueError("clocks must have one entry per event, each >= its time")
+        elif self._expiry.max_delay_ms is not None and n:
+            clocks = np.maximum.accumulate(np.maximum(times, self._clock))
+        if clocks is None or self._expiry.max_delay_ms is None:
+            result = self._update(users, times, amts, mers, keys)
+        else:
+            behind = times < clocks - self._expiry.max_delay_ms
+            if not behind.any():
+                result = replace(self._update(users, times, amts, mers, keys), behind_clock=behind)
+            else:
+                result = self._without_behind(users, times, amts, mers, keys, behind)
+        if clocks is not None and n:
+            self._clock = max(int(self._clock), int(clocks.max()))
+            if own_clock and self._expiry.purges:
+                self._purge_idle()
+        return result
 
+    def _without_behind(
+        self,
+        users: np.ndarray,
+        times: np.ndarray,
+        amts: np.ndarray,
+        mers: np.ndarray,
+        keys: np.ndarray | None,
+        behind: np.ndarray,
+    ) -> BatchResult:
+        """:meth:`_update` of the events not ``behind`` the clock; those are late rows."""
+        n = users.shape[0]
+        kept = np.flatnonzero(~behind)
+        part = self._update(
+            users[kept], times[kept], amts[kept], mers[kept], None if keys is None else keys[kept]
+        )
+        features = np.full((n, len(self._specs)), np.nan)
+        features[kept] = part.features
+        late = behind.copy()
+        late[kept] = part.late
+        latest = np.zeros(n, dtype=np.bool_)
+        latest[kept] = part.latest_mask
+        newest = np.full(n, K.NO_TIME, dtype=np.int64)  # changes no entity's max
+        newest[kept] = part.entity_max_time_ms
+        duplicate = None
+        if part.duplicate is not None:
+            duplicate = np.zeros(n, dtype=np.bool_)
+            duplicate[kept] = part.duplicate
+        return BatchResult(
+            features=features,
+            late=late,
+            latest_mask=latest,
+            entity_max_time_ms=newest,
+            failed=tuple((int(kept[row]), why) for row, why in part.failed),
+            duplicate=duplicate,
+            behind_clock=behind,
+        )
+
+    def _update(
+        self,
+        users: np.ndarray,
+        times: np.ndarray,
+        amts: np.ndarray,
+        mers: np.ndarray,
+        keys: np.ndarray | None,
+    ) -> BatchResult:
+        """:meth:`update` of validated columns, the clock rule applied."""
+        n = users.shape[0]
         self._ensure_entities(self._n + n)
         ent = np.empty(n, dtype=np.int64)
         self._n = K.assign_dense_ids(self._st.table, users, self._st.keys, self._n, ent)
-        if event_keys is None:
+        if keys is None:
             return self._apply(ent, times, amts, mers)
-        keys = _as_1d("event_keys", event_keys, np.int64)
-        if keys.shape[0] != n:
-            raise ValueError(f"event_keys must have {n} entries, got {keys.shape[0]}")
         duplicate = np.zeros(n, dtype=np.bool_)
         D.mark_duplicates(
-            ent, users, keys, times, self._st.seg, self._lateness_ms, self._seen_t,
-            self._seen_e, NumbaDict.empty(nb_int64, nb_int64), duplicate,
+            ent, users, keys, times, self._st.seg, self._lateness_ms, self._cfg.idle_ms,
+            self._seen_t, self._seen_e, NumbaDict.empty(nb_int64, nb_int64), duplicate,
         )  # fmt: skip
         if not duplicate.any():
             result = self._apply(ent, times, amts, mers)
@@ -291,6 +414,54 @@ class WindowState:
         if len(self._seen_t) >= self._evict_at:
             self.sweep_ids()
         return replace(result, duplicate=duplicate)
+
+    def _purge_idle(self) -> None:
+        """Drop the entities idle for longer than ``idle_ms + max_delay_ms`` behind the clock
+        (no row changes: the class docstring), once enough may go to pay for the rebuild."""
+        assert self._expiry.idle_ms is not None and self._expiry.max_delay_ms is not None
+        horizon = self._expiry.idle_ms + self._expiry.max_delay_ms
+        clock = int(self._clock)
+        if self._purge_checked != K.NO_TIME and clock - self._purge_checked < horizon >> 6:
+            return  # looked at most 1/64 of the horizon ago: an O(entities) look, rarely
+        self._purge_checked = clock
+        limit = clock - horizon
+        tmax = self._st.seg[: self._n, K.TMAX]
+        idle = (tmax != K.NO_TIME) & (tmax < limit)
+        count = int(idle.sum())
+        if count >= max(_PURGE_MIN, self._n // _PURGE_SHARE):
+            self._drop(idle)
+            self.purged += count
+
+    def _drop(self, gone: np.ndarray) -> None:
+        """Rebuild the state without the entities ``gone`` (bool over the dense indexes):
+        the snapshot of the others, restored (O(state), amortised by :meth:`_purge_idle`)."""
+        snap = self.capture()
+        keep = ~gone
+        rows = np.repeat(keep, snap.lengths)
+        renumber = np.cumsum(keep) - 1  # old dense index -> new, for the kept
+        promoted_kept = keep[snap.promoted]
+        held = np.isin(snap.seen_entities, snap.keys[keep])
+        parts = {
+            **{f.name: getattr(snap, f.name) for f in fields(snap)},
+            "keys": snap.keys[keep],
+            "tmax": snap.tmax[keep],
+            "evicted": snap.evicted[keep],
+            "lengths": snap.lengths[keep],
+            "ewm": snap.ewm[keep],
+            "hist_t": snap.hist_t[rows],
+            "hist_a": snap.hist_a[rows],
+            "hist_m": snap.hist_m[rows],
+            "promoted": renumber[snap.promoted[promoted_kept]].astype(np.int64),
+            "sums": snap.sums[promoted_kept],
+            "seen_keys": snap.seen_keys[held],
+            "seen_times": snap.seen_times[held],
+            "seen_entities": snap.seen_entities[held],
+        }
+        rebuilt = WindowState._rebuild(json.loads(str(snap.header)), parts, self._specs,
+                                       self._tuning)  # fmt: skip
+        self._st, self._n = rebuilt._st, rebuilt._n
+        self._seen_t, self._seen_e = rebuilt._seen_t, rebuilt._seen_e
+        self._evict_at = max(2 * len(self._seen_t), _EVICT_MIN)
 
     @property
     def n_recent_ids(self) -> int:
@@ -378,7 +549,13 @@ class WindowState:
         starts = np.maximum.accumulate(np.where(first, np.arange(n), 0))
         rounds = np.empty(n, dtype=np.int64)
         rounds[order] = np.arange(n) - starts
-        header = {"lateness_ms": self._lateness_ms, "min_segment": self._min_seg}
+        header = {
+            "lateness_ms": self._lateness_ms,
+            "min_segment": self._min_seg,
+            "idle_ms": self._expiry.idle_ms,
+            "max_delay_ms": self._expiry.max_delay_ms,
+            "clock": int(self._clock),
+        }
         table = self._st.table
         for r in range(int(rounds.max()) + 1 if n else 0):
             idx = np.flatnonzero(rounds == r)
@@ -495,6 +672,9 @@ class WindowState:
             "specs": spec_fingerprint(self._specs),
             "lateness_ms": self._lateness_ms,
             "min_segment": self._min_seg,
+            "idle_ms": self._expiry.idle_ms,
+            "max_delay_ms": self._expiry.max_delay_ms,
+            "clock": int(self._clock),
         }
         return Snapshot(
             header=np.array(json.dumps(header)),
@@ -521,11 +701,14 @@ class WindowState:
         *,
         lateness_ms: int | None = None,
         tuning: K.Tuning = K.DEFAULT_TUNING,
+        expiry: Expiry | None = None,
     ) -> WindowState:
         """Rebuild a state from :meth:`snapshot`; ``specs`` must equal the snapshot's specs.
 
-        The snapshot's lateness is kept (retention was sized for it); pass ``lateness_ms`` to
-        assert it matches the caller's configuration instead of silently diverging.
+        The snapshot's lateness and expiry are kept (rows were kept and dropped by them);
+        pass ``lateness_ms`` and ``expiry`` to assert they match the caller's configuration
+        instead of silently diverging. A snapshot from before expiry (format 2 or 3) takes
+        ``expiry`` from here on.
         """
         specs = validate_specs(specs)
         try:
@@ -549,6 +732,16 @@ class WindowState:
                 f"snapshot lateness_ms={header['lateness_ms']} != requested {lateness_ms}; "
                 "changing lateness needs a replay from a fresh state"
             )
+        if "idle_ms" in header:
+            kept = Expiry(header["idle_ms"], header["max_delay_ms"])
+            if expiry is not None and expiry != kept:
+                raise ValueError(
+                    f"snapshot expiry {kept} != requested {expiry}; changing when idle "
+                    "entities are dropped needs a replay from a fresh state"
+                )
+        else:
+            expiry = expiry or NO_EXPIRY
+            header |= {"idle_ms": expiry.idle_ms, "max_delay_ms": expiry.max_delay_ms}
         return cls._rebuild(header, z, specs, tuning)
 
     @classmethod
@@ -574,7 +767,9 @@ class WindowState:
             initial_arena=arena_size,
             min_segment=min_seg,
             tuning=tuning,
+            expiry=Expiry(header.get("idle_ms"), header.get("max_delay_ms")),  # type: ignore[arg-type]
         )
+        st._clock = int(header.get("clock", K.NO_TIME))  # type: ignore[call-overload]
         st._n = n
         ks = st._st
         ks.keys[:n] = keys

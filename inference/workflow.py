@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from features.spec import DEFAULT_LATENESS_MS
+from features.spec import DEFAULT_LATENESS_MS, NO_EXPIRY, Expiry
 from infra.config import Stores
 from infra.events import EventRules
 
@@ -72,6 +72,8 @@ def train_and_register(
     events: Path | None = None,
     rules: EventRules = EventRules(),
     lateness_ms: int = DEFAULT_LATENESS_MS,
+    expiry: Expiry = NO_EXPIRY,
+    partitions: int = 1,
     min_auc_gain: float = 0.0,
 ) -> TrainReport:
     """Train on ``labels`` (default: stored outcomes) joined to the offline store, or to
@@ -91,7 +93,7 @@ def train_and_register(
         offline_dir = stores.offline_dir
         if events is not None:  # analysts' path: the same kernels, into a scratch store
             rows = read_events(events, rules=rules)
-            result = backfill(rows, lateness_ms=lateness_ms)
+            result = backfill(rows, lateness_ms=lateness_ms, expiry=expiry, partitions=partitions)
             offline_dir = write_views(Path(scratch), result.table, labels, tag="backfill")
         # Each label joins its own event's row (features as of that event) and its
         # merchant's rows as of just before it: O(N log N), whatever the busiest user or

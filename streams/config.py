@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from features.spec import DEFAULT_LATENESS_MS
+from features.spec import DEFAULT_LATENESS_MS, NO_EXPIRY, Expiry
 from inference.retraining import RetrainSettings
 from infra.config import KafkaConfig, Stores, Topics
 from infra.events import EventRules
@@ -25,6 +25,7 @@ class WorkerConfig:
     stores: Stores
     rules: EventRules = EventRules()
     lateness_ms: int = DEFAULT_LATENESS_MS
+    expiry: Expiry = NO_EXPIRY
     group: str = "featflow-worker"
     session_timeout_s: float = 6.0
     batch_max_records: int = 10_000

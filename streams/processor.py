@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from features.apply import apply_events
 from features.rows import offline_table
-from features.spec import FeatureSpec
+from features.spec import NO_EXPIRY, Expiry, FeatureSpec
 from features.state import WindowState
 from infra.dead_letter import DeadLetter
 from infra.events import EventBatch, EventRules, decode_events
@@ -120,6 +120,7 @@ class PartitionProcessor:
         partition: int,
         specs: Sequence[FeatureSpec],
         lateness_ms: int,
+        expiry: Expiry = NO_EXPIRY,
         rules: EventRules = EventRules(),
         state: WindowState | None = None,
         offset: int = -1,
@@ -128,7 +129,7 @@ class PartitionProcessor:
         self.partition = partition
         self.specs = tuple(specs)
         self.rules = rules
-        self.state = state or WindowState(self.specs, lateness_ms=lateness_ms)
+        self.state = state or WindowState(self.specs, lateness_ms=lateness_ms, expiry=expiry)
         self.offset = offset
 
     def process(self, records: Sequence[Record], *, now_ms: int | None = None) -> Effects:

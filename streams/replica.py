@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from features.spec import FeatureSpec
+from features.spec import NO_EXPIRY, Expiry, FeatureSpec
 from features.state import WindowState
 from infra.config import KafkaConfig
 from infra.events import EventRules
@@ -42,18 +42,19 @@ class FeatureReplica:
         topic: str,
         specs: Sequence[FeatureSpec],
         lateness_ms: int,
+        expiry: Expiry = NO_EXPIRY,
         rules: EventRules = EventRules(),
         checkpoints: CheckpointStore | None = None,
     ) -> None:
         self._kafka, self._topic = kafka, topic
         self._specs = tuple(specs)
-        self._lateness_ms = lateness_ms
+        self._lateness_ms, self._expiry = lateness_ms, expiry
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lag = -1  # unknown until the first poll
         self._failed: str | None = None  # why the thread stopped, if it did
-        self._empty = WindowState(self._specs, lateness_ms=lateness_ms)  # users never seen
+        self._empty = WindowState(self._specs, lateness_ms=lateness_ms, expiry=expiry)  # unseen
         self._rules, self._checkpoints = rules, checkpoints
         self._procs: list[PartitionProcessor] = []  # one per partition, from start()
 
@@ -64,11 +65,14 @@ class FeatureReplica:
         state = None
         offset = -1
         if ckpt is not None:
-            state = WindowState.restore(ckpt.state, self._specs, lateness_ms=self._lateness_ms)
+            state = WindowState.restore(
+                ckpt.state, self._specs, lateness_ms=self._lateness_ms, expiry=self._expiry
+            )
             offset = ckpt.offset
         return PartitionProcessor(
             topic=self._topic, partition=partition, specs=self._specs,
-            lateness_ms=self._lateness_ms, rules=rules, state=state, offset=offset,
+            lateness_ms=self._lateness_ms, expiry=self._expiry, rules=rules, state=state,
+            offset=offset,
         )  # fmt: skip
 
     def start(self) -> FeatureReplica:

@@ -73,14 +73,20 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
 
     def new_processor(self, partition: int, state: bytes | None, offset: int) -> PartitionProcessor:
         """The partition's processor, its window state restored from ``state`` if given."""
-        lateness_ms = self.config.lateness_ms
+        config = self.config
+        restored = None
+        if state is not None:
+            restored = WindowState.restore(
+                state, self.specs, lateness_ms=config.lateness_ms, expiry=config.expiry
+            )
         return PartitionProcessor(
             topic=self.topic,
             partition=partition,
             specs=self.specs,
-            lateness_ms=lateness_ms,
-            rules=self.config.rules,
-            state=None if state is None else WindowState.restore(state, self.specs),
+            lateness_ms=config.lateness_ms,
+            expiry=config.expiry,
+            rules=config.rules,
+            state=restored,
             offset=offset,
         )
 

@@ -536,3 +536,31 @@ def bruteforce_oracle_np(
                 out[i, f] = ref(h, s)
     derived_reference(out, specs)
     return out, late
+
+
+def expiry_reference(
+    stream: Stream, partition: np.ndarray, idle_ms: int, max_delay_ms: int
+) -> tuple[np.ndarray, Stream]:
+    """The expiry rules restated (``features.spec.Expiry``), for the oracles above:
+    (``behind``: events more than ``max_delay_ms`` behind the newest earlier-or-same event
+    of their partition, and the stream without them whose users are renamed per *session*:
+    an event more than ``idle_ms`` after the newest of its user's earlier ones starts a new
+    user, as the rule says it finds its user afresh)."""
+    n = len(stream)
+    behind = np.zeros(n, dtype=bool)
+    clock: dict[int, int] = {}
+    for i in range(n):
+        p, t = int(partition[i]), int(stream.times[i])
+        clock[p] = max(clock.get(p, t), t)
+        behind[i] = t < clock[p] - max_delay_ms
+    kept = np.flatnonzero(~behind)
+    newest: dict[int, int] = {}
+    session: dict[int, int] = {}
+    renamed = np.empty(len(kept), dtype=np.int64)
+    for j, i in enumerate(kept.tolist()):
+        u, t = int(stream.users[i]), int(stream.times[i])
+        if u in newest and t - newest[u] > idle_ms:
+            session[u] = session.get(u, 0) + 1
+        newest[u] = max(newest.get(u, t), t)
+        renamed[j] = u * 1_000 + session.get(u, 0)  # sessions per user < 1,000 in tests
+    return behind, Stream(renamed, stream.times[kept], stream.amounts[kept], stream.merchants[kept])

@@ -46,6 +46,7 @@ def mark_duplicates(
     times: np.ndarray,
     seg: np.ndarray,
     lateness_ms: int,
+    idle_ms: int,
     seen_t,
     seen_e,
     batch_tmax,
@@ -54,11 +55,19 @@ def mark_duplicates(
     """Mark the duplicates of a batch (in arrival order) and remember the other events'
     keys. ``ent``: dense entity indexes, ``seg``: the entity rows *before* the batch (each
     entity's newest time is followed through the batch in ``batch_tmax``, empty on entry),
-    ``entities``: raw entity ids (kept with each key, for :func:`evict`)."""
+    ``entities``: raw entity ids (kept with each key, for :func:`evict`); ``idle_ms`` >= 0:
+    an event that far after its entity's newest finds it afresh (``Config.idle_ms``), so it
+    is no copy of anything."""
     for i in range(ent.shape[0]):
         e = ent[i]
         tmax = batch_tmax.get(e, seg[e, TMAX])
         t = times[i]
+        if tmax != NO_TIME and idle_ms >= 0 and t - tmax > idle_ms:
+            duplicate[i] = False
+            seen_t[keys[i]] = t
+            seen_e[keys[i]] = entities[i]
+            batch_tmax[e] = t
+            continue
         if tmax != NO_TIME and t < tmax - lateness_ms:
             duplicate[i] = False  # late: the driver refuses it, copy or not
             continue
@@ -77,16 +86,20 @@ def mark_duplicates(
 @njit(cache=True, nogil=True)
 def evict(seen_t, seen_e, table, seg: np.ndarray, lateness_ms: int) -> None:
     """Drop the keys no event can match any more: older than their entity's newest time
-    minus the lateness (a copy of them would be late)."""
+    minus the lateness (a copy of them would be late), or of an entity the state no longer
+    holds (dropped idle: its next event finds it afresh)."""
     dead = np.empty(len(seen_t), dtype=np.int64)
     n = 0
     for k, t in seen_t.items():
         entity = seen_e[k]
-        if entity in table:
-            tmax = seg[table[entity], TMAX]
-            if tmax != NO_TIME and t < tmax - lateness_ms:
-                dead[n] = k
-                n += 1
+        if entity not in table:
+            dead[n] = k
+            n += 1
+            continue
+        tmax = seg[table[entity], TMAX]
+        if tmax != NO_TIME and t < tmax - lateness_ms:
+            dead[n] = k
+            n += 1
     for i in range(n):
         del seen_t[dead[i]]
         del seen_e[dead[i]]

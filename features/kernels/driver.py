@@ -20,6 +20,11 @@ Semantics
   For out-of-order input, earlier-arrived events with time ``> t`` are excluded.
 * ``since_last``: ``(t - t_prev) / 1000.0`` where ``t_prev`` is the latest time ``<= t`` among
   earlier-arrived accepted events; ``-1.0`` if none.
+* **Idle entities start afresh** (``Config.idle_ms`` >= 0): an event more than ``idle_ms``
+  after its entity's newest time finds the entity as if never seen (no rows, which are out
+  of every window by then anyway; ``since_last`` -1.0; the ewm restarts). Depending only on
+  the entity's own sequence, this is what lets an idle entity be dropped from memory
+  without changing any row (``WindowState``).
 * ``ewm_mean``: O(1) state per entity: numerator/denominator referenced to ``tmax_e``.
   In order it equals pandas ``ewm(halflife=Timedelta(h ms), times=..., adjust=True).mean()``.
   A late-but-accepted event (``t < tmax_e``) is added with weight ``0.5 ** ((tmax_e - t) / h)``
@@ -147,6 +152,18 @@ def process_events(
 
 
 @njit(cache=True)
+def _start_afresh(e: int, enc: EncodedSpecs, st: KernelState) -> None:
+    """Entity ``e`` as if never seen (its block stays allocated: layout changes no row)."""
+    if st.seg[e, XSLOT] >= 0:
+        demote(e, enc, st)  # reads the rows: before they go
+    st.seg[e, TMAX] = NO_TIME
+    st.seg[e, EVICTED] = NO_TIME
+    st.seg[e, HEAD] = 0
+    st.seg[e, LEN] = 0
+    st.ewm[e, :] = 0.0
+
+
+@njit(cache=True)
 def _event_loop(
     ent, t, amt, mer, start,  # the batch (Events), resume point
     agg, win_id, uwin, wlay, glay, slot, halflife, param,  # EncodedSpecs' arrays
@@ -157,6 +174,7 @@ def _event_loop(
     """The per-event loop of :func:`process_events` (same arguments, unpacked)."""
     retention_ms = enc.retention_ms
     lateness_ms, min_seg, tuning = cfg.lateness_ms, cfg.min_seg, cfg.tuning
+    idle_ms = cfg.idle_ms
     n = ent.shape[0]
     nf = agg.shape[0]
     nk = halflife.shape[0]
@@ -175,6 +193,10 @@ def _event_loop(
         ti = t[i]
         tmax = seg[e, TMAX]
         seen = tmax != NO_TIME
+        if seen and idle_ms >= 0 and ti - tmax > idle_ms:
+            _start_afresh(e, enc, st)
+            tmax = NO_TIME
+            seen = False
         if seen and ti < tmax - lateness_ms:
             late[i] = True
             for f in range(nf):

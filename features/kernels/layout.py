@@ -167,6 +167,9 @@ class Config(NamedTuple):
     lateness_ms: int
     min_seg: int  # smallest block capacity (rows)
     tuning: Tuning
+    # an event more than this after its entity's newest starts the entity afresh, as if
+    # never seen (``features/state.py``, "Idle entities"); -1: never
+    idle_ms: int = -1
 
 
 class Events(NamedTuple):

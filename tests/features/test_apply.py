@@ -51,11 +51,11 @@ class PoisonState(WindowState):
 
     poison: frozenset[int] = frozenset()
 
-    def update(self, user_ids, times_ms, amounts, merchants, event_keys=None):  # type: ignore[override]
+    def update(self, user_ids, times_ms, amounts, merchants, event_keys=None, *, clocks=None):  # type: ignore[override]
         hit = set(np.asarray(user_ids).tolist()) & self.poison
         if hit:
             raise ValueError(f"cannot take user {min(hit)}")
-        return super().update(user_ids, times_ms, amounts, merchants, event_keys)
+        return super().update(user_ids, times_ms, amounts, merchants, event_keys, clocks=clocks)
 
 
 @pytest.mark.parametrize("n_poison", [1, 3])
