@@ -131,6 +131,33 @@ def test_online_url_with_a_password_is_refused() -> None:
         Settings(online_store="redis://:secret@127.0.0.1:6379")
 
 
+def _worker_writes_feast_reads(settings: Settings, log: Path, seed: int) -> None:
+    """Events through ``featflow worker`` into the configured Redis; each user's row read
+    back by featflow and by Feast's own ``get_online_features`` equals the oracle's."""
+    events = make_events(600, users=30, seed=seed)
+    ensure_topics(settings.kafka, settings.topics)
+    publish(settings.kafka, settings.topics.events, events.records())
+    worker = start_worker(settings, log)
+    try:
+        wait_caught_up(settings, [worker], timeout=120)
+    finally:
+        stop_process(worker)
+    latest = oracle(events).latest_per_user()
+    got = read_online(settings.stores, latest.index.tolist()).set_index("user_id")
+    np.testing.assert_allclose(
+        got["amount_sum_24h"].to_numpy(float), latest["amount_sum_24h"], rtol=1e-9
+    )
+    feast = (
+        open_store(settings.stores)
+        .get_online_features(
+            features=["user_txn_features:txn_count_1h"],
+            entity_rows=[{"user_id": int(u)} for u in latest.index[:5]],
+        )
+        .to_dict()
+    )
+    assert feast["txn_count_1h"] == latest["txn_count_1h"].iloc[:5].tolist()
+
+
 def test_redis_password_reaches_worker_and_feast_and_nowhere_else(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -149,28 +176,9 @@ def test_redis_password_reaches_worker_and_feast_and_nowhere_else(
                 "redis_password_file": secret,
             }
         )
-        events = make_events(600, users=30, seed=5)
-        ensure_topics(settings.kafka, settings.topics)
-        publish(settings.kafka, settings.topics.events, events.records())
         log = tmp_path / "worker.log"
         monkeypatch.setenv("FEATFLOW_LOGLEVEL", "info")  # more lines to leak into
-        worker = start_worker(settings, log)
-        try:
-            wait_caught_up(settings, [worker], timeout=120)
-        finally:
-            stop_process(worker)
-        latest = oracle(events).latest_per_user()
-        got = read_online(settings.stores, latest.index.tolist())
-        assert len(got) == len(latest)
-        feast = (
-            open_store(settings.stores)
-            .get_online_features(
-                features=["user_txn_features:txn_count_1h"],
-                entity_rows=[{"user_id": int(u)} for u in latest.index[:5]],
-            )
-            .to_dict()
-        )
-        assert feast["txn_count_1h"] == latest["txn_count_1h"].iloc[:5].tolist()
+        _worker_writes_feast_reads(settings, log, seed=5)
         without = Stores(settings.home, settings.online_store)
         os.environ.pop("FEATFLOW_REDIS_PASSWORD", None)
         reader = open_online(open_store(without), DEFAULT_FEATURES)
@@ -201,28 +209,7 @@ def test_redis_over_tls_verifies_the_server_and_carries_the_features(
                     "redis_ca_file": certificates.ca,
                 }
             )
-            events = make_events(600, users=30, seed=6)
-            ensure_topics(settings.kafka, settings.topics)
-            publish(settings.kafka, settings.topics.events, events.records())
-            worker = start_worker(settings, tmp_path / "worker.log")
-            try:
-                wait_caught_up(settings, [worker], timeout=120)
-            finally:
-                stop_process(worker)
-            latest = oracle(events).latest_per_user()
-            got = read_online(settings.stores, latest.index.tolist()).set_index("user_id")
-            np.testing.assert_allclose(
-                got["amount_sum_24h"].to_numpy(float), latest["amount_sum_24h"], rtol=1e-9
-            )
-            feast = (
-                open_store(settings.stores)
-                .get_online_features(
-                    features=["user_txn_features:txn_count_1h"],
-                    entity_rows=[{"user_id": int(u)} for u in latest.index[:5]],
-                )
-                .to_dict()
-            )
-            assert feast["txn_count_1h"] == latest["txn_count_1h"].iloc[:5].tolist()
+            _worker_writes_feast_reads(settings, tmp_path / "worker.log", seed=6)
             assert front.handshakes > 0  # featflow's port speaks only TLS: it came this way
             stranger = make_certificates(tmp_path / "stranger")
             other = Stores(
