@@ -5,9 +5,10 @@ servers from skewing the next, and lets one crash without hiding the others' res
 
     python -m benchmarks.run_all [--quick] [--only NAME ...]
 
-Default sizes take ~13 minutes on 2 cores, plus ~30 for ``training_set`` (two ``featflow
-train`` runs on 1M labelled events, each ~12 minutes of model fit); ``--quick`` uses smaller
-ones (~3 minutes), which change the absolute figures, so quote the flags with any number.
+Default sizes take ~25 minutes on 2 cores (the soak alone 10), plus ~30 for
+``training_set`` (two ``featflow train`` runs on 1M labelled events, each ~12 minutes of
+model fit); ``--quick`` uses smaller ones (~5 minutes), which change the absolute figures,
+so quote the flags with any number.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "monitor_metrics": [],
     "monitor_throughput": [],
     "state_memory": [],
+    "state_churn": [],
+    "stream_soak": [],
     "predict_latency": [],
     "http_load": [],
     "training_set": [],
@@ -48,6 +51,8 @@ QUICK: dict[str, list[str]] = {
     "monitor_metrics": ["--pairs", "50000", "--repeats", "1"],
     "monitor_throughput": ["--predictions", "30000", "--repeats", "1"],
     "state_memory": ["--users", "100000"],
+    "state_churn": ["--days", "6", "--events-per-day", "100000"],
+    "stream_soak": ["--minutes", "1.5", "--rate", "5000", "--days-per-minute", "4"],
     "predict_latency": ["--n", "2000"],
     "http_load": ["--seconds", "10", "--rounds", "1"],
     "training_set": [

@@ -26,6 +26,7 @@ from features.spec import NO_EXPIRY, Expiry, FeatureSpec
 from features.state import WindowState
 from infra.config import KafkaConfig
 from infra.events import EventRules
+from infra.partitioner import partition_of
 from streams.checkpoint import CheckpointStore
 from streams.processor import PartitionProcessor
 
@@ -54,7 +55,8 @@ class FeatureReplica:
         self._thread: threading.Thread | None = None
         self._lag = -1  # unknown until the first poll
         self._failed: str | None = None  # why the thread stopped, if it did
-        self._empty = WindowState(self._specs, lateness_ms=lateness_ms, expiry=expiry)  # unseen
+        # users of a partition it does not follow (none, unless the topic grew since start)
+        self._empty = WindowState(self._specs, lateness_ms=lateness_ms, expiry=expiry)
         self._rules, self._checkpoints = rules, checkpoints
         self._procs: list[PartitionProcessor] = []  # one per partition, from start()
 
@@ -167,9 +169,16 @@ class FeatureReplica:
                     user_ids[rows], times_ms[rows], amounts[rows], merchants[rows]
                 )
                 known[rows] = True
+            # a user none holds is new to the partition its records will land on: that
+            # partition's state judges it (its clock, ``features.spec.Expiry``)
             rows = np.array([i for i, s in enumerate(owner) if s is None], dtype=np.int64)
             if len(rows):
-                features[rows], late[rows] = self._empty.peek(
-                    user_ids[rows], times_ms[rows], amounts[rows], merchants[rows]
-                )
+                by_partition = {p.partition: p.state for p in self._procs}
+                home = partition_of(user_ids[rows], max(by_partition) + 1)
+                for partition in np.unique(home).tolist():
+                    mine = rows[home == partition]
+                    state = by_partition.get(partition, self._empty)
+                    features[mine], late[mine] = state.peek(
+                        user_ids[mine], times_ms[mine], amounts[mine], merchants[mine]
+                    )
         return features, late, known

@@ -17,10 +17,11 @@ from sklearn.linear_model import LogisticRegression
 from featflow.settings import Settings
 from features.feast_repo import apply_repo
 from features.scoring_row import SCORING_FEATURES
-from features.spec import DEFAULT_FEATURES, FEATURE_NAMES
+from features.spec import DEFAULT_FEATURES, FEATURE_NAMES, Expiry
 from features.state import WindowState
 from inference.registry import ModelRegistry
 from inference.service import build_app
+from infra.partitioner import partition_of
 from infra.producer import publish
 from infra.topics import ensure_topics
 from streams.generator import GeneratedEvents, generate_events
@@ -156,5 +157,37 @@ def test_the_replica_follows_the_partitions_the_topic_has(settings: Settings) ->
         t = np.full(len(users), int(events.event_time_ms.max()) + 1000)
         _, late, known = replica.peek(users, users, np.full(len(users), 5.0), t)
         assert known.all() and not late.any()
+    finally:
+        replica.close()
+
+
+def test_a_new_user_is_judged_by_the_clock_of_its_partition(settings: Settings) -> None:
+    """A transaction of a user the replica has never seen, far behind the newest event of
+    the partition the user's records land on, is late, as the stream will find it
+    (``features.spec.Expiry``); a recent one is not."""
+    expiry = Expiry(idle_ms=2 * 24 * HOUR, max_delay_ms=HOUR)
+    ensure_topics(settings.kafka, settings.topics)
+    events = generate_events(400, users=30, start_ms=1_767_225_600_000, mean_gap_ms=1000, seed=6)
+    publish(settings.kafka, settings.topics.events, events.records())
+    replica = FeatureReplica(
+        kafka=settings.kafka, topic=settings.topics.events, specs=DEFAULT_FEATURES,
+        lateness_ms=settings.lateness_ms, expiry=expiry,
+    ).start()  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while replica.lag() != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert replica.lag() == 0
+        parts = settings.topic_partitions
+        of_event = partition_of(events.user_id, parts)
+        newest = {p: int(events.event_time_ms[of_event == p].max()) for p in np.unique(of_event)}
+        newcomers = np.arange(10_001, 10_041, dtype=np.int64)
+        newcomers = newcomers[np.isin(partition_of(newcomers, parts), list(newest))]
+        clock = np.array([newest[p] for p in partition_of(newcomers, parts).tolist()])
+        amounts = np.full(len(newcomers), 5.0)
+        _, late, known = replica.peek(newcomers, newcomers, amounts, clock - 2 * HOUR)
+        assert not known.any() and late.all()
+        _, late, _ = replica.peek(newcomers, newcomers, amounts, clock - HOUR // 2)
+        assert not late.any()
     finally:
         replica.close()

@@ -1,0 +1,132 @@
+"""A long stream at a fixed rate: the worker keeps up, its memory stays flat, nothing fails.
+
+A child process publishes events (kafka-python, keyed by user) at ``--rate`` events/s for
+``--minutes``; their event time runs ``--days-per-minute`` faster than the clock and users
+churn (``--new-per-day`` new users a simulated day, each active ``--active-days``), so with
+the worker's expiry (``--idle-hours`` idle, ``--delay-hours`` of delay; the product default,
+30 days and 7 days, would need weeks of simulated time) users come, go and are dropped within
+the run. Every 10 s: the group's lag and the worker's RSS (``/proc``). At the end: the DLQ
+by reason and the worker's log checked for tracebacks.
+
+    python -m benchmarks.stream_soak [--minutes 10] [--rate 12000] [--days-per-minute 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import time
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from benchmarks._common import fresh_settings, header, log_tail, servers, table
+from featflow.processes import start_worker, stop_process
+from featflow.settings import Settings
+from infra.lag import group_lag
+from infra.topics import ensure_topics
+
+DAY_MS = 86_400_000
+MIB = 1024**2
+
+
+def _publish(settings: Settings, args: argparse.Namespace, sent: multiprocessing.Value) -> None:
+    """Events at ``args.rate`` for ``args.minutes``; event time from ``--minutes`` x
+    ``--days-per-minute`` days ago up to now, users churning."""
+    from infra.producer import make_producer
+
+    rng = np.random.default_rng(0)
+    producer = make_producer(settings.kafka)
+    encoder = msgspec.json.Encoder()
+    total_s = args.minutes * 60
+    sim_span = int(args.minutes * args.days_per_minute * DAY_MS)
+    sim_start = int(time.time() * 1000) - sim_span
+    weight = 1.0 / np.arange(1, args.new_per_day * args.active_days + 1) ** 1.5
+    weight /= weight.sum()
+    start, count, chunk = time.monotonic(), 0, 500
+    while (elapsed := time.monotonic() - start) < total_s:
+        ahead = count / args.rate - elapsed
+        if ahead > 0:
+            time.sleep(ahead)
+        sim_now = sim_start + int(elapsed / total_s * sim_span)
+        day = (sim_now - sim_start) // DAY_MS
+        first = max(0, day - args.active_days + 1) * args.new_per_day
+        users = first + rng.choice(len(weight), size=chunk, p=weight) + 1
+        for user in users.tolist():
+            value = {"event_id": f"s{count}", "user_id": user, "amount": 25.0,
+                     "merchant_id": 1 + user % 997, "event_time": sim_now}  # fmt: skip
+            producer.send(settings.topics.events, key=str(user).encode(),
+                          value=encoder.encode(value))  # fmt: skip
+            count += 1
+        sent.value = count
+    producer.flush()
+    producer.close()
+    sent.value = count
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=12_000)
+    parser.add_argument("--days-per-minute", type=float, default=2.0)
+    parser.add_argument("--new-per-day", type=int, default=20_000)
+    parser.add_argument("--active-days", type=int, default=2)
+    parser.add_argument("--idle-hours", type=float, default=25.0)
+    parser.add_argument("--delay-hours", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    header("stream_soak: a long stream at a fixed rate", (__doc__ or "").split("\n\n")[1])
+    with servers("soak") as srv:
+        settings = fresh_settings(
+            srv, "soak", idle_reset_s=args.idle_hours * 3600, max_delay_s=args.delay_hours * 3600
+        )
+        ensure_topics(settings.kafka, settings.topics)
+        log = srv.scratch / "worker.log"
+        worker = start_worker(settings, log)
+        sent = multiprocessing.Value("q", 0)
+        publisher = multiprocessing.Process(target=_publish, args=(settings, args, sent))
+        rows: list[list[object]] = []
+        rss: list[float] = []
+        lags: list[int] = []
+        try:
+            time.sleep(15)  # the worker's start-up and group join
+            publisher.start()
+            t0 = time.monotonic()
+            while publisher.is_alive():
+                time.sleep(10)
+                assert worker.poll() is None, log_tail(log)
+                lag = group_lag(settings.kafka, settings.consumer_group, settings.topics.events)
+                rss.append(_rss_mib(worker.pid))
+                lags.append(lag)
+                rows.append([f"{time.monotonic() - t0:.0f}", f"{sent.value:,}", f"{lag:,}",
+                             f"{rss[-1]:,.0f}"])  # fmt: skip
+            publisher.join()
+            time.sleep(15)
+            final_lag = group_lag(settings.kafka, settings.consumer_group, settings.topics.events)
+        finally:
+            if publisher.is_alive():
+                publisher.terminate()
+            stop_process(worker)
+        table(rows, ["s", "published", "lag (events)", "worker RSS MiB"])
+        text = log.read_text(errors="replace")
+        crashed = "Traceback" in text or "Crashed reason" in text
+        third = max(1, len(rss) // 3)
+        early, late = float(np.median(rss[third : 2 * third])), float(np.median(rss[-third:]))
+        print(f"  published {sent.value:,} events in {args.minutes:g} min "
+              f"({sent.value / (args.minutes * 60):,.0f}/s); lag max {max(lags):,}, "
+              f"after the stream {final_lag:,}")  # fmt: skip
+        growth = late / early
+        print(f"  worker RSS, median of the middle third {early:,.0f} MiB, of the last third "
+              f"{late:,.0f} MiB ({growth:.2f} x); tracebacks in its log: {crashed}")  # fmt: skip
+    return {"lag_max": float(max(lags)), "rss_growth": growth, "crashed": float(crashed)}
+
+
+if __name__ == "__main__":
+    main()
