@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import time
+from collections import Counter
 from pathlib import Path
 
 import msgspec
@@ -65,6 +66,20 @@ def _publish(settings: Settings, args: argparse.Namespace, sent: multiprocessing
     sent.value = count
 
 
+def _dead_letters(settings: Settings) -> Counter[str]:
+    """The DLQ's records by reason."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        settings.topics.dlq, **settings.kafka.python_args(), auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )  # fmt: skip
+    try:
+        return Counter(dict(m.headers).get("featflow.reason", b"?").decode() for m in consumer)
+    finally:
+        consumer.close()
+
+
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -110,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             publisher.join()
             time.sleep(15)
             final_lag = group_lag(settings.kafka, settings.consumer_group, settings.topics.events)
+            letters = _dead_letters(settings)
         finally:
             if publisher.is_alive():
                 publisher.terminate()
@@ -124,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
               f"after the stream {final_lag:,}")  # fmt: skip
         growth = late / early
         print(f"  worker RSS, median of the middle third {early:,.0f} MiB, of the last third "
-              f"{late:,.0f} MiB ({growth:.2f} x); tracebacks in its log: {crashed}")  # fmt: skip
+              f"{late:,.0f} MiB ({growth:.2f} x); tracebacks in its log: {crashed}; "
+              f"dead letters by reason: {dict(letters) or 'none'}")  # fmt: skip
     return {"lag_max": float(max(lags)), "rss_growth": growth, "crashed": float(crashed)}
 
 
