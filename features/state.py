@@ -100,6 +100,29 @@ def _trimmed_caps(lengths: np.ndarray, min_seg: int) -> np.ndarray:
     )
 
 
+def _spread(part: BatchResult, kept: np.ndarray, n: int, newest: np.ndarray) -> BatchResult:
+    """``part`` (the result of the rows ``kept`` of a batch of ``n``) as the whole batch's:
+    the other rows get NaN features and no verdict; ``newest`` is every row's entity max."""
+    features = np.full((n, part.features.shape[1]), np.nan)
+    features[kept] = part.features
+    late = np.zeros(n, dtype=np.bool_)
+    late[kept] = part.late
+    latest = np.zeros(n, dtype=np.bool_)
+    latest[kept] = part.latest_mask
+    duplicate = None
+    if part.duplicate is not None:
+        duplicate = np.zeros(n, dtype=np.bool_)
+        duplicate[kept] = part.duplicate
+    return BatchResult(
+        features=features,
+        late=late,
+        latest_mask=latest,
+        entity_max_time_ms=newest,
+        failed=tuple((int(kept[row]), why) for row, why in part.failed),
+        duplicate=duplicate,
+    )
+
+
 def _as_1d(name: str, arr: object, dtype: type[np.generic]) -> np.ndarray:
     a = np.asarray(arr)
     if a.ndim != 1:
@@ -354,27 +377,11 @@ class WindowState:
         part = self._update(
             users[kept], times[kept], amts[kept], mers[kept], None if keys is None else keys[kept]
         )
-        features = np.full((n, len(self._specs)), np.nan)
-        features[kept] = part.features
-        late = behind.copy()
-        late[kept] = part.late
-        latest = np.zeros(n, dtype=np.bool_)
-        latest[kept] = part.latest_mask
         newest = np.full(n, K.NO_TIME, dtype=np.int64)  # changes no entity's max
         newest[kept] = part.entity_max_time_ms
-        duplicate = None
-        if part.duplicate is not None:
-            duplicate = np.zeros(n, dtype=np.bool_)
-            duplicate[kept] = part.duplicate
-        return BatchResult(
-            features=features,
-            late=late,
-            latest_mask=latest,
-            entity_max_time_ms=newest,
-            failed=tuple((int(kept[row]), why) for row, why in part.failed),
-            duplicate=duplicate,
-            behind_clock=behind,
-        )
+        result = _spread(part, kept, n, newest)
+        result.late[behind] = True
+        return replace(result, behind_clock=behind)
 
     def _update(
         self,
@@ -401,19 +408,7 @@ class WindowState:
         else:
             kept = np.flatnonzero(~duplicate)
             part = self._apply(ent[kept], times[kept], amts[kept], mers[kept])
-            features = np.full((n, part.features.shape[1]), np.nan)
-            features[kept] = part.features
-            late = np.zeros(n, dtype=np.bool_)
-            late[kept] = part.late
-            latest = np.zeros(n, dtype=np.bool_)
-            latest[kept] = part.latest_mask
-            result = BatchResult(
-                features=features,
-                late=late,
-                latest_mask=latest,
-                entity_max_time_ms=self._st.seg[ent, K.TMAX],
-                failed=tuple((int(kept[row]), why) for row, why in part.failed),
-            )
+            result = _spread(part, kept, n, self._st.seg[ent, K.TMAX])
         if len(self._seen_t) >= self._evict_at:
             self.sweep_ids()
         return replace(result, duplicate=duplicate)
