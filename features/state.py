@@ -53,6 +53,8 @@ _EVICT_MIN = 1 << 16
 # of a few heavy users' long histories for many light users' few bytes: 0.45 s a time.)
 _PURGE_MIN = 1 << 12
 _PURGE_SHARE = 4
+# Compaction gives an arena of more than 4x its used rows back, down to 2x (not below this).
+_ARENA_FLOOR = 1024
 _ENTITY_BYTES = _ID_TABLE_BYTES_PER_ENTRY + 8 * (K.SEG_COLS + 1)  # id table, seg row, key
 _ROW_BYTES = 24  # a history row: time, amount, merchant
 
@@ -581,7 +583,8 @@ class WindowState:
             self._st = K.with_entities(self._st, max(needed, cap * 2))
 
     def compact(self) -> None:
-        """Drop dead arena space in place and trim block slack to ~12% (never grows a block)."""
+        """Drop dead arena space in place and trim block slack to ~12% (never grows a block);
+        give back what a past burst left: rings and an arena 4x what the live rows need."""
         st = self._st
         seg = st.seg[: self._n]
         length = seg[:, K.LEN]
@@ -589,8 +592,14 @@ class WindowState:
         new_cap = np.minimum(cap, _trimmed_caps(length, self._min_seg))
         order = np.flatnonzero(cap > 0)
         order = order[np.argsort(seg[order, K.BASE])].astype(np.int64)  # bases are unique
-        st.meta[K.META_USED] = K.compact_arena(st, order, new_cap.astype(np.int64))
+        used = K.compact_arena(st, order, new_cap.astype(np.int64))
+        st.meta[K.META_USED] = used
         st.meta[K.META_GARBAGE] = 0
+        K.ring_trim(st.seg, self._n, st.xi, st.xr, st.meta)
+        if st.arena_t.shape[0] > max(4 * used, _ARENA_FLOOR):
+            # a burst's arena given back (ring_trim's reason, for the history rows)
+            for a in (st.arena_t, st.arena_a, st.arena_m):
+                a.resize(max(2 * used, _ARENA_FLOOR), refcheck=False)
 
     def _make_room(self, request: int) -> None:
         """Called when a block of ``request`` rows did not fit: compact, then grow if tight."""

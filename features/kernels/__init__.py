@@ -34,6 +34,7 @@ from features.kernels.arena import (
     with_entities,
 )
 from features.kernels.driver import process_events
+from features.kernels.incremental import ring_trim
 from features.kernels.layout import (
     AGG_CODES,
     BASE,
@@ -92,5 +93,6 @@ __all__ = [
     "new_state",
     "process_events",
     "restore_promoted",
+    "ring_trim",
     "with_entities",
 ]

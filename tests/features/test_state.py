@@ -14,6 +14,7 @@ from features.state import BatchResult, WindowState
 from testing.oracle import (
     Stream,
     bruteforce_oracle,
+    bruteforce_oracle_np,
     make_hot_stream,
     make_shuffled_hot_stream,
     make_stream,
@@ -261,3 +262,57 @@ def test_property_matches_bruteforce(
         np.testing.assert_allclose(
             cat(res, "features"), exp, rtol=1e-9, atol=1e-9, equal_nan=True, err_msg=name
         )
+
+
+def _burst_then_quiet(seed: int) -> Stream:
+    """One user's burst (8,000 rows in an hour, ties and a few late rows) then two quiet
+    days (one row every ~7 min), beside a few small users."""
+    rng = np.random.default_rng(seed)
+    t0 = 1_700_000_000_000
+    burst = t0 + np.sort(rng.integers(0, 3_600_000, 8_000))
+    quiet = burst[-1] + np.cumsum(rng.integers(1, 14 * MINUTE_MS, 400))
+    times = np.concatenate([burst, quiet])
+    late = rng.random(len(times)) < 0.02
+    times[late] -= rng.integers(0, LATENESS, int(late.sum()))
+    users = np.full(len(times), 7, dtype=np.int64)
+    small = rng.random(len(times)) < 0.1
+    users[small] = rng.integers(100, 110, int(small.sum()))
+    amounts = np.round(rng.lognormal(3.0, 1.0, len(times)), 2)
+    merchants = rng.integers(0, 50, len(times)).astype(np.int64)
+    return Stream(users, times, amounts, merchants)
+
+
+def test_rings_and_arena_shrink_after_a_burst() -> None:
+    """A promoted entity's side storage (its ring) and the arena shrink at compaction once
+    the burst's rows have left every window, and no row changes.
+
+    Rings only grew before: a soak's merchant that a hot user paid for a day kept its
+    burst's ring (5.7 x its live rows), merchant after merchant, and the worker's RSS grew
+    (benchmarks/RESULTS.md "A 10-minute soak")."""
+    stream = _burst_then_quiet(5)
+    exp, exp_late = bruteforce_oracle_np(stream, DEFAULT_FEATURES, LATENESS)
+    state = WindowState(lateness_ms=LATENESS, initial_entities=16, initial_arena=1024)
+    burst_end = 8_000  # the burst (its rows, a tenth of them small users')
+    results = feed(state, stream.slice(0, burst_end), 500)
+    state.compact()
+    after_burst = state.nbytes
+    results += feed(state, stream.slice(burst_end, len(stream)), 50)
+    state.compact()
+    assert state.n_live_rows < 500
+    # the burst's ~8,000 rows (arena and ring) are given back: the state keeps its live
+    # rows and its slack, not its past
+    assert state.nbytes < after_burst / 4, (state.nbytes, after_burst)
+    np.testing.assert_array_equal(cat(results, "late"), exp_late)
+    np.testing.assert_allclose(cat(results, "features"), exp, rtol=1e-9, atol=1e-9,
+                               equal_nan=True)  # fmt: skip
+    # and it goes on exactly through the shrunk ring and arena: bit for bit as one state
+    # that never compacted (its arena fits all), a second burst and quiet included
+    more = _burst_then_quiet(6)
+    more = Stream(more.users, more.times + (stream.times.max() - more.times.min()) + 1,
+                  more.amounts, more.merchants)  # fmt: skip
+    whole = Stream(*(np.concatenate([getattr(stream, f), getattr(more, f)]) for f in
+                     ("users", "times", "amounts", "merchants")))  # fmt: skip
+    ref = WindowState(lateness_ms=LATENESS, initial_arena=1 << 20)
+    expected = ref.update(whole.users, whole.times, whole.amounts, whole.merchants).features
+    tail = cat(feed(state, more, 700), "features")
+    np.testing.assert_array_equal(tail, expected[len(stream) :])
