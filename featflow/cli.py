@@ -545,7 +545,7 @@ def serve(config: str | None, host: str, port: int, no_publish: bool) -> None:
     if not no_publish:
         from features.spec import DEFAULT_FEATURES
         from infra.topics import ensure_topics
-        from streams.checkpoint import CheckpointStore
+        from streams.checkpoint_stores import open_checkpoints
         from streams.replica import FeatureReplica
 
         publisher = PredictionPublisher(settings.kafka, settings.topics.predictions)
@@ -555,7 +555,7 @@ def serve(config: str | None, host: str, port: int, no_publish: bool) -> None:
         replica = FeatureReplica(
             kafka=settings.kafka, topic=settings.topics.events, specs=DEFAULT_FEATURES,
             lateness_ms=settings.lateness_ms, expiry=settings.expiry, rules=settings.event_rules,
-            checkpoints=CheckpointStore(settings.stores.checkpoint_dir),
+            checkpoints=open_checkpoints(settings.stores, settings.kafka, settings.topics),
         ).start()  # fmt: skip
     app = build_app(
         settings.stores, publisher,

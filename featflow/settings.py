@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         1.0, gt=0, description="How long a Redis command may take before the store is down."
     )
     checkpoint_interval_s: float = Field(5.0, ge=0)
+    checkpoint_store: Literal["files", "kafka"] = Field(
+        "files",
+        description="Where partition state is checkpointed: 'files' under home (workers "
+        "sharing a disk) or 'kafka' (topics <topic>.checkpoints: a partition's state moves "
+        "to a worker on any machine).",
+    )
     stream_scoring: bool = Field(False, description="Worker scores each accepted event.")
     promotion_min_auc_gain: float = Field(
         0.0, description="A new model must beat the champion's holdout AUC by this much."
@@ -244,6 +250,7 @@ class Settings(BaseSettings):
             self.redis_timeout_s,
             redis_password=self.secret("redis_password"),
             redis_ca_file=None if self.redis_ca_file is None else str(self.redis_ca_file),
+            checkpoints=self.checkpoint_store,
         )
 
     @property

@@ -218,6 +218,9 @@ class Stores:
     redis_timeout_s: float = 1.0
     redis_password: str | None = field(default=None, repr=False)  # Redis AUTH
     redis_ca_file: str | None = None  # verifies a rediss:// server's certificate
+    # where checkpoints go: files under home (workers sharing a disk) or Kafka topics
+    # (``streams.checkpoint_topic``: a partition's state moves to any machine)
+    checkpoints: Literal["files", "kafka"] = "files"
 
     def __post_init__(self) -> None:
         check_online_store(self.online_store)

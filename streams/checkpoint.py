@@ -13,6 +13,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from infra.files import stale, temporary_writer, write_durably
 
@@ -30,6 +31,24 @@ class Checkpoint:
     # acknowledged: a replayed record's letter, if one was sent, lies at or after it
     # (``infra.dead_letter_log``). 0 (read all) for a checkpoint written without it.
     dlq_from: int = 0
+
+
+class Checkpoints(Protocol):
+    """Where a service keeps its checkpoints: files (:class:`CheckpointStore`) or Kafka
+    topics (``streams.checkpoint_topic``); chosen by ``streams.checkpoint_stores``."""
+
+    @property
+    def root(self) -> object:
+        """Where they are, for messages."""
+        ...
+
+    def load(self, topic: str, partition: int) -> Checkpoint | None:
+        """The partition's newest checkpoint, or None."""
+        ...
+
+    def save(self, topic: str, partition: int, checkpoint: Checkpoint) -> None:
+        """Replace the partition's checkpoint, atomically and durably."""
+        ...
 
 
 class CheckpointStore:

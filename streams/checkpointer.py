@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
-from streams.checkpoint import Checkpoint, CheckpointStore
+from streams.checkpoint import Checkpoint, Checkpoints
 
 
 class Encodable(Protocol):
@@ -83,7 +83,7 @@ class Checkpointer:
 
     def __init__(
         self,
-        store: CheckpointStore,
+        store: Checkpoints,
         interval_s: float,
         commit: Commit,
         clock: Callable[[], float] = time.monotonic,

@@ -43,7 +43,8 @@ from infra.topics import ensure_topics
 from monitoring.core import ALL_VERSIONS, ModelBook, MonitorCore, registry_book
 from monitoring.join import Label
 from monitoring.snapshot import MetricRow
-from streams.checkpoint import Checkpoint, CheckpointStore
+from streams.checkpoint import Checkpoint
+from streams.checkpoint_stores import open_checkpoints
 from streams.config import MonitorConfig
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class Monitor:
             window_events=config.window_events,
             policy=config.policy,
         )
-        self.checkpoints = CheckpointStore(config.stores.checkpoint_dir)
+        self.checkpoints = open_checkpoints(config.stores, config.kafka, config.topics)
         self.offsets: dict[tuple[str, int], int] = {}
         self.consumed: Counter[str] = Counter()  # records read, by topic
         self.dead_letters: Counter[tuple[str, str]] = Counter()  # (source topic, reason)

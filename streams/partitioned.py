@@ -34,7 +34,7 @@ from infra.dead_letter import DeadLetter
 from infra.dead_letter_log import LettersSent, already_sent, dlq_end
 from infra.lag import log_end_offsets
 from infra.topics import ensure_topics
-from streams.checkpoint import CheckpointStore
+from streams.checkpoint_stores import open_checkpoints
 from streams.checkpointer import Checkpointable, Checkpointer
 from streams.config import WorkerConfig
 from streams.store_retry import StoreRetry
@@ -78,7 +78,7 @@ class PartitionedWorker(ABC, Generic[P, E]):
         # after a fetch that was not full, wait this long before the next: larger batches
         # for a worker whose freshness matters less than the CPU it leaves to others
         self.pace_s = pace_s
-        self.checkpoints = CheckpointStore(config.stores.checkpoint_dir)
+        self.checkpoints = open_checkpoints(config.stores, config.kafka, config.topics)
         self.processors: dict[int, P] = {}
         # Dead letters the DLQ acknowledged, by (source topic, reason): what operators count.
         self.dead_letters: collections.Counter[tuple[str, str]] = collections.Counter()

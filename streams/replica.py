@@ -27,7 +27,7 @@ from features.state import WindowState
 from infra.config import KafkaConfig
 from infra.events import EventRules
 from infra.partitioner import partition_of
-from streams.checkpoint import CheckpointStore
+from streams.checkpoint import Checkpoints
 from streams.processor import PartitionProcessor
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class FeatureReplica:
         lateness_ms: int,
         expiry: Expiry = NO_EXPIRY,
         rules: EventRules = EventRules(),
-        checkpoints: CheckpointStore | None = None,
+        checkpoints: Checkpoints | None = None,
     ) -> None:
         self._kafka, self._topic = kafka, topic
         self._specs = tuple(specs)
@@ -61,7 +61,7 @@ class FeatureReplica:
         self._procs: list[PartitionProcessor] = []  # one per partition, from start()
 
     def _restored(
-        self, partition: int, rules: EventRules, checkpoints: CheckpointStore | None
+        self, partition: int, rules: EventRules, checkpoints: Checkpoints | None
     ) -> PartitionProcessor:
         ckpt = checkpoints.load(self._topic, partition) if checkpoints is not None else None
         state = None

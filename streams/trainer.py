@@ -37,7 +37,8 @@ from infra.retrain import RetrainRequest, decode_requests
 from infra.topics import ensure_topics
 from monitoring.shadow import SHADOW_METRICS
 from monitoring.snapshot import MetricRow
-from streams.checkpoint import Checkpoint, CheckpointStore
+from streams.checkpoint import Checkpoint
+from streams.checkpoint_stores import open_checkpoints
 from streams.config import TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class Trainer:
     def __init__(self, config: TrainerConfig) -> None:
         self.config = config
         self.retrainer = Retrainer(config.stores, config.retrain)
-        self.checkpoints = CheckpointStore(config.stores.checkpoint_dir)
+        self.checkpoints = open_checkpoints(config.stores, config.kafka, config.topics)
         self.offset = -1  # last retrain offset decided
         self.dead_letters = 0
         self.letters_sent = LettersSent()  # refused requests a replay meets again

@@ -32,7 +32,8 @@ from features.state import WindowState
 from infra.dead_letter_log import LettersSent, already_sent
 from infra.merchant_rows import EVENTS, OUTCOMES, MerchantRows, by_partition
 from infra.outcomes import decode_outcomes
-from streams.checkpoint import Checkpoint, CheckpointStore
+from streams.checkpoint import Checkpoint
+from streams.checkpoint_stores import open_checkpoints
 from streams.config import WorkerConfig
 from streams.merchant_worker import MerchantWorker
 from streams.metrics import WorkerStats, render_metrics
@@ -321,7 +322,7 @@ class OutcomeStore:
         self.worker = worker
         self.max_batch = max_batch
         self.writer = OfflineWriter(config.stores.outcomes_dir)
-        self.checkpoints = CheckpointStore(config.stores.checkpoint_dir)
+        self.checkpoints = open_checkpoints(config.stores, config.kafka, config.topics)
         self.flushed: dict[int, int] = {}  # partition -> last offset flushed
         self.letters_sent = LettersSent()
         self._events: list = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +52,12 @@ def oracle(events: GeneratedEvents) -> Expected:
     return Expected(events, pandas_oracle(stream, DEFAULT_FEATURES))
 
 
-def check_stores(settings: Settings, expected: Expected) -> None:
+def check_stores(settings: Settings, expected: Expected, *, homes: Sequence[Path] = ()) -> None:
     """Online: each user's newest row equals the oracle's. Offline: exactly one row per event
-    once replays are dropped (none lost, none counted twice), each equal to the oracle's."""
+    once replays are dropped (none lost, none counted twice), each equal to the oracle's.
+
+    ``homes``: the ``$FEATFLOW_HOME`` of each worker, where they share no disk (their
+    offline part files together are the offline store)."""
     from features.reader import read_online
 
     latest = expected.latest_per_user()
@@ -63,7 +67,7 @@ def check_stores(settings: Settings, expected: Expected) -> None:
         latest[list(FEATURE_NAMES)].to_numpy(float),
         rtol=1e-9,
     )
-    offline = read_offline(settings)
+    offline = read_offline(settings, homes=homes)
     assert sorted(offline["event_id"]) == sorted(expected.events.event_id)
     rows = offline.set_index("event_id").loc[expected.events.event_id]
     np.testing.assert_allclose(
@@ -92,9 +96,13 @@ def read_dead_letters(settings: Settings, expected: int, timeout: float = 30.0) 
     return out
 
 
-def read_offline(settings: Settings) -> pd.DataFrame:
-    """All offline rows, replayed duplicates dropped by (partition, offset)."""
-    frame = pd.read_parquet(settings.stores.offline_dir)
+def read_offline(settings: Settings, *, homes: Sequence[Path] = ()) -> pd.DataFrame:
+    """All offline rows (of every home in ``homes``, else of the settings' home), replayed
+    duplicates dropped by (partition, offset)."""
+    folders = [settings.model_copy(update={"home": h}).stores.offline_dir for h in homes]
+    frame = pd.concat(
+        [pd.read_parquet(f) for f in folders or [settings.stores.offline_dir] if f.exists()]
+    )
     return frame.drop_duplicates(["kafka_partition", "kafka_offset"]).reset_index(drop=True)
 
 
