@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import pyarrow as pa
@@ -34,8 +34,10 @@ from features.spec import (
     validate_specs,
 )
 
-SNAPSHOT_VERSION = 4  # 2: + promoted entities' running sums; 3: + recent ids; 4: + expiry
-_READABLE_VERSIONS = (2, 3, 4)  # 2: no recent ids; 2 and 3: the caller's expiry, no clock
+# 2: + promoted entities' running sums; 3: + recent ids; 4: + expiry; 5: + checkpoints of
+# changes (``removed``, header ``changes``)
+SNAPSHOT_VERSION = 5
+_READABLE_VERSIONS = (2, 3, 4, 5)  # 2: no recent ids; 2 and 3: the caller's expiry, no clock
 # Times are bounded so that t - lateness - window can never overflow int64 in the kernel.
 _MAX_ABS_TIME_MS = 1 << 60
 # Bytes per entry of the numba typed dict, measured (76 MB RSS for 1M int64 -> int64).
@@ -125,6 +127,40 @@ def _spread(part: BatchResult, kept: np.ndarray, n: int, newest: np.ndarray) -> 
     )
 
 
+def _load(data: bytes) -> tuple[Mapping[str, np.ndarray], dict]:
+    """A snapshot's arrays and header; ValueError for bytes that are not one."""
+    try:
+        z = np.load(io.BytesIO(data), allow_pickle=False)
+        return z, json.loads(str(z["header"]))
+    except Exception as exc:  # corrupt/foreign bytes: fail with context
+        raise ValueError(f"not a WindowState snapshot: {exc}") from exc
+
+
+def _merge(base: Mapping[str, np.ndarray], changes: Mapping[str, np.ndarray]) -> dict:
+    """The snapshot arrays of ``base`` with a checkpoint of ``changes`` applied: its
+    entities replace (or join) the base's, its removed keys leave."""
+    gone = np.concatenate([changes["keys"], changes["removed"]])
+    keep = ~np.isin(base["keys"], gone)
+    rows = np.repeat(keep, base["lengths"])
+    promoted_kept = keep[base["promoted"]]
+    renumber = np.cumsum(keep) - 1
+    seen_kept = ~np.isin(base["seen_entities"], gone) if "seen_keys" in base else None
+    out = {
+        name: np.concatenate([base[name][keep], changes[name]])
+        for name in ("keys", "tmax", "evicted", "lengths", "ewm")
+    }
+    for name in ("hist_t", "hist_a", "hist_m"):
+        out[name] = np.concatenate([base[name][rows], changes[name]])
+    out["promoted"] = np.concatenate(
+        [renumber[base["promoted"][promoted_kept]], changes["promoted"] + int(keep.sum())]
+    ).astype(np.int64)
+    out["sums"] = np.concatenate([base["sums"][promoted_kept], changes["sums"]])
+    for name in ("seen_keys", "seen_times", "seen_entities"):
+        held = base[name][seen_kept] if seen_kept is not None else np.empty(0, np.int64)
+        out[name] = np.concatenate([held, changes[name]])
+    return out
+
+
 def _as_1d(name: str, arr: object, dtype: type[np.generic]) -> np.ndarray:
     a = np.asarray(arr)
     if a.ndim != 1:
@@ -154,6 +190,8 @@ class Snapshot:
     seen_keys: np.ndarray  # recent event-id keys (``features.kernels.dedupe``) ...
     seen_times: np.ndarray  # ... their event times ...
     seen_entities: np.ndarray  # ... and their entities (raw ids)
+    # keys of the entities dropped since the last checkpoint (a checkpoint of changes only)
+    removed: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
     def encode(self) -> bytes:
         """The bytes :meth:`WindowState.restore` reads (an uncompressed ``.npz``)."""
@@ -236,6 +274,10 @@ class WindowState:
         self._seen_t = NumbaDict.empty(nb_int64, nb_int64)
         self._seen_e = NumbaDict.empty(nb_int64, nb_int64)
         self._evict_at = _EVICT_MIN
+        # what changed since the last checkpoint (:meth:`checkpoint`): entities updated (by
+        # dense index) and the keys of those dropped
+        self._dirty = np.zeros(initial_entities, dtype=np.bool_)
+        self._removed: list[np.ndarray] = []
 
     # ------------------------------------------------------------------ properties
 
@@ -398,6 +440,11 @@ class WindowState:
         self._ensure_entities(self._n + n)
         ent = np.empty(n, dtype=np.int64)
         self._n = K.assign_dense_ids(self._st.table, users, self._st.keys, self._n, ent)
+        if self._dirty.shape[0] < self._n:
+            self._dirty = np.concatenate(
+                [self._dirty, np.zeros(self._st.seg.shape[0] - self._dirty.shape[0], np.bool_)]
+            )
+        self._dirty[ent] = True
         if keys is None:
             return self._apply(ent, times, amts, mers)
         duplicate = np.zeros(n, dtype=np.bool_)
@@ -466,6 +513,8 @@ class WindowState:
                                        self._tuning)  # fmt: skip
         self._st, self._n = rebuilt._st, rebuilt._n
         self._seen_t, self._seen_e = rebuilt._seen_t, rebuilt._seen_e
+        self._dirty = self._dirty[: len(keep)][keep]
+        self._removed.append(snap.keys[gone])
         self._evict_at = max(2 * len(self._seen_t), _EVICT_MIN)
 
     @property
@@ -646,6 +695,34 @@ class WindowState:
         return self._snapshot_of(st.keys[:n].copy(), seg, lengths, st.ewm[:n].copy(),
                                  hist_t, hist_a, hist_m, promoted, sums, seen)  # fmt: skip
 
+    def checkpoint(self, *, changes: bool) -> Snapshot:
+        """:meth:`capture` for a checkpoint: the whole state, or (``changes``) only what
+        changed since the last checkpoint: the entities updated (whole) and the keys of those
+        dropped. Either way the next checkpoint of changes counts from here.
+
+        A checkpoint of changes costs what changed, not what is held: a worker holding 1M
+        users copied them all in its loop at each checkpoint (``benchmarks/state_memory.py``).
+        :meth:`restore_chain` applies such checkpoints to the whole one before them.
+        """
+        if not changes:
+            snap = self.capture()
+        else:
+            dense = np.flatnonzero(self._dirty[: self._n]).astype(np.int64)
+            snap = self._capture_entities(dense)
+            m = len(self._seen_t)
+            seen = (np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.int64))
+            D.gather(self._seen_t, self._seen_e, *seen)
+            mine = np.isin(seen[2], snap.keys)
+            header = json.loads(str(snap.header)) | {"changes": True}
+            removed = np.concatenate(self._removed) if self._removed else np.empty(0, np.int64)
+            snap = replace(
+                snap, header=np.array(json.dumps(header)), seen_keys=seen[0][mine],
+                seen_times=seen[1][mine], seen_entities=seen[2][mine], removed=removed,
+            )  # fmt: skip
+        self._dirty[:] = False
+        self._removed = []
+        return snap
+
     def _capture_entities(self, dense: np.ndarray) -> Snapshot:
         """A snapshot of only the entities ``dense`` (dense indexes, unique), renumbered
         0..k-1 in that order: what :meth:`peek` restores into a scratch state."""
@@ -722,17 +799,36 @@ class WindowState:
         instead of silently diverging. A snapshot from before expiry (format 2 or 3) takes
         ``expiry`` from here on.
         """
+        return cls.restore_chain(data, (), specs, lateness_ms=lateness_ms, tuning=tuning,
+                                 expiry=expiry)  # fmt: skip
+
+    @classmethod
+    def restore_chain(
+        cls,
+        data: bytes,
+        changes: Sequence[bytes],
+        specs: Sequence[FeatureSpec] = DEFAULT_FEATURES,
+        *,
+        lateness_ms: int | None = None,
+        tuning: K.Tuning = K.DEFAULT_TUNING,
+        expiry: Expiry | None = None,
+    ) -> WindowState:
+        """:meth:`restore` of a whole snapshot followed by checkpoints of changes
+        (:meth:`checkpoint`), in the order they were taken."""
         specs = validate_specs(specs)
-        try:
-            z = np.load(io.BytesIO(data), allow_pickle=False)
-            header = json.loads(str(z["header"]))
-        except Exception as exc:  # corrupt/foreign bytes: fail with context
-            raise ValueError(f"not a WindowState snapshot: {exc}") from exc
+        z, header = _load(data)
         if header.get("version") not in _READABLE_VERSIONS:
             raise ValueError(
                 f"snapshot format version {header.get('version')!r} is not one this build "
                 f"reads {_READABLE_VERSIONS}"
             )
+        if header.get("changes"):
+            raise ValueError("a checkpoint of changes cannot be restored without its base")
+        for blob in changes:
+            part, part_header = _load(blob)
+            if not part_header.get("changes") or part_header["specs"] != header["specs"]:
+                raise ValueError("not a checkpoint of changes of this state")
+            z, header = _merge(z, part), part_header | {"changes": False}
         if header["specs"] != spec_fingerprint(specs):
             have = [s[0] for s in header["specs"]]
             raise ValueError(
