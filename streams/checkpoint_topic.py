@@ -8,12 +8,14 @@ source's partition count, and partition ``p``'s checkpoints go to its partition 
 A checkpoint is its state in chunks (records of at most ``CHUNK`` bytes: brokers refuse
 records over ~1 MB) and then a marker (key ``mark``: offset, DLQ position, chunk count,
 where they lie, sha256). Only a checkpoint whose marker was written counts, so a writer
-killed between chunks leaves a tail that the next load passes over.
+killed between chunks leaves a tail that the next load passes over. A chain is a whole
+checkpoint and the checkpoints of changes after it (``streams.checkpoint``); each marker
+of changes points at the chain's previous marker, and a load reads the newest chain.
 
-Chunks alternate between two key sets (``0/i``, ``1/i``) from one checkpoint to the next,
-so compaction, which keeps the newest record of each key, can take a checkpoint's chunks
-only when a newer one is complete: the chunks being written never share a key with those
-of the newest complete checkpoint. Tansu (memory storage) does not compact; a Kafka does.
+Chains alternate between two key sets (``0/i`` and ``0/n/i``, then ``1/...``), so
+compaction, which keeps the newest record of each key, can take a chain's chunks only
+when a newer chain is complete: the chunks being written never share a key with those of
+the newest complete chain. Tansu (memory storage) does not compact; a Kafka does.
 """
 
 from __future__ import annotations
@@ -44,27 +46,42 @@ class TopicCheckpointStore:
         self.partitions = partitions
         self.namespace = namespace
         self.root = f"topics <topic>.checkpoints ({namespace}.checkpoints and the like)"
-        self._parity: dict[tuple[str, int], int] = {}  # of the newest complete checkpoint
+        # the marker of each partition's newest complete checkpoint (and "at": its offset)
+        self._chain: dict[tuple[str, int], dict] = {}
         self._lock = threading.Lock()
         self._producer = None
         self._created: set[str] = set()
 
     # -- writing ---------------------------------------------------------------
-    def save(self, topic: str, partition: int, checkpoint: Checkpoint) -> None:
-        """Write the chunks, then the marker; returns once the broker acknowledged both."""
+    def save(
+        self, topic: str, partition: int, checkpoint: Checkpoint, *, changes: bool = False
+    ) -> None:
+        """Write the chunks, then the marker; returns once the broker acknowledged both. A
+        whole checkpoint starts a chain (the other key set); changes join the newest."""
         self._ensure(topic)
         key = (topic, partition)
-        if key not in self._parity:  # never loaded here: read which key set is in use
-            self._last(topic, partition)
-        parity = 1 - self._parity.get(key, 1)
+        if key not in self._chain:  # never loaded here: read which chain is the newest
+            found = self._last(topic, partition)
+            if found is not None:
+                found[1].close()
+        chain = self._chain.get(key)
+        if changes and chain is None:
+            raise ValueError(f"changes of {topic}-{partition} need a whole checkpoint first")
+        if changes:
+            assert chain is not None
+            parity, base, seq, prev = chain["parity"], chain["chain"], chain["seq"] + 1, chain["at"]
+        else:
+            parity = 1 - (chain["parity"] if chain else 1)
+            base, seq, prev = None, 0, -1
         body = checkpoint.state
-        cid = uuid.uuid4().hex.encode()
+        cid = uuid.uuid4().hex
         producer = self._producer_()
         target = self.changelog(topic)
+        prefix = f"{parity}/" if seq == 0 else f"{parity}/{seq}/"
         sends = [
             producer.send(
-                target, key=f"{parity}/{i}".encode(), value=body[lo : lo + CHUNK],
-                partition=partition, headers=[(_ID, cid)],
+                target, key=f"{prefix}{i}".encode(), value=body[lo : lo + CHUNK],
+                partition=partition, headers=[(_ID, cid.encode())],
             )
             for i, lo in enumerate(range(0, len(body), CHUNK))
         ]  # fmt: skip
@@ -72,7 +89,10 @@ class TopicCheckpointStore:
         mark = {
             "offset": checkpoint.offset,
             "dlq_from": checkpoint.dlq_from,
-            "id": cid.decode(),
+            "id": cid,
+            "chain": base or cid,  # the id of the chain's whole checkpoint
+            "seq": seq,  # 0: the whole checkpoint; n: the n-th changes after it
+            "prev": prev,  # the marker of the chain's previous checkpoint (its offset)
             "parity": parity,
             "chunks": len(offsets),
             "first": offsets[0] if offsets else -1,
@@ -83,35 +103,46 @@ class TopicCheckpointStore:
         sent = producer.send(
             target, key=_MARK, value=json.dumps(mark).encode(), partition=partition
         )
-        sent.get(timeout=_TIMEOUT_S)
-        self._parity[key] = parity
+        self._chain[key] = mark | {"at": sent.get(timeout=_TIMEOUT_S).offset}
 
     # -- reading ---------------------------------------------------------------
     def load(self, topic: str, partition: int) -> Checkpoint | None:
-        """The partition's newest complete checkpoint, or None; ValueError if its chunks are
-        not all there (a topic retention shorter than the checkpoints' life)."""
+        """The partition's newest complete chain, or None; ValueError if its chunks are not
+        all there (a topic retention shorter than the checkpoints' life)."""
         self._ensure(topic)
         found = self._last(topic, partition)
         if found is None:
             return None
-        mark, consumer, tp = found
+        newest, consumer, tp = found
         try:
-            body = b""
-            if mark["chunks"]:
-                parts: dict[int, bytes] = {}
-                consumer.seek(tp, mark["first"])
-                for record in _read(consumer, tp, mark["last"] + 1):
-                    if dict(record.headers or []).get(_ID) == mark["id"].encode():
-                        parts[int(record.key.split(b"/")[1])] = record.value
-                body = b"".join(parts.get(i, b"") for i in range(mark["chunks"]))
-            if len(body) != mark["size"] or hashlib.sha256(body).hexdigest() != mark["sha256"]:
-                raise ValueError(
-                    f"checkpoint of {topic}-{partition} in {self.changelog(topic)} is incomplete "
-                    f"({len(body)} of {mark['size']} bytes): its chunks were removed"
-                )
+            marks = [newest]
+            while marks[0]["seq"] > 0:  # back along the chain to its whole checkpoint
+                consumer.seek(tp, marks[0]["prev"])
+                record = next(_read(consumer, tp, marks[0]["prev"] + 1))
+                marks.insert(0, json.loads(record.value))
+            bodies: dict[str, dict[int, bytes]] = {m["id"]: {} for m in marks if m["chunks"]}
+            spans = [m for m in marks if m["chunks"]]
+            if spans:
+                consumer.seek(tp, min(m["first"] for m in spans))
+                for record in _read(consumer, tp, max(m["last"] for m in spans) + 1):
+                    part = bodies.get(dict(record.headers or []).get(_ID, b"").decode())
+                    if part is not None:
+                        part[int(record.key.rsplit(b"/", 1)[1])] = record.value
+            states = []
+            for mark in marks:
+                got = bodies.get(mark["id"], {})
+                body = b"".join(got.get(i, b"") for i in range(mark["chunks"]))
+                if len(body) != mark["size"] or hashlib.sha256(body).hexdigest() != mark["sha256"]:
+                    raise ValueError(
+                        f"checkpoint of {topic}-{partition} in {self.changelog(topic)} is "
+                        f"incomplete ({len(body)} of {mark['size']} bytes): its chunks were removed"
+                    )
+                states.append(body)
         finally:
             consumer.close()
-        return Checkpoint(int(mark["offset"]), body, int(mark["dlq_from"]))
+        return Checkpoint(
+            int(newest["offset"]), states[0], int(newest["dlq_from"]), tuple(states[1:])
+        )
 
     def _last(self, topic: str, partition: int):  # -> (mark, open consumer, tp) | None
         """The newest marker of the partition (read backwards from the end, in growing
@@ -137,7 +168,7 @@ class TopicCheckpointStore:
             marks = [r for r in _read(consumer, tp, stop) if r.key == _MARK]
             if marks:
                 mark = json.loads(marks[-1].value)
-                self._parity[(topic, partition)] = int(mark["parity"])
+                self._chain[(topic, partition)] = mark | {"at": marks[-1].offset}
                 return mark, consumer, tp
             stop, step = start, step * 4
         consumer.close()

@@ -18,6 +18,7 @@ from features.merchant_state import MerchantState
 from features.offline import OfflineWriter
 from features.online import OnlineStore, open_online
 from features.views import MERCHANT_VIEWS
+from streams.checkpoint import Checkpoint
 from streams.config import WorkerConfig
 from streams.merchant_processor import MerchantCounts, MerchantEffects, MerchantProcessor, ViewRows
 from streams.metrics import MerchantStats
@@ -61,13 +62,18 @@ class MerchantWorker(PartitionedWorker[MerchantProcessor, MerchantEffects]):
             stores_up=self.store_retry.up(),
         )
 
-    def new_processor(self, partition: int, state: bytes | None, offset: int) -> MerchantProcessor:
-        """The partition's processor, its state restored from ``state`` if given."""
+    def new_processor(self, partition: int, checkpoint: Checkpoint | None) -> MerchantProcessor:
+        """The partition's processor, its state restored from ``checkpoint`` if given (always
+        whole: a merchant state is checkpointed whole)."""
+        if checkpoint is None:
+            return MerchantProcessor(topic=self.topic, partition=partition)
+        if checkpoint.changes:
+            raise ValueError(f"{self.topic}-{partition}: a merchant state has no changes to read")
         return MerchantProcessor(
             topic=self.topic,
             partition=partition,
-            state=None if state is None else MerchantState.restore(state),
-            offset=offset,
+            state=MerchantState.restore(checkpoint.state),
+            offset=checkpoint.offset,
         )
 
     def merge(self, parts: list[MerchantEffects]) -> MerchantEffects:

@@ -151,7 +151,7 @@ class Monitor:
             for p in range(topics.partitions)
         ]
         self._consumer.assign(parts)
-        saved = self.checkpoints.load(CHECKPOINT_NAME, 0)
+        saved = await asyncio.to_thread(self.checkpoints.load, CHECKPOINT_NAME, 0)
         if saved is not None:
             state = msgspec.msgpack.decode(saved.state, type=_Saved)
             self.core.restore(state.core)

@@ -34,6 +34,7 @@ from infra.dead_letter import DeadLetter
 from infra.dead_letter_log import LettersSent, already_sent, dlq_end
 from infra.lag import log_end_offsets
 from infra.topics import ensure_topics
+from streams.checkpoint import Checkpoint
 from streams.checkpoint_stores import open_checkpoints
 from streams.checkpointer import Checkpointable, Checkpointer
 from streams.config import WorkerConfig
@@ -105,8 +106,8 @@ class PartitionedWorker(ABC, Generic[P, E]):
 
     # -- what subclasses define ----------------------------------------------
     @abstractmethod
-    def new_processor(self, partition: int, state: bytes | None, offset: int) -> P:
-        """A processor for ``partition``: from a checkpoint's state bytes, or fresh (None)."""
+    def new_processor(self, partition: int, checkpoint: Checkpoint | None) -> P:
+        """A processor for ``partition``: from its checkpoint (a chain), or fresh (None)."""
 
     @abstractmethod
     def merge(self, parts: list[E]) -> E:
@@ -126,14 +127,21 @@ class PartitionedWorker(ABC, Generic[P, E]):
         assert self._consumer is not None
         replay_after: dict[int, int] = {}  # partition -> the offset its replay starts after
         dlq_from = None
-        for tp in partitions:
-            if tp.topic != self.topic or tp.partition in self.processors:
-                continue
-            checkpoint = self.checkpoints.load(tp.topic, tp.partition)
+        partitions = [
+            tp
+            for tp in partitions
+            if tp.topic == self.topic and tp.partition not in self.processors
+        ]
+        # off the loop and together: a checkpoint in a topic is a fetch away (its heartbeat
+        # must go on meanwhile)
+        loaded = await asyncio.gather(
+            *(asyncio.to_thread(self.checkpoints.load, tp.topic, tp.partition) for tp in partitions)
+        )
+        for tp, checkpoint in zip(partitions, loaded, strict=True):
             start = 0 if checkpoint is None else checkpoint.dlq_from
             dlq_from = start if dlq_from is None else min(dlq_from, start)
             if checkpoint is None:
-                processor = self.new_processor(tp.partition, None, -1)
+                processor = self.new_processor(tp.partition, None)
                 # Without a checkpoint the state is empty, so the history must be
                 # replayed from the start whatever offset the group committed.
                 await self._consumer.seek_to_beginning(tp)
@@ -148,7 +156,7 @@ class PartitionedWorker(ABC, Generic[P, E]):
                         f"{checkpoint.offset} but the log ends at {end}: the topic was "
                         f"recreated; remove {self.checkpoints.root} (and the stores) to rebuild"
                     )
-                processor = self.new_processor(tp.partition, checkpoint.state, checkpoint.offset)
+                processor = self.new_processor(tp.partition, checkpoint)
                 self._consumer.seek(tp, checkpoint.offset + 1)
             self.processors[tp.partition] = processor
             self.checkpointer.track(tp.partition, processor.offset)

@@ -67,9 +67,10 @@ class FeatureReplica:
         state = None
         offset = -1
         if ckpt is not None:
-            state = WindowState.restore(
-                ckpt.state, self._specs, lateness_ms=self._lateness_ms, expiry=self._expiry
-            )
+            state = WindowState.restore_chain(
+                ckpt.state, ckpt.changes, self._specs, lateness_ms=self._lateness_ms,
+                expiry=self._expiry,
+            )  # fmt: skip
             offset = ckpt.offset
         return PartitionProcessor(
             topic=self._topic, partition=partition, specs=self._specs,

@@ -89,7 +89,7 @@ class Trainer:
             retrain = TopicPartition(cfg.topics.retrain, 0)
             monitoring = TopicPartition(cfg.topics.monitoring, 0)
             self._consumer.assign([retrain, monitoring])
-            saved = self.checkpoints.load(CHECKPOINT_NAME, 0)
+            saved = await asyncio.to_thread(self.checkpoints.load, CHECKPOINT_NAME, 0)
             self.offset = saved.offset if saved is not None else -1
             sent = await asyncio.to_thread(
                 already_sent,

@@ -72,14 +72,16 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
             stores_up=self.store_retry.up(),
         )
 
-    def new_processor(self, partition: int, state: bytes | None, offset: int) -> PartitionProcessor:
-        """The partition's processor, its window state restored from ``state`` if given."""
+    def new_processor(self, partition: int, checkpoint: Checkpoint | None) -> PartitionProcessor:
+        """The partition's processor, its window state restored from ``checkpoint`` (a whole
+        checkpoint and its changes) if given."""
         config = self.config
         restored = None
-        if state is not None:
-            restored = WindowState.restore(
-                state, self.specs, lateness_ms=config.lateness_ms, expiry=config.expiry
-            )
+        if checkpoint is not None:
+            restored = WindowState.restore_chain(
+                checkpoint.state, checkpoint.changes, self.specs,
+                lateness_ms=config.lateness_ms, expiry=config.expiry,
+            )  # fmt: skip
         return PartitionProcessor(
             topic=self.topic,
             partition=partition,
@@ -88,7 +90,7 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
             expiry=config.expiry,
             rules=config.rules,
             state=restored,
-            offset=offset,
+            offset=-1 if checkpoint is None else checkpoint.offset,
         )
 
     def merge(self, parts: list[Effects]) -> Effects:
@@ -385,7 +387,7 @@ class OutcomeStore:
         after: dict[int, int] = {}
         dlq_from = None
         for partition in partitions:
-            saved = self.checkpoints.load(topic, partition)
+            saved = await asyncio.to_thread(self.checkpoints.load, topic, partition)
             offset = -1 if saved is None else saved.offset
             if partition in self.flushed and offset <= self.flushed[partition]:
                 continue  # nobody else flushed it: this process's position holds

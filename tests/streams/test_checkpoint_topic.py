@@ -123,8 +123,9 @@ def test_a_checkpoint_whose_chunks_are_gone_is_an_error(settings: Settings) -> N
     store = _store(settings)
     topic = settings.topics.events
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    mark = {"offset": 9, "dlq_from": 0, "id": "gone", "parity": 0, "chunks": 2, "first": 0,
-            "last": 0, "size": 10, "sha256": "0" * 64}  # fmt: skip
+    mark = {"offset": 9, "dlq_from": 0, "id": "gone", "chain": "gone", "seq": 0, "prev": -1,
+            "parity": 0, "chunks": 2, "first": 0, "last": 0, "size": 10,
+            "sha256": "0" * 64}  # fmt: skip
     store.save(topic, 1, Checkpoint(1, b"x"))  # creates the topic; offset 0 is its chunk
     producer.send(store.changelog(topic), key=b"mark", value=json.dumps(mark).encode(), partition=1)
     producer.flush()

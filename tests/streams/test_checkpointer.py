@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from features.spec import DEFAULT_FEATURES
@@ -45,8 +46,10 @@ class Commits:
         return self.ok
 
 
-def _records(n: int, start: int = 0, seed: int = 1) -> list[Rec]:
-    events = generate_events(n, users=5, start_ms=1_700_000_000_000, mean_gap_ms=500, seed=seed)
+def _records(n: int, start: int = 0, seed: int = 1, users: int = 5) -> list[Rec]:
+    events = generate_events(
+        n, users=users, start_ms=1_700_000_000_000 + start * 500, mean_gap_ms=500, seed=seed
+    )
     return [Rec(start + i, k, v) for i, (k, v) in enumerate(events.records())]
 
 
@@ -193,7 +196,7 @@ def test_write_error_is_raised_and_nothing_committed(tmp_path: Path) -> None:
         cp.track(0, -1)
         proc.process(_records(5))
 
-        def full_disk(*_args: object) -> None:
+        def full_disk(*_args: object, **_kw: object) -> None:
             raise OSError(28, "No space left on device")
 
         store.save = full_disk  # type: ignore[method-assign]
@@ -202,5 +205,53 @@ def test_write_error_is_raised_and_nothing_committed(tmp_path: Path) -> None:
         with pytest.raises(OSError, match="No space left"):
             await cp.settle()
         assert commits.calls == [], "no commit for a checkpoint that was not written"
+
+    asyncio.run(scenario())
+
+
+def _assert_same(a: WindowState, b: WindowState) -> None:
+    """The same users, rows and next features for each (entity order may differ)."""
+    keys = np.sort(a.capture().keys)
+    np.testing.assert_array_equal(keys, np.sort(b.capture().keys))
+    assert a.n_live_rows == b.n_live_rows
+    probe = (keys, np.full(len(keys), 1_700_003_000_000), np.full(len(keys), 7.0),
+             np.ones(len(keys), np.int64))  # fmt: skip
+    for x, y in zip(a.peek(*probe), b.peek(*probe), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_whole_once_then_changes_until_they_outgrow_it(tmp_path: Path) -> None:
+    """After a partition is acquired its first checkpoint is whole, the next ones hold its
+    changes (files ``.ckpt.1``, ``.ckpt.2``, ...), and a whole one starts a new chain once
+    the changes hold as many bytes; the chain read back restores the state exactly."""
+
+    async def scenario() -> None:
+        cp, store, clock, _ = _setup(tmp_path)
+        proc = _processor(0)
+        cp.track(0, -1)
+        kinds = []
+        proc.process(_records(2_000, users=300))  # then a few users a time
+        for i in range(12):
+            proc.process(_records(20, start=2_000 + 20 * i, seed=i, users=300))
+            clock.now += 5.0
+            await cp.maybe({0: proc}, _nothing)
+            await cp.settle()
+            changes = sorted(p.name for p in (tmp_path / "ckpt").glob(f"{TOPIC}-0.ckpt.*"))
+            kinds.append(len(changes))
+            loaded = store.load(TOPIC, 0)
+            assert loaded is not None and loaded.offset == proc.offset
+            assert len(loaded.changes) == len(changes)
+            restored = WindowState.restore_chain(loaded.state, loaded.changes, DEFAULT_FEATURES)
+            _assert_same(restored, proc.state)
+        assert kinds[:3] == [0, 1, 2], kinds  # whole, then changes
+        assert 0 in kinds[3:], kinds  # a new chain once the changes outgrew the whole
+        # a partition acquired again starts with a whole checkpoint
+        cp.forget(0)
+        cp.track(0, proc.offset)
+        proc.process(_records(5, start=2_240, seed=99, users=300))
+        clock.now += 5.0
+        await cp.maybe({0: proc}, _nothing)
+        await cp.settle()
+        assert not list((tmp_path / "ckpt").glob(f"{TOPIC}-0.ckpt.*"))
 
     asyncio.run(scenario())
