@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -185,10 +186,16 @@ def test_snapshots_dead_letters_and_outputs(settings: Settings) -> None:
     assert 'featflow_monitor_psi{model_version="v1",feature="amount"}' in text
 
 
-def test_a_crash_after_a_checkpoint_loses_and_doubles_nothing(settings: Settings) -> None:
+@pytest.mark.parametrize("store", ["files", "kafka"])
+def test_a_crash_after_a_checkpoint_loses_and_doubles_nothing(
+    settings: Settings, store: str, tmp_path: Path
+) -> None:
     """Checkpoint after batch A, read batch B, crash (no checkpoint); a new monitor restores
-    A's checkpoint, re-reads B and reads C: every pair counted exactly once."""
-    settings = settings.model_copy(update={"monitor_interval_s": 3600.0})  # snapshots by hand
+    A's checkpoint, re-reads B and reads C: every pair counted exactly once. With the
+    checkpoints in Kafka the new monitor runs on another machine (its own home)."""
+    settings = settings.model_copy(
+        update={"monitor_interval_s": 3600.0, "checkpoint_store": store}  # snapshots by hand
+    )
     ensure_topics(settings.kafka, settings.topics)
     cfg = dataclasses.replace(settings.monitor, window_labels=10**6, window_events=10**6)
     batches = [_data(2, 1500), _data(3, 1000, start=1500), _data(4, 800, start=2500)]
@@ -224,6 +231,9 @@ def test_a_crash_after_a_checkpoint_loses_and_doubles_nothing(settings: Settings
         v: n for v, (_, n) in after_a.items()
     }  # the last snapshot (and checkpoint) held A's pairs
     send(2)
+    if store == "kafka":
+        elsewhere = settings.model_copy(update={"home": tmp_path / "another-machine"})
+        cfg = dataclasses.replace(cfg, stores=elsewhere.stores)
     two = Monitor(cfg, _book())
     asyncio.run(_run_until_caught_up(two, _ends(settings)))
     preds = [p for b in batches for p in b[0]]
