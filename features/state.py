@@ -730,10 +730,10 @@ class WindowState:
         seg = st.seg[dense]
         lengths = seg[:, K.LEN].copy()
         starts = seg[:, K.BASE] + seg[:, K.HEAD]
-        rows = (
-            np.concatenate([np.arange(a, a + k) for a, k in zip(starts, lengths, strict=True)])
-            if len(dense) else np.empty(0, np.int64)
-        ).astype(np.int64)  # fmt: skip
+        # each entity's block rows, by one repeat (a list of aranges cost 18 ms at 19k)
+        rows = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(
+            int(lengths.sum()), dtype=np.int64
+        )
         promoted_at = np.flatnonzero(seg[:, K.XSLOT] >= 0).astype(np.int64)
         sums = np.empty((promoted_at.shape[0], int(self._enc.glay[K.GL_NXF])), dtype=np.float64)
         K.gather_sums(st, dense[promoted_at].astype(np.int64), sums)

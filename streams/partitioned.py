@@ -198,11 +198,22 @@ class PartitionedWorker(ABC, Generic[P, E]):
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
         """Create topics, open the stores, connect the producer and join the consumer group."""
+        await self.open()
+        await self.join()
+
+    async def open(self) -> None:
+        """Create topics, open the stores and connect the producer (:meth:`start`'s first
+        half: a process opens its workers in order, then joins their groups together, since
+        each join waits out the broker's initial rebalance delay, ~3 s)."""
         config = self.config
         await asyncio.to_thread(ensure_topics, config.kafka, config.topics)
         await self.prepare()
         self._producer = AIOKafkaProducer(**config.kafka.aio_args(), acks="all")
         await self._producer.start()
+
+    async def join(self) -> None:
+        """Join the consumer group (:meth:`start`'s second half)."""
+        config = self.config
         self._consumer = AIOKafkaConsumer(
             **config.kafka.aio_args(),
             group_id=self.group,

@@ -196,14 +196,16 @@ def _outcome_rows(table: pa.Table) -> MerchantRows:
 
 
 def _members_service(members: Sequence[PartitionedWorker]):
-    """A mode service that starts ``members`` in order, runs them, and stops them in reverse;
-    one member's failure crashes it (and the process)."""
+    """A mode service that opens ``members`` in order (the first applies the Feast repo the
+    others open), joins their groups together, runs them, and stops them in reverse; one
+    member's failure crashes it (and the process)."""
     from mode import Service
 
     class StreamWorkers(Service):
         async def on_start(self) -> None:
             for member in members:
-                await member.start()
+                await member.open()
+            await asyncio.gather(*(member.join() for member in members))
             for member in members:
                 self.add_future(self._run(member))
 
