@@ -7,11 +7,11 @@ the file in a thread while fetches go on, and only then commits the offset to Ka
 One partition per pass: 8 partitions' snapshots and fsyncs at once stalled the loop for
 100-200 ms every interval, the p99 of freshness (and seconds for a state of 1M users).
 
-A state that tracks its changes (``WindowState.checkpoint``) is checkpointed whole once
-after its partition is acquired, then by its changes only: the copy in the loop costs what
-changed since, not what is held. A whole checkpoint starts a new chain once the chain's
-changes hold as many bytes as its whole checkpoint, or number ``MAX_CHANGES``: what a
-restore reads stays within twice the state.
+A state that tracks its changes (``WindowState.checkpoint``) is checkpointed by its changes
+only, on top of the chain it was restored from (a fresh state's first checkpoint is whole):
+the copy in the loop costs what changed since, not what is held. A whole checkpoint starts a
+new chain once the chain's changes hold as many bytes as its whole checkpoint, or number
+``MAX_CHANGES``: what a restore reads stays within twice the state.
 
 Kafka's committed offset is informational (lag); the checkpoint file is the truth. A
 partition restored from a checkpoint is committed once even if nothing new arrives: a
@@ -124,13 +124,18 @@ class Checkpointer:
         self._chains: dict[int, list[int]] = {}
 
     # -- ownership -------------------------------------------------------------
-    def track(self, partition: int, offset: int) -> None:
-        """Start scheduling ``partition``, whose state reflects ``offset`` (its checkpoint's,
-        or -1 for a fresh state)."""
+    def track(self, partition: int, offset: int, restored: Checkpoint | None = None) -> None:
+        """Start scheduling ``partition``, whose state reflects ``offset``: ``restored``'s,
+        or -1 for a fresh state. A state restored from a chain goes on with it (its next
+        checkpoint holds the changes since: a restored million users is not copied whole);
+        a fresh one starts a chain with its first checkpoint."""
         self._last[partition] = self._clock()
         self._written[partition] = offset
         self._committed[partition] = -1
-        self._chains.pop(partition, None)  # the first checkpoint here is whole
+        self._chains.pop(partition, None)
+        if restored is not None:
+            changes = [len(c) for c in restored.changes]
+            self._chains[partition] = [len(restored.state), sum(changes), len(changes)]
 
     def forget(self, partition: int) -> None:
         """Stop scheduling ``partition`` (revoked)."""

@@ -221,8 +221,8 @@ def _assert_same(a: WindowState, b: WindowState) -> None:
 
 
 def test_whole_once_then_changes_until_they_outgrow_it(tmp_path: Path) -> None:
-    """After a partition is acquired its first checkpoint is whole, the next ones hold its
-    changes (files ``.ckpt.1``, ``.ckpt.2``, ...), and a whole one starts a new chain once
+    """A fresh partition's first checkpoint is whole, the next ones hold its changes (files
+    ``.ckpt.1``, ``.ckpt.2``, ...), and a whole one starts a new chain once
     the changes hold as many bytes; the chain read back restores the state exactly."""
 
     async def scenario() -> None:
@@ -245,10 +245,20 @@ def test_whole_once_then_changes_until_they_outgrow_it(tmp_path: Path) -> None:
             _assert_same(restored, proc.state)
         assert kinds[:3] == [0, 1, 2], kinds  # whole, then changes
         assert 0 in kinds[3:], kinds  # a new chain once the changes outgrew the whole
-        # a partition acquired again starts with a whole checkpoint
+        # acquired again from its chain, a state goes on with it: changes, not a copy of all
+        chain = len(list((tmp_path / "ckpt").glob(f"{TOPIC}-0.ckpt.*")))
+        loaded = store.load(TOPIC, 0)
+        cp.forget(0)
+        cp.track(0, proc.offset, loaded)
+        proc.process(_records(5, start=2_240, seed=99, users=300))
+        clock.now += 5.0
+        await cp.maybe({0: proc}, _nothing)
+        await cp.settle()
+        assert len(list((tmp_path / "ckpt").glob(f"{TOPIC}-0.ckpt.*"))) == chain + 1
+        # acquired fresh (no checkpoint restored), its first checkpoint is whole
         cp.forget(0)
         cp.track(0, proc.offset)
-        proc.process(_records(5, start=2_240, seed=99, users=300))
+        proc.process(_records(5, start=2_245, seed=98, users=300))
         clock.now += 5.0
         await cp.maybe({0: proc}, _nothing)
         await cp.settle()
