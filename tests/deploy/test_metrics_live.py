@@ -111,7 +111,7 @@ def test_dashboard_and_alerts_query_only_exported_metrics(
 
         events = make_events(400, users=40, seed=7, hours=2.0)
         publish(settings.kafka, settings.topics.events, events.records())
-        wait_caught_up(settings, procs[:1], timeout=60)
+        wait_caught_up(settings, procs[:1], timeout=120)
         rng = np.random.default_rng(1)
         outcomes = []
         with httpx.Client(base_url=base["serve"], timeout=10) as client:
