@@ -107,6 +107,11 @@ class Settings(BaseSettings):
         0.0, description="A new model must beat the champion's holdout AUC by this much."
     )
     worker_web_port: int = Field(0, ge=0, description="faust web (/metrics); 0 disables it.")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Where the worker's and the monitor's /metrics and /health listen: "
+        "loopback by default; 0.0.0.0 in a container, for Prometheus and probes.",
+    )
     worker_role: Literal["all", "users", "merchants"] = Field(
         "all", description="Which stream workers a worker process runs."
     )
@@ -296,6 +301,7 @@ class Settings(BaseSettings):
             window_events=self.monitor_window_events,
             interval_s=self.monitor_interval_s,
             batch_max_records=self.batch_max_records,
+            web_host=self.metrics_host,
             web_port=self.monitor_web_port,
             worker_group=self.consumer_group,
         )
@@ -336,6 +342,7 @@ class Settings(BaseSettings):
             batch_max_wait_ms=self.batch_max_wait_ms,
             checkpoint_interval_s=self.checkpoint_interval_s,
             stream_scoring=self.stream_scoring,
+            web_host=self.metrics_host,
             web_port=self.worker_web_port,
             role=self.worker_role,
         )

@@ -255,6 +255,7 @@ class _Metrics:
     looked_up: Counter
     model: Gauge
     shed: Counter
+    version_number: Gauge
 
 
 def _metrics() -> _Metrics:
@@ -276,7 +277,22 @@ def _metrics() -> _Metrics:
             "Requests to /predict answered 503 at once: too many in flight.",
             registry=reg,
         ),
+        Gauge(
+            "featflow_model_version_number",
+            "Serving model version as a number (v0007: 7; NaN: none), to plot over time.",
+            registry=reg,
+        ),
     )
+
+
+def _version_number(version: str) -> float:
+    """``v0007`` as 7.0 (the registry names versions ``v`` and 4 or more digits).
+
+    >>> _version_number("v0012")
+    12.0
+    """
+    digits = version.removeprefix("v")
+    return float(digits) if digits.isdigit() else math.nan
 
 
 _encoder = msgspec.json.Encoder()
@@ -642,6 +658,7 @@ def create_app(
         """Request counts, predict latency, model version and feature hit counts."""
         model = predictor.active
         metrics.model.clear()
+        metrics.version_number.set(math.nan if model is None else _version_number(model.version))
         if model is not None:
             metrics.model.labels(model.version).set(1)
         text = generate_latest(metrics.registry).decode()

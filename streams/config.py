@@ -32,7 +32,8 @@ class WorkerConfig:
     batch_max_wait_ms: int = 20
     checkpoint_interval_s: float = 5.0
     stream_scoring: bool = False
-    web_port: int = 0  # faust web (/metrics); 0 disables it
+    web_port: int = 0  # faust web (/metrics, /health); 0 disables it
+    web_host: str = "127.0.0.1"  # where it listens
     # which workers this process runs: the feature worker (events, outcomes), the merchant
     # worker (merchant_rows), or both
     role: Literal["all", "users", "merchants"] = "all"

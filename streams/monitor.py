@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
+from inference.model_events import FILENAME, KINDS, ModelEvents
 from inference.registry import ModelRegistry
 from infra.config import PARTITION_FETCH_BYTES
 from infra.dead_letter import DeadLetter
@@ -90,6 +91,7 @@ class Monitor:
         self.letters_sent = LettersSent()
         self.snapshots = 0
         self.requests = 0
+        self.history = ModelHistory(config.stores.models_dir)
         self.latest: list[MetricRow] = []
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
@@ -374,12 +376,49 @@ class Monitor:
         async def metrics(_: web.Request) -> web.Response:
             return web.Response(text=render_monitor_metrics(self), content_type="text/plain")
 
+        async def health(_: web.Request) -> web.Response:
+            ready = self.started.is_set()  # assigned, restored from its checkpoint
+            return web.json_response({"ready": ready}, status=200 if ready else 503)
+
         app = web.Application()
         app.router.add_get("/metrics", metrics)
+        app.router.add_get("/health", health)
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, self.config.web_host, self.config.web_port).start()
         return runner
+
+
+class ModelHistory:
+    """The model history's decisions by kind, for ``/metrics``: how many, and when the newest
+    was (promotions and rollbacks by the trainer, the CLI or the HTTP admin routes all land
+    in ``models/model_events.jsonl``). Re-read only when the file changes."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.path = models_dir / FILENAME
+        self.models_dir = models_dir
+        self._seen: tuple[int, int] | None = None
+        self._summary: dict[str, tuple[int, int]] = {}  # kind -> (count, newest time_ms)
+
+    def summary(self) -> dict[str, tuple[int, int]]:
+        """``kind -> (decisions, newest time_ms)`` for the kinds that occurred."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return {}
+        key = (stat.st_size, stat.st_mtime_ns)
+        if key != self._seen:
+            try:
+                rows = ModelEvents(self.models_dir).rows()
+            except ValueError as exc:  # a torn last line: keep the last good reading
+                log.warning("model history %s unreadable: %s", self.path, exc)
+                return self._summary
+            summary: dict[str, tuple[int, int]] = {}
+            for row in rows:
+                count, newest = summary.get(row.get("kind"), (0, 0))
+                summary[row.get("kind")] = (count + 1, max(newest, int(row.get("time_ms", 0))))
+            self._summary, self._seen = summary, key
+        return self._summary
 
 
 def _warm_parquet() -> None:
@@ -424,4 +463,22 @@ def render_monitor_metrics(monitor: Monitor) -> str:
     lines.append(f"featflow_monitor_snapshots_total {monitor.snapshots}")
     lines.append("# TYPE featflow_retrain_requests_total counter")
     lines.append(f"featflow_retrain_requests_total {monitor.requests}")
+    # every kind from the start, so the first promotion is an increase from 0
+    history = monitor.history.summary()
+    lines.append(
+        "# HELP featflow_model_events_total Decisions in the model history, by kind "
+        "(promoted, rolled_back, rejected, ...)."
+    )
+    lines.append("# TYPE featflow_model_events_total counter")
+    for kind in KINDS:
+        lines.append(f'featflow_model_events_total{{kind="{kind}"}} {history.get(kind, (0, 0))[0]}')
+    lines.append(
+        "# HELP featflow_model_last_event_timestamp_seconds When the newest decision of each "
+        "kind was made."
+    )
+    lines.append("# TYPE featflow_model_last_event_timestamp_seconds gauge")
+    for kind in KINDS:
+        if kind in history:
+            seconds = history[kind][1] / 1000
+            lines.append(f'featflow_model_last_event_timestamp_seconds{{kind="{kind}"}} {seconds}')
     return "\n".join(lines) + "\n"

@@ -234,7 +234,10 @@ def build_app(config: WorkerConfig, specs: Sequence[FeatureSpec] = DEFAULT_FEATU
         service = _members_service([merchants])()
         if config.web_port > 0:
             _metrics_thread(
-                config.web_port, lambda: render_metrics(worker.stats(), merchants.stats())
+                config.web_host,
+                config.web_port,
+                lambda: render_metrics(worker.stats(), merchants.stats()),
+                merchants.started.is_set,
             )
         return service, worker
     import faust
@@ -246,8 +249,8 @@ def build_app(config: WorkerConfig, specs: Sequence[FeatureSpec] = DEFAULT_FEATU
         datadir=str(config.stores.faust_dir),
         web_enabled=config.web_port > 0,
         web_port=max(config.web_port, 1),
-        web_bind="127.0.0.1",  # where it listens (web_host is only the advertised name)
-        web_host="127.0.0.1",
+        web_bind=config.web_host,  # where it listens (web_host is only the advertised name)
+        web_host=config.web_host,
         topic_disable_leader=True,
         broker_session_timeout=config.session_timeout_s,
         broker_heartbeat_interval=max(config.session_timeout_s / 6, 0.1),
@@ -284,22 +287,35 @@ def build_app(config: WorkerConfig, specs: Sequence[FeatureSpec] = DEFAULT_FEATU
             text = render_metrics(worker.stats(), merchants.stats())
             return web.text(text, content_type="text/plain; version=0.0.4")
 
+        @app.page("/health")
+        async def health(web, request):
+            ready = all(member.started.is_set() for member in members)
+            return web.json({"ready": ready}, status=200 if ready else 503)
+
     return app, worker
 
 
-def _metrics_thread(port: int, render: Callable[[], str]) -> None:
-    """``GET /metrics`` on 127.0.0.1:``port`` from a daemon thread (no faust web server)."""
+def _metrics_thread(
+    host: str, port: int, render: Callable[[], str], ready: Callable[[], bool]
+) -> None:
+    """``GET /metrics`` and ``GET /health`` (200 once ``ready``, else 503) on
+    ``host:port`` from a daemon thread (no faust web server)."""
     import http.server
     import threading
 
     class Metrics(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path != "/metrics":
+            if self.path == "/metrics":
+                status, kind, body = 200, "text/plain; version=0.0.4", render().encode()
+            elif self.path == "/health":
+                up = ready()
+                status, kind = (200 if up else 503), "application/json"
+                body = b'{"ready": true}' if up else b'{"ready": false}'
+            else:
                 self.send_error(404)
                 return
-            body = render().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -307,7 +323,7 @@ def _metrics_thread(port: int, render: Callable[[], str]) -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Metrics)
+    server = http.server.ThreadingHTTPServer((host, port), Metrics)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
 

@@ -218,6 +218,7 @@ def test_http_contract(tmp_path: Path) -> None:
         assert health.status_code == 200 and health.json()["model_version"] == "v0001"
         metrics = client.get("/metrics").text
         assert 'featflow_model_info{version="v0001"} 1.0' in metrics
+        assert "featflow_model_version_number 1.0" in metrics
         assert 'featflow_predict_latency_seconds_bucket{le="5e-05"}' in metrics
         assert 'featflow_http_requests_total{path="/predict",status="422"}' in metrics
         assert f"featflow_features_found_total {len(USERS) + 1}.0" in metrics
@@ -321,7 +322,9 @@ def test_metrics_is_documented_as_prometheus_text(tmp_path: Path) -> None:
     with TestClient(_app(settings)) as client:
         documented = client.get("/openapi.json").json()["paths"]["/metrics"]["get"]["responses"]
         assert list(documented["200"]["content"]) == ["text/plain"]
-        assert client.get("/metrics").headers["content-type"].startswith("text/plain")
+        response = client.get("/metrics")
+        assert response.headers["content-type"].startswith("text/plain")
+        assert "featflow_model_version_number NaN" in response.text  # no model yet
 
 
 def test_every_malformed_body_is_a_documented_422(tmp_path: Path) -> None:
