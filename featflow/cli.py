@@ -457,6 +457,8 @@ def backfill(
     source = Path(input_path)
     if not source.is_file():
         raise click.BadParameter(f"File {input_path!r} does not exist.", param_hint="'--input'")
+    if Path(output_path).is_dir():
+        raise click.BadParameter(f"{output_path!r} is a directory.", param_hint="'--output'")
     from features.backfill import backfill as run_backfill
     from features.backfill import load_kernels, write_output
     from features.event_files import read_events

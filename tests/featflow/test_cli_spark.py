@@ -81,6 +81,8 @@ def test_spark_cli_errors_are_one_line(
     out = ["--output", str(tmp_path / "o")]
     done = runner.invoke(main, ["backfill", "--input", str(csv), *out, "--master", "local[2]"])
     assert done.exit_code == 2 and "--engine spark" in done.output, done.output
+    done = runner.invoke(main, ["backfill", "--input", str(csv), "--output", str(tmp_path)])
+    assert done.exit_code == 2 and "is a directory" in done.output, done.output
     s3 = ["--output", "s3a://bucket/out", "--engine", "spark"]
     done = runner.invoke(main, ["backfill", "--input", str(csv.with_suffix(".parquet")), *s3])
     assert done.exit_code == 1 and "--no-store" in done.output, done.output
