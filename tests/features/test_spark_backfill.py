@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -204,3 +205,27 @@ def test_settings_and_paths() -> None:
     assert "spark.driver.host" not in cluster and "spark.sql.shuffle.partitions" not in cluster
     assert rejects_path("s3a://b/out/features.parquet/") == "s3a://b/out/features.rejects.jsonl"
     assert rejects_path("/tmp/out") == "/tmp/out.rejects.jsonl"
+
+
+@pytest.mark.parametrize("kind", ["utc-timestamp", "naive-timestamp", "narrow-numbers"])
+def test_column_types_read_by_spark_judge_rows_alike(spark, tmp_path: Path, kind: str) -> None:
+    """Spark reads parquet types its own way (timestamps as UTC microseconds, a naive one as
+    TIMESTAMP_NTZ, int32 and float32 widened by the reader); validation in the executors
+    still accepts and refuses each row as the local reader does, with the same records."""
+    table = messy_events(2_000, seed=3)
+    if kind == "narrow-numbers":
+        table = table.set_column(1, "user_id", pc.cast(table["user_id"], pa.int32(), safe=False))
+        table = table.set_column(3, "amount", pc.cast(table["amount"], pa.float32()))
+    else:
+        zone = "UTC" if kind == "utc-timestamp" else None
+        table = table.set_column(4, "event_time", pc.cast(table["event_time"],
+                                                          pa.timestamp("ms", tz=zone)))  # fmt: skip
+    path = tmp_path / "events.parquet"
+    pq.write_table(table, path)
+    now_ms = int(time.time() * 1000)
+    local = backfill(read_events(path, now_ms=now_ms), lateness_ms=LATENESS_MS)
+    assert (local.table.num_rows == 0) == (kind == "naive-timestamp")
+    spark_backfill(spark, str(path), str(tmp_path / "out"), lateness_ms=LATENESS_MS,
+                   now_ms=now_ms)  # fmt: skip
+    assert_same_rows(tmp_path / "out", local)
+    assert _spark_letters(str(tmp_path / "out.rejects.jsonl")) == _letters(local)
