@@ -5,10 +5,11 @@ servers from skewing the next, and lets one crash without hiding the others' res
 
     python -m benchmarks.run_all [--quick] [--only NAME ...]
 
-Default sizes take ~25 minutes on 2 cores (the soak alone 10), plus ~13 for
+Default sizes take ~25 minutes on 2 cores (the soak alone 10), plus ~10 for
 ``spark_backfill`` (Spark on 10M events, twice) and ~30 for ``training_set`` (two
-``featflow train`` runs on 1M labelled events, each ~12 minutes of model fit); ``--quick`` uses smaller ones (~5 minutes), which change the absolute figures,
-so quote the flags with any number.
+``featflow train`` runs on 1M labelled events, each ~12 minutes of model fit); ``--quick``
+uses smaller ones (~5 minutes), which change the absolute figures, so quote the flags with
+any number.
 """
 
 from __future__ import annotations
