@@ -224,7 +224,10 @@ def spark_backfill(
     rows = features_frame(
         source, lateness_ms=lateness_ms, specs=specs, expiry=expiry, partitions=partitions,
         rules=rules, now_ms=now_ms,
-    ).persist(StorageLevel.MEMORY_AND_DISK)  # fmt: skip
+    ).persist(StorageLevel.DISK_ONLY)  # fmt: skip
+    # three reads of one computation (rows, counts, rejects); on disk, not in memory: reading
+    # a partition of the busiest user's rows back into the heap ran a 2 GiB driver out of
+    # memory at 10M events
     try:
         names = offline_columns(specs)
         accepted = rows.filter(F.col(KIND) == ACCEPTED).select(*names)
