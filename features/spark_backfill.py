@@ -172,9 +172,10 @@ def spark_session(
     try:
         spark = builder.getOrCreate()
     except Exception as exc:  # pyspark's JAVA_GATEWAY_EXITED, a refused master, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise SparkUnavailable(
-            f"Spark did not start on {master} ({str(exc).strip().splitlines()[0]}); "
-            f"it needs Java 17 or 21 (found {java_binary()})"
+            f"Spark did not start on {master} ({first}); check the master, and that Java is "
+            f"17 or 21 (found {java_binary()})"
         ) from exc
     try:
         yield spark
@@ -221,13 +222,13 @@ def spark_backfill(
 
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     source = numbered_source(spark, input_path)
+    # three reads of one computation (rows, counts, rejects); on disk, not in memory: reading
+    # a partition of the busiest user's rows back into the heap ran a 2 GiB driver out of
+    # memory at 10M events
     rows = features_frame(
         source, lateness_ms=lateness_ms, specs=specs, expiry=expiry, partitions=partitions,
         rules=rules, now_ms=now_ms,
     ).persist(StorageLevel.DISK_ONLY)  # fmt: skip
-    # three reads of one computation (rows, counts, rejects); on disk, not in memory: reading
-    # a partition of the busiest user's rows back into the heap ran a 2 GiB driver out of
-    # memory at 10M events
     try:
         names = offline_columns(specs)
         accepted = rows.filter(F.col(KIND) == ACCEPTED).select(*names)
