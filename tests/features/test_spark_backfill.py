@@ -204,7 +204,7 @@ def test_settings_and_paths() -> None:
     cluster = session_conf("spark://head:7077")
     assert "spark.driver.host" not in cluster and "spark.sql.shuffle.partitions" not in cluster
     assert rejects_path("s3a://b/out/features.parquet/") == "s3a://b/out/features.rejects.jsonl"
-    assert rejects_path("/tmp/out") == "/tmp/out.rejects.jsonl"
+    assert rejects_path("/data/out") == "/data/out.rejects.jsonl"
 
 
 @pytest.mark.parametrize("kind", ["utc-timestamp", "naive-timestamp", "narrow-numbers"])
