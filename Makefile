@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,bench,spark]'
 	$(PY) -m features.warm   # compile the Numba kernels once: no first command waits ~25 s
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)

@@ -5,10 +5,11 @@ servers from skewing the next, and lets one crash without hiding the others' res
 
     python -m benchmarks.run_all [--quick] [--only NAME ...]
 
-Default sizes take ~25 minutes on 2 cores (the soak alone 10), plus ~30 for
-``training_set`` (two ``featflow train`` runs on 1M labelled events, each ~12 minutes of
-model fit); ``--quick`` uses smaller ones (~5 minutes), which change the absolute figures,
-so quote the flags with any number.
+Default sizes take ~25 minutes on 2 cores (the soak alone 10), plus ~10 for
+``spark_backfill`` (Spark on 10M events, twice) and ~30 for ``training_set`` (two
+``featflow train`` runs on 1M labelled events, each ~12 minutes of model fit); ``--quick``
+uses smaller ones (~5 minutes), which change the absolute figures, so quote the flags with
+any number.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "freshness": [],
     "backfill_vs_pandas": [],
     "backfill_vs_engines": [],
+    "spark_backfill": [],
     "kernel_disorder": [],
     "kernel_aggs": [],
     "merchant_views": [],
@@ -46,6 +48,7 @@ QUICK: dict[str, list[str]] = {
         "--sizes", "10000", "100000", "--repeats", "1", "--cold-repeats", "1",
         "--help-repeats", "5",
     ],
+    "spark_backfill": ["--sizes", "10000", "100000", "--repeats", "1"],
     "kernel_disorder": ["--events", "100000", "--users", "5000", "--repeats", "1"],
     "kernel_aggs": ["--events", "200000", "--repeats", "1"],
     "merchant_views": ["--events", "100000", "--repeats", "1"],

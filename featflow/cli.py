@@ -395,8 +395,19 @@ def produce(
 
 
 @main.command()
-@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    help="Events file (.parquet, .csv, .jsonl); with --engine spark a parquet file or folder, "
+    "any path Spark reads (s3a://...).",
+)
+@click.option(
+    "--output",
+    "output_path",
+    required=True,
+    help="Parquet file of the feature rows; with --engine spark a folder of part files.",
+)
 @click.option("--no-store", is_flag=True, help="Do not load the rows into the offline store.")
 @click.option(
     "--threads",
@@ -404,20 +415,58 @@ def produce(
     default=None,
     help="Kernel threads, users split between them (default: one per usable core).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    show_default=True,
+    help="local: this process; spark: Apache Spark (pip install 'featflow[spark]', Java 17+).",
+)
+@click.option(
+    "--master",
+    default=None,
+    help="Spark master for --engine spark (default local[*]): spark://host:7077, yarn, ...",
+)
+@click.option(
+    "--spark-conf",
+    "spark_conf",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A Spark setting for --engine spark (repeatable): spark.executor.memory=8g, ...",
+)
 @click.pass_obj
 def backfill(
-    config: str | None, input_path: str, output_path: str, no_store: bool, threads: int | None
+    config: str | None,
+    input_path: str,
+    output_path: str,
+    no_store: bool,
+    threads: int | None,
+    engine: str,
+    master: str | None,
+    spark_conf: tuple[str, ...],
 ) -> None:
     """Compute features over a historical events file (.parquet, .csv, .jsonl)."""
+    settings = _settings(config)
+    if engine == "spark":
+        if threads is not None:
+            raise click.UsageError("--threads is the local engine's; Spark uses its executors")
+        _spark_backfill(settings, input_path, output_path, no_store, master, spark_conf)
+        return
+    if master is not None or spark_conf:
+        raise click.UsageError("--master and --spark-conf need --engine spark")
+    source = Path(input_path)
+    if not source.is_file():
+        raise click.BadParameter(f"File {input_path!r} does not exist.", param_hint="'--input'")
+    if Path(output_path).is_dir():
+        raise click.BadParameter(f"{output_path!r} is a directory.", param_hint="'--output'")
     from features.backfill import backfill as run_backfill
     from features.backfill import load_kernels, write_output
     from features.event_files import read_events
 
-    settings = _settings(config)
     loading = threading.Thread(target=load_kernels, name="load-kernels", daemon=True)
     loading.start()
     try:
-        rows = read_events(Path(input_path), rules=settings.event_rules)
+        rows = read_events(source, rules=settings.event_rules)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     loading.join()
@@ -435,14 +484,85 @@ def backfill(
     if result.duplicates:
         click.echo(f"{result.duplicates} duplicates (an event_id their user already had): no row")
     if not no_store:
-        from features.feast_repo import apply_repo
-        from features.merchant_backfill import write_views
+        _load_backfill(settings, result.table)
+    _skip_teardown()
 
-        apply_repo(settings.stores)
-        # the user rows and their merchants' activity (labels are the stream's to add)
-        root = settings.stores.offline_dir.parent
-        write_views(root, result.table, None, tag="backfill")
-        click.echo(f"loaded into offline store {root} (user and merchant views)")
+
+def _load_backfill(settings: Settings, table: object) -> None:
+    """Load backfilled user rows into the offline store, with their merchants' activity."""
+    from features.feast_repo import apply_repo
+    from features.merchant_backfill import write_views
+
+    apply_repo(settings.stores)
+    # the user rows and their merchants' activity (labels are the stream's to add)
+    root = settings.stores.offline_dir.parent
+    write_views(root, table, None, tag="backfill")  # type: ignore[arg-type]
+    click.echo(f"loaded into offline store {root} (user and merchant views)")
+
+
+def _spark_backfill(
+    settings: Settings,
+    input_path: str,
+    output_path: str,
+    no_store: bool,
+    master: str | None,
+    spark_conf: tuple[str, ...],
+) -> None:
+    """`featflow backfill --engine spark` (``features/spark_backfill.py``)."""
+    from features.spark_backfill import SparkUnavailable, is_local, spark_backfill, spark_session
+
+    conf = {}
+    for item in spark_conf:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="'--spark-conf'")
+        conf[key.strip()] = value
+    if is_local(input_path) and not Path(input_path.removeprefix("file://")).exists():
+        raise click.BadParameter(f"Path {input_path!r} does not exist.", param_hint="'--input'")
+    text_suffixes = {".csv", ".jsonl", ".json", ".ndjson"}
+    if is_local(input_path) and Path(input_path).suffix.lower() in text_suffixes:
+        raise click.ClickException(
+            f"{input_path}: --engine spark reads parquet; convert it, or use the local engine"
+        )
+    if not no_store and not is_local(output_path):
+        raise click.ClickException(
+            f"{output_path} is not on this machine: the offline store is loaded from a local "
+            "output only; add --no-store"
+        )
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    try:
+        with spark_session(master or "local[*]", conf) as spark:
+            outcome = spark_backfill(
+                spark,
+                input_path,
+                output_path,
+                lateness_ms=settings.lateness_ms,
+                expiry=settings.expiry,
+                partitions=settings.topic_partitions,
+                rules=settings.event_rules,
+            )
+    except SparkUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (PySparkException, Py4JError) as exc:
+        java = getattr(exc, "java_exception", None)  # Py4JJavaError: the JVM's own message
+        text = (str(java.toString()) if java is not None else str(exc)).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise click.ClickException(f"Spark failed: {first}") from None
+    click.echo(f"{outcome.rows} rows -> {output_path}")
+    if outcome.rejected:
+        total = sum(outcome.rejected.values())
+        click.echo(f"{total} rejected {outcome.rejected} -> {outcome.rejects_path}")
+    if outcome.duplicates:
+        click.echo(f"{outcome.duplicates} duplicates (an event_id their user already had): no row")
+    if not no_store:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(output_path.removeprefix("file://")).sort_by("kafka_offset")
+        _load_backfill(settings, table)
     _skip_teardown()
 
 

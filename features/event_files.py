@@ -118,6 +118,28 @@ def read_events(
     return _columnar(table, cell, now_ms=now_ms, rules=rules)
 
 
+def from_table(table: pa.Table, *, now_ms: int, rules: EventRules = EventRules()) -> EventRows:
+    """A parquet file's columns (``EVENT_COLUMNS``, as read) validated as :func:`read_events`
+    does: the Spark engine runs it on each task's rows (``features/spark_backfill.py``), so a
+    row is refused there exactly as here. Offsets are rows of ``table``."""
+    return _columnar(table, _plain, now_ms=now_ms, rules=rules)
+
+
+def parquet_records(table: pa.Table) -> list[bytes]:
+    """Each row of a parquet file's columns as the JSON record a producer would send (what a
+    dead letter of that row holds)."""
+    return _records(table, _plain, np.arange(table.num_rows))
+
+
+def _records(
+    table: pa.Table, cell: Callable[[str, object], object], rows: np.ndarray
+) -> list[bytes]:
+    return [
+        _encoder.encode({name: cell(name, values[name]) for name in EVENT_COLUMNS})
+        for values in table.take(from_numpy(rows.astype(np.int64))).to_pylist()
+    ]
+
+
 def _check_columns(path: Path, names: Sequence[str]) -> None:
     missing = [c for c in EVENT_COLUMNS if c not in names]
     if missing:
@@ -142,10 +164,7 @@ def _columnar(
         ok &= ~fault
 
     def records(rows: np.ndarray) -> list[bytes]:
-        return [
-            _encoder.encode({name: cell(name, values[name]) for name in EVENT_COLUMNS})
-            for values in table.take(from_numpy(rows.astype(np.int64))).to_pylist()
-        ]
+        return _records(table, cell, rows)
 
     def record(row: int) -> bytes:
         return records(np.array([row]))[0]

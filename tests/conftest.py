@@ -49,3 +49,14 @@ def settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
         topic_partitions=4,
         checkpoint_interval_s=0.5,
     )
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One Spark session for the suite (``--engine spark``'s tests): ``local[2]``, as small
+    as CI's 2 cores, few shuffle partitions. pyspark is imported only where it is used."""
+    from features.spark_backfill import spark_session
+
+    conf = {"spark.sql.shuffle.partitions": "3", "spark.driver.memory": "1g"}
+    with spark_session("local[2]", conf) as session:
+        yield session
