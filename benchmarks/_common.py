@@ -7,6 +7,7 @@ nothing lands in the work tree.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -120,6 +121,21 @@ def make_events(
     elif activity != "zipf":
         raise ValueError(f"activity must be one of {ACTIVITIES}, got {activity!r}")
     return events
+
+
+def zipf_events(n: int, args: argparse.Namespace, *, start_ms: int, span_ms: float,
+                seed: int | None = None) -> GeneratedEvents:  # fmt: skip
+    """``n`` events of Zipf(``args.zipf``) users, ``args.users_per_event`` users an event,
+    over ``span_ms``: the data of the benchmarks that take those two flags."""
+    return make_events(
+        n,
+        users=max(1, int(n * args.users_per_event)),
+        start_ms=start_ms,
+        span_ms=span_ms,
+        activity="zipf",
+        seed=args.seed if seed is None else seed,
+        zipf=args.zipf,
+    )
 
 
 def warm_up_kernels() -> None:

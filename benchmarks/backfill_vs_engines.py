@@ -45,6 +45,7 @@ from benchmarks._common import (
     make_events,
     table,
     verdict,
+    zipf_events,
 )
 from features.spec import DAY_MS, feature_names, spec_fingerprint
 from streams.generator import GeneratedEvents
@@ -255,15 +256,7 @@ help: `featflow --help`, {args.help_repeats} runs""",
         scratch = Path(tmp)
         files: dict[int, Path] = {}
         for n in sorted(set(args.sizes) | {check_size}):
-            ev = make_events(
-                n,
-                users=max(1, int(n * args.users_per_event)),
-                start_ms=START_MS,
-                span_ms=span_ms,
-                activity="zipf",
-                seed=args.seed,
-                zipf=args.zipf,
-            )
+            ev = zipf_events(n, args, start_ms=START_MS, span_ms=span_ms)
             files[n] = write_events(ev, scratch / f"events-{n}.parquet")
             print(f"{n:,} events: {describe_activity(ev, span_ms)}")
         ties_ev = make_events(

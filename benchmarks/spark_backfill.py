@@ -33,7 +33,7 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 
-from benchmarks._common import describe_activity, header, make_events, table
+from benchmarks._common import describe_activity, header, table, zipf_events
 from benchmarks.backfill_vs_engines import featflow_cmd, featflow_env
 from features.spec import DAY_MS
 
@@ -118,15 +118,7 @@ agreement: at every size Spark's rows, sorted by input row, equal the local file
         scratch = Path(tmp)
         files: dict[int, Path] = {}
         for n in sizes:
-            ev = make_events(
-                n,
-                users=max(1, int(n * args.users_per_event)),
-                start_ms=START_MS,
-                span_ms=span_ms,
-                activity="zipf",
-                seed=args.seed,
-                zipf=args.zipf,
-            )
+            ev = zipf_events(n, args, start_ms=START_MS, span_ms=span_ms)
             files[n] = scratch / f"events-{n}.parquet"
             pq.write_table(ev.table(), files[n])
             print(f"{n:,} events: {describe_activity(ev, span_ms)}", flush=True)

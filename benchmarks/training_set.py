@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from benchmarks._common import describe_activity, header, make_events, table, verdict
+from benchmarks._common import describe_activity, header, table, verdict, zipf_events
 from benchmarks.backfill_vs_engines import ROOT, featflow_cmd, featflow_env
 from features.scoring_row import MERCHANT_DEFAULTS, MERCHANT_INPUTS, SCORING_FEATURES
 from features.spec import DAY_MS, DEFAULT_LATENESS_MS
@@ -196,15 +196,7 @@ def prepare(n: int, folder: Path, args: argparse.Namespace, *, feast: bool) -> P
 
     folder.mkdir(parents=True)
     span_ms = args.days * DAY_MS
-    ev = make_events(
-        n,
-        users=max(1, int(n * args.users_per_event)),
-        start_ms=START_MS,
-        span_ms=span_ms,
-        activity="zipf",
-        seed=args.seed,
-        zipf=args.zipf,
-    )
+    ev = zipf_events(n, args, start_ms=START_MS, span_ms=span_ms)
     # merchants as skewed as users: Zipf(1.5) over 10,000 (the busiest takes ~30 %)
     rng = np.random.default_rng(args.seed)
     weights = 1.0 / np.arange(1, 10_001) ** 1.5
