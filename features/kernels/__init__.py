@@ -26,6 +26,7 @@ a function only: after editing a module whose kernels are inlined elsewhere (``d
 from features.kernels.arena import (
     assign_dense_ids,
     compact_arena,
+    drop_entities,
     fill_id_table,
     gather_live,
     gather_sums,
@@ -86,6 +87,7 @@ __all__ = [
     "Tuning",
     "assign_dense_ids",
     "compact_arena",
+    "drop_entities",
     "encode_specs",
     "fill_id_table",
     "gather_live",

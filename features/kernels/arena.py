@@ -1,5 +1,5 @@
-"""Arena management: allocation of a :class:`KernelState`, id mapping, compaction, gather
-for snapshots and restore of promoted entities.
+"""Arena management: allocation of a :class:`KernelState`, id mapping, compaction, the drop
+of idle entities, gather for snapshots and restore of promoted entities.
 
 Blocks relocate inside :func:`features.kernels.driver.process_events` (a full block moves to
 the arena end with 1.5x capacity); the Python layer (``features/state.py``) calls
@@ -12,13 +12,14 @@ import numpy as np
 from numba import njit, types
 from numba.typed import Dict, List
 
-from features.kernels.incremental import promote
+from features.kernels.incremental import demote, promote
 from features.kernels.layout import (
     BASE,
     CAP,
     EVICTED,
     HEAD,
     LEN,
+    META_GARBAGE,
     META_SIZE,
     NO_TIME,
     NONE,
@@ -168,6 +169,76 @@ def _compact(seg, order, new_cap, arena_t, arena_a, arena_m) -> int:
         seg[e, CAP] = new_cap[e]
         cursor += new_cap[e]
     return cursor
+
+
+@njit(cache=True)
+def drop_entities(
+    st: KernelState,
+    enc: EncodedSpecs,
+    gone: np.ndarray,  # bool[n]: the entities to drop
+    n: int,
+    moved_from: np.ndarray,  # int64[gone.sum()]: out, the dense index each move came from ...
+    moved_to: np.ndarray,  # ... and went to (the first ``returned`` moves are real)
+) -> int:
+    """Drop the entities ``gone`` in place; returns the number of moves.
+
+    Each dropped entity leaves the id table, gives its side storage back (``demote``: its
+    distinct-merchant entries leave the maps) and its block becomes arena garbage (the next
+    compaction reclaims it). Then the survivors with the highest indexes fill the holes, so
+    entities ``0..n - gone.sum() - 1`` are the survivors: O(dropped + moved), where rebuilding
+    the state without them was O(state). A moved promoted entity's map entries are re-keyed
+    in one pass over the maps (they are keyed by dense index); its running sums move with
+    its slot, so no value changes by a rounding.
+    """
+    seg, keys, ewm = st.seg, st.keys, st.ewm
+    for e in range(n):
+        if gone[e]:
+            if seg[e, XSLOT] >= 0:
+                demote(e, enc, st)
+            st.meta[META_GARBAGE] += seg[e, CAP]
+            del st.table[keys[e]]
+    kept = n - int(gone.sum())
+    moves = 0
+    src = n - 1
+    renumber = Dict.empty(key_type=types.int64, value_type=types.int64)  # promoted movers
+    for hole in range(kept):
+        if not gone[hole]:
+            continue
+        while gone[src]:
+            src -= 1
+        seg[hole, :] = seg[src, :]
+        ewm[hole, :] = ewm[src, :]
+        keys[hole] = keys[src]
+        st.table[keys[hole]] = hole
+        if seg[hole, XSLOT] >= 0:
+            renumber[src] = hole
+        moved_from[moves] = src
+        moved_to[moves] = hole
+        moves += 1
+        src -= 1
+    for e in range(kept, n):  # the tail is unseen again
+        seg[e, :] = 0
+        seg[e, TMAX] = NO_TIME
+        seg[e, EVICTED] = NO_TIME
+        seg[e, XSLOT] = NONE
+        ewm[e, :] = 0.0
+    if len(renumber) > 0:
+        _rekey(st.dmap, renumber, 1)
+        _rekey(st.cmap, renumber, enc.wlay.shape[0])
+    return moves
+
+
+@njit(cache=True)
+def _rekey(dist_map, renumber, stride: int) -> None:
+    """Move the (entity * stride + u, merchant) entries of the renumbered entities."""
+    old = []
+    for key in dist_map:
+        if key[0] // stride in renumber:
+            old.append(key)
+    values = [dist_map.pop(key) for key in old]
+    for i in range(len(old)):
+        e, u = old[i][0] // stride, old[i][0] % stride
+        dist_map[(renumber[e] * stride + u, old[i][1])] = values[i]
 
 
 @njit(cache=True)

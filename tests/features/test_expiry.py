@@ -14,7 +14,7 @@ import pytest
 import features.state
 from features.backfill import backfill
 from features.event_files import from_records
-from features.kernels import Tuning
+from features.kernels import DEFAULT_TUNING, Tuning
 from features.spec import Expiry, FeatureSpec, feature_names
 from features.state import WindowState
 from infra.partitioner import partition_clocks, partition_of
@@ -143,6 +143,59 @@ def test_stream_states_follow_the_rules_and_drop_idle_users(
     assert sum(s.purged for s in states) > 0
     held = sum(s.n_entities for s in states)
     assert held < len(np.unique(stream.users)) // 2
+
+
+def test_a_drop_in_place_changes_no_bit(tuning: Tuning, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idle users dropped in place, survivors moved into their places (heavy ones, on the
+    incremental path, among them) against the same partitions' states that drop nothing
+    (fed their own clock): every row, duplicate verdict and snapshot-restored row is the same
+    bit for bit, and the dropping states hold fewer users."""
+    moved_promoted = 0
+    drop = features.state.K.drop_entities
+
+    def counting_drop(st, enc, gone, n, moved_from, moved_to):  # type: ignore[no-untyped-def]
+        nonlocal moved_promoted
+        moves = drop(st, enc, gone, n, moved_from, moved_to)
+        moved_promoted += int((st.seg[moved_to[:moves], features.state.K.XSLOT] >= 0).sum())
+        return moves
+
+    monkeypatch.setattr(features.state.K, "drop_entities", counting_drop)
+    monkeypatch.setattr(features.state, "_PURGE_MIN", 1)  # drop every idle user at once,
+    monkeypatch.setattr(features.state, "_PURGE_SHARE", 1 << 40)  # however few
+    stream, partition, *_ = _case(1)
+    rng = np.random.default_rng(5)
+    # event keys, 5% of them a producer's retry: the key of the user's previous event
+    by_user = np.argsort(stream.users, kind="stable")
+    previous = np.arange(len(stream))
+    same = stream.users[by_user][1:] == stream.users[by_user][:-1]
+    previous[by_user[1:][same]] = by_user[:-1][same]
+    ids = np.where(rng.random(len(stream)) < 0.05, previous, np.arange(len(stream)))
+    purged = 0
+    for p in range(PARTITIONS):
+        rows = np.flatnonzero(partition == p)
+        clocks = partition_clocks(np.zeros(len(rows), np.int64), stream.times[rows])
+        dropping = WindowState(SPECS, lateness_ms=LATENESS_MS, expiry=EXPIRY, tuning=tuning)
+        keeping = WindowState(SPECS, lateness_ms=LATENESS_MS, expiry=EXPIRY, tuning=tuning)
+        start = 0
+        while start < len(rows):
+            take = slice(start, start + int(rng.integers(1, 300)))
+            at = rows[take]
+            cols = (stream.users[at], stream.times[at], stream.amounts[at], stream.merchants[at],
+                    ids[at])  # fmt: skip
+            a = dropping.update(*cols)
+            b = keeping.update(*cols, clocks=clocks[take])
+            np.testing.assert_array_equal(a.features, b.features)
+            np.testing.assert_array_equal(a.late, b.late)
+            np.testing.assert_array_equal(a.duplicate, b.duplicate)
+            start = take.stop
+            if rng.random() < 0.03:
+                dropping = WindowState.restore(dropping.snapshot(), SPECS, tuning=tuning)
+                purged += 1 if dropping.n_entities < keeping.n_entities else 0
+        assert dropping.n_entities < keeping.n_entities
+    assert purged > 0  # drops happened ...
+    # ... and moved users on the incremental path (the test streams are too small for the
+    # default thresholds to promote anyone; the other modes promote every user or most)
+    assert moved_promoted > 0 or tuning == DEFAULT_TUNING
 
 
 def test_one_state_with_partition_clocks_equals_the_rules(tuning: Tuning) -> None:
