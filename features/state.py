@@ -451,7 +451,7 @@ class WindowState:
         duplicate = np.zeros(n, dtype=np.bool_)
         D.mark_duplicates(
             ent, users, keys, times, self._st.seg, self._lateness_ms, self._cfg.idle_ms,
-            self._seen_t, self._seen_e, NumbaDict.empty(nb_int64, nb_int64), duplicate,
+            self._seen_t, self._seen_e, duplicate,
         )  # fmt: skip
         if not duplicate.any():
             result = self._apply(ent, times, amts, mers)

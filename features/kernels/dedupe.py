@@ -17,7 +17,8 @@ Two different ids share a key with probability ~2^-64 per pair of one entity's e
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.typed import Dict
 
 from features.kernels.layout import NO_TIME, TMAX
 
@@ -49,15 +50,15 @@ def mark_duplicates(
     idle_ms: int,
     seen_t,
     seen_e,
-    batch_tmax,
     duplicate: np.ndarray,
 ) -> None:
     """Mark the duplicates of a batch (in arrival order) and remember the other events'
     keys. ``ent``: dense entity indexes, ``seg``: the entity rows *before* the batch (each
-    entity's newest time is followed through the batch in ``batch_tmax``, empty on entry),
+    entity's newest time is followed through the batch in ``batch_tmax``),
     ``entities``: raw entity ids (kept with each key, for :func:`evict`); ``idle_ms`` >= 0:
     an event that far after its entity's newest finds it afresh (``Config.idle_ms``), so it
     is no copy of anything."""
+    batch_tmax = Dict.empty(key_type=types.int64, value_type=types.int64)  # 35 us from Python
     for i in range(ent.shape[0]):
         e = ent[i]
         tmax = batch_tmax.get(e, seg[e, TMAX])
