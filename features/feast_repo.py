@@ -9,6 +9,8 @@ executing exactly the file it wrote.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import runpy
 from collections.abc import Sequence
@@ -39,6 +41,9 @@ REDIS_PASSWORD_VARIABLE = "FEATFLOW_REDIS_PASSWORD"
 #: Columns every offline row carries besides the features, for replay de-duplication.
 OFFLINE_EXTRA_COLUMNS = ("event_id", "kafka_partition", "kafka_offset")
 
+_REGISTRY = "data/registry.db"  # relative to the repo
+_APPLIED = "data/applied.json"  # what the last registration registered (``apply_repo``)
+
 _INTEGER_AGGS = frozenset({"count", "distinct", "count_same", "below", "equals"})
 
 
@@ -57,7 +62,7 @@ def feature_store_yaml(stores: Stores) -> dict[str, object]:
     return {
         "project": PROJECT,
         "provider": "local",
-        "registry": "data/registry.db",
+        "registry": _REGISTRY,
         "online_store": online,
         "offline_store": {"type": "file"},
         "entity_key_serialization_version": ENTITY_KEY_SERIALIZATION_VERSION,
@@ -174,11 +179,26 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def apply_repo(stores: Stores, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES) -> FeatureStore:
-    """Write and register the repo (like ``feast apply``); returns the store."""
+    """Write and register the repo (like ``feast apply``); returns the store.
+
+    Registering is skipped when this process's definitions are the ones last registered and
+    the registry is as that registration left it (``_APPLIED``): ``FeatureStore.apply`` was
+    most of a worker's start-up (~2 s alone, ~6 s beside a loaded broker) and every service
+    and restart paid it for nothing. Anything else that writes the registry (another repo's
+    ``feast apply``, a deleted file) makes the next start register again.
+    """
+    import feast
     from feast import Entity, FeatureStore, FeatureView, FileSource, PushSource
 
     repo = write_repo(stores, specs)
     _export_password(stores)
+    digest = hashlib.sha256(feast.__version__.encode())
+    for name in ("feature_store.yaml", "features.py"):
+        digest.update((repo / name).read_bytes())
+    stamp = repo / _APPLIED
+    registered = _registered_as(repo, digest.hexdigest())
+    if registered is not None and registered == _read_stamp(stamp):
+        return FeatureStore(repo_path=str(repo))
     namespace = runpy.run_path(str(repo / "features.py"))
     objects = [
         value
@@ -187,7 +207,25 @@ def apply_repo(stores: Stores, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES) 
     ]
     store = FeatureStore(repo_path=str(repo))
     store.apply(objects)
+    _write_if_changed(stamp, json.dumps(_registered_as(repo, digest.hexdigest())))
     return store
+
+
+def _registered_as(repo: Path, definitions: str) -> dict[str, object] | None:
+    """What ``_APPLIED`` holds once these definitions are registered: their digest and the
+    registry file's size and modification time (None without a registry)."""
+    try:
+        stat = (repo / _REGISTRY).stat()
+    except FileNotFoundError:
+        return None
+    return {"definitions": definitions, "registry": [stat.st_size, stat.st_mtime_ns]}
+
+
+def _read_stamp(stamp: Path) -> object:
+    try:
+        return json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return "unreadable"
 
 
 def open_store(stores: Stores) -> FeatureStore:

@@ -34,6 +34,45 @@ def test_generated_repo_opens_with_plain_feast(tmp_path: Path) -> None:
     assert (settings.stores.feature_repo / "feature_store.yaml").exists()
 
 
+def test_registration_is_skipped_only_when_nothing_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second start registers nothing; new specs, a registry written by someone else or
+    a deleted registry register again, and plain Feast then reads what this build defines."""
+    from feast import Entity, FeatureStore
+
+    applied: list[int] = []
+    real_apply = FeatureStore.apply
+
+    def counting_apply(self: FeatureStore, objects: object, *args: object, **kw: object) -> None:
+        applied.append(1)
+        real_apply(self, objects, *args, **kw)
+
+    monkeypatch.setattr(FeatureStore, "apply", counting_apply)
+    settings = Settings(home=tmp_path)
+    apply_repo(settings.stores)
+    apply_repo(settings.stores)
+    assert len(applied) == 1
+    fewer = DEFAULT_FEATURES[:3]
+    apply_repo(settings.stores, fewer)  # the specs changed
+    assert len(applied) == 2
+    view = open_store(settings.stores).get_feature_view(FEATURE_VIEW)
+    assert [f.name for f in view.features] == [s.name for s in fewer]
+    apply_repo(settings.stores)  # and back
+    assert len(applied) == 3
+    other = FeatureStore(repo_path=str(settings.stores.feature_repo))
+    real_apply(other, [Entity(name="someone_else", join_keys=["x"])])  # another writer
+    apply_repo(settings.stores)
+    assert len(applied) == 4
+    (settings.stores.feature_repo / "data" / "registry.db").unlink()
+    apply_repo(settings.stores)
+    assert len(applied) == 5
+    view = open_store(settings.stores).get_feature_view(FEATURE_VIEW)
+    assert [f.name for f in view.features] == [s.name for s in DEFAULT_FEATURES]
+    apply_repo(settings.stores)
+    assert len(applied) == 5
+
+
 def test_sqlite_online_key_layout_is_pinned(tmp_path: Path) -> None:
     """Feast's entity key bytes for user_id=42 (serialization v3) must not drift silently."""
     from feast.infra.key_encoding_utils import serialize_entity_key
