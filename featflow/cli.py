@@ -114,6 +114,14 @@ def _skip_teardown() -> None:
     _TEARDOWN["skip"] = True
 
 
+def _long_running() -> None:
+    """A service that runs for days: fewer malloc arenas (:mod:`infra.malloc`), set before
+    it starts its threads."""
+    from infra.malloc import limit_arenas
+
+    limit_arenas()
+
+
 def run() -> None:
     """The console script: :func:`main`, then a fast exit where the command asked for one
     (tests drive :func:`main` in-process, so they never reach it)."""
@@ -236,6 +244,7 @@ def monitor(config: str | None, port: int | None) -> None:
     import logging
     import signal
 
+    _long_running()
     settings = _settings(config)
     _need_broker(settings)
     try:
@@ -277,6 +286,7 @@ def trainer(config: str | None) -> None:
     import logging
     import signal
 
+    _long_running()
     settings = _settings(config)
     _need_broker(settings)
     cfg = settings.trainer
@@ -312,6 +322,7 @@ def trainer(config: str | None) -> None:
 @click.pass_obj
 def worker(config: str | None, loglevel: str) -> None:
     """Run a stream worker: events -> features -> Feast online and offline stores."""
+    _long_running()
     settings = _settings(config)
     _need_broker(settings)  # faust would retry forever
     _need_online_store(settings)
@@ -624,6 +635,7 @@ def serve(config: str | None, host: str, port: int, no_publish: bool) -> None:
     """
     from infra.process import port_is_free
 
+    _long_running()
     settings = _settings(config)
     try:
         tokens = settings.tokens
