@@ -103,6 +103,16 @@ class MerchantState:
         )
         self.seen: dict[tuple[int, int], int] = dict(seen or {})
 
+    @property
+    def nbytes(self) -> int:
+        """Approximate memory of both views' states (:attr:`WindowState.nbytes`)."""
+        return self.activity.nbytes + self.outcomes.nbytes
+
+    @property
+    def n_entities(self) -> int:
+        """Merchants held by the activity view (the outcomes view holds a subset)."""
+        return self.activity.n_entities
+
     def update(self, records: MerchantRows | Sequence[MerchantRows]) -> MerchantUpdate:
         """Apply records (each a ``merchant_rows`` record's rows, or one batch) in arrival
         order, skipping second copies; one result per view."""

@@ -31,6 +31,8 @@ class WorkerStats:
     outcomes_stored: int = 0
     store_errors: Mapping[str, int] = field(default_factory=dict)  # failed writes, by store
     stores_up: Mapping[str, bool] = field(default_factory=dict)  # stores that ever failed
+    state_bytes: int = 0  # approximate memory of the owned partitions' window states
+    state_entities: int = 0  # users they hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,8 @@ class MerchantStats:
     dead_letters: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (topic, reason)
     store_errors: Mapping[str, int] = field(default_factory=dict)
     stores_up: Mapping[str, bool] = field(default_factory=dict)
+    state_bytes: int = 0
+    state_entities: int = 0  # merchants held
 
 
 class _StatsCollector:
@@ -90,6 +94,22 @@ class _StatsCollector:
             value=stats.partitions_owned,
         )
         merchants = self.merchants
+        held = GaugeMetricFamily(
+            "featflow_state_bytes",
+            "Approximate memory of the owned partitions' window states (what to size a worker "
+            "by; idle entities are dropped by the expiry rules), by state.",
+            labels=["state"],
+        )
+        entities = GaugeMetricFamily(
+            "featflow_state_entities",
+            "Entities the owned partitions' window states hold, by state.",
+            labels=["state"],
+        )
+        for name, source in (("users", stats), ("merchants", merchants)):
+            held.add_metric([name], source.state_bytes)
+            entities.add_metric([name], source.state_entities)
+        yield held
+        yield entities
         errors = CounterMetricFamily(
             "featflow_store_errors",
             "Store writes that failed and were retried (store down, disk full), by store.",

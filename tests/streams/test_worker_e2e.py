@@ -123,6 +123,11 @@ def test_stream_to_feast_matches_oracle(
     assert_clean_log(tmp_path / "worker.log")
     # Counters on /metrics account for every record.
     assert metrics["featflow_events_accepted_total"] == len(events)
+    # what the states hold, against pandas: every user and merchant seen (nothing expired)
+    frame = pd.DataFrame({"user_id": events.user_id, "merchant_id": events.merchant_id})
+    assert metrics['featflow_state_entities{state="users"}'] == frame["user_id"].nunique()
+    assert metrics['featflow_state_entities{state="merchants"}'] == frame["merchant_id"].nunique()
+    assert metrics['featflow_state_bytes{state="users"}'] >= 24 * len(events)  # 24 B a row
     by_reason = collections.Counter(reason for _, _, reason in bad)
     letters = {k: v for k, v in metrics.items() if k.startswith("featflow_dead_letters_total")}
     assert letters == {
