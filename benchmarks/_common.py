@@ -55,6 +55,7 @@ class Servers:
     bootstrap: str
     redis_url: str | None
     scratch: Path
+    broker_pid: int | None = None  # to watch its CPU beside a worker's (the soak)
 
 
 @contextlib.contextmanager
@@ -73,7 +74,7 @@ def servers(prefix: str, *, redis: bool = True) -> Iterator[Servers]:
         if redis:
             server = stack.enter_context(embedded_redis(log_path=scratch / "redis.log"))
             redis_url = f"redis://127.0.0.1:{server.port}"
-        yield Servers(f"127.0.0.1:{broker.port}", redis_url, scratch)
+        yield Servers(f"127.0.0.1:{broker.port}", redis_url, scratch, broker.pid)
 
 
 def log_tail(path: Path, lines: int = 25) -> str:

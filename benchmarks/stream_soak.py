@@ -5,8 +5,16 @@ A child process publishes events (kafka-python, keyed by user) at ``--rate`` eve
 churn (``--new-per-day`` new users a simulated day, each active ``--active-days``), so with
 the worker's expiry (``--idle-hours`` idle, ``--delay-hours`` of delay; the product default,
 30 days and 7 days, would need weeks of simulated time) users come, go and are dropped within
-the run. Every 10 s: the group's lag and the worker's RSS (``/proc``). At the end: the DLQ
-by reason and the worker's log checked for tracebacks.
+the run. Every 10 s: the group's lag; the worker's events applied, replays skipped,
+partitions owned and its states' bytes (its ``/metrics``); its RSS, and the CPU of the
+worker and of the broker (``/proc``: where the time goes when the lag grows). At the end:
+the DLQ by reason and the worker's log checked for tracebacks.
+
+The publisher batches for ``--linger-ms`` (100): the embedded broker's memory storage keeps
+each batch as one object and lists all of a partition's objects on every fetch, so its cost
+grows with the batches stored. With 5 ms batches its CPU reached 100 % in ~5 minutes and the
+worker, waiting on fetches, fell behind (its own CPU down to 5 %); a real Kafka indexes its
+segments and has no such cost.
 
     python -m benchmarks.stream_soak [--minutes 10] [--rate 12000] [--days-per-minute 2]
 """
@@ -15,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
+import shutil
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +37,7 @@ from benchmarks._common import fresh_settings, header, log_tail, servers, table
 from featflow.processes import start_worker, stop_process
 from featflow.settings import Settings
 from infra.lag import group_lag
+from infra.process import free_port
 from infra.topics import ensure_topics
 
 DAY_MS = 86_400_000
@@ -38,7 +50,7 @@ def _publish(settings: Settings, args: argparse.Namespace, sent: multiprocessing
     from infra.producer import make_producer
 
     rng = np.random.default_rng(0)
-    producer = make_producer(settings.kafka)
+    producer = make_producer(settings.kafka, linger_ms=args.linger_ms)
     encoder = msgspec.json.Encoder()
     total_s = args.minutes * 60
     sim_span = int(args.minutes * args.days_per_minute * DAY_MS)
@@ -80,6 +92,39 @@ def _dead_letters(settings: Settings) -> Counter[str]:
         consumer.close()
 
 
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (NaN when unknown)."""
+    if pid is None:
+        return float("nan")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# the worker's /metrics samples each row shows (the states' bytes in MiB)
+_SCRAPED = (
+    "events_accepted_total",
+    "events_replay_skipped_total",
+    "partitions_owned",
+    'state_bytes{state="users"}',
+    'state_bytes{state="merchants"}',
+)
+
+
+def _scrape(port: int) -> list[str]:
+    """:data:`_SCRAPED` from the worker's ``/metrics``."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return ["?"] * len(_SCRAPED)
+    values = dict(line.split()[:2] for line in text.splitlines() if line.startswith("featflow_"))
+    out = []
+    for name in _SCRAPED:
+        value = float(values.get("featflow_" + name, "nan"))
+        out.append(f"{value / MIB:,.0f}" if name.startswith("state_bytes") else f"{value:,.0f}")
+    return out
+
+
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -96,12 +141,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--active-days", type=int, default=2)
     parser.add_argument("--idle-hours", type=float, default=25.0)
     parser.add_argument("--delay-hours", type=float, default=1.0)
+    parser.add_argument("--linger-ms", type=int, default=100, help="the publisher's batching")
+    parser.add_argument("--log", type=Path, help="keep a copy of the worker's log here")
     args = parser.parse_args(argv)
     header("stream_soak: a long stream at a fixed rate", (__doc__ or "").split("\n\n")[1])
     with servers("soak") as srv:
         settings = fresh_settings(
-            srv, "soak", idle_reset_s=args.idle_hours * 3600, max_delay_s=args.delay_hours * 3600
-        )
+            srv, "soak", idle_reset_s=args.idle_hours * 3600, max_delay_s=args.delay_hours * 3600,
+            worker_web_port=free_port(),
+        )  # fmt: skip
         ensure_topics(settings.kafka, settings.topics)
         log = srv.scratch / "worker.log"
         worker = start_worker(settings, log)
@@ -113,15 +161,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         try:
             time.sleep(15)  # the worker's start-up and group join
             publisher.start()
-            t0 = time.monotonic()
+            t0 = last = time.monotonic()
+            cpu = (_cpu_s(worker.pid), _cpu_s(srv.broker_pid))
             while publisher.is_alive():
                 time.sleep(10)
                 assert worker.poll() is None, log_tail(log)
                 lag = group_lag(settings.kafka, settings.consumer_group, settings.topics.events)
                 rss.append(_rss_mib(worker.pid))
                 lags.append(lag)
-                rows.append([f"{time.monotonic() - t0:.0f}", f"{sent.value:,}", f"{lag:,}",
-                             f"{rss[-1]:,.0f}"])  # fmt: skip
+                now, was = time.monotonic(), cpu
+                cpu = (_cpu_s(worker.pid), _cpu_s(srv.broker_pid))
+                span = now - last
+                share = [f"{100 * (c - w) / span:.0f}" for c, w in zip(cpu, was, strict=True)]
+                last = now
+                rows.append([f"{now - t0:.0f}", f"{sent.value:,}", f"{lag:,}",
+                             *_scrape(settings.worker_web_port), f"{rss[-1]:,.0f}",
+                             *share])  # fmt: skip
             publisher.join()
             time.sleep(15)
             final_lag = group_lag(settings.kafka, settings.consumer_group, settings.topics.events)
@@ -130,9 +185,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             if publisher.is_alive():
                 publisher.terminate()
             stop_process(worker)
-        table(rows, ["s", "published", "lag (events)", "worker RSS MiB"])
+        if args.log:
+            shutil.copyfile(log, args.log)
+        table(rows, ["s", "published", "lag (events)", "applied", "replays skipped",
+                     "partitions", "users MiB", "merchants MiB", "worker RSS MiB",
+                     "worker CPU %", "broker CPU %"])  # fmt: skip
         text = log.read_text(errors="replace")
         crashed = "Traceback" in text or "Crashed reason" in text
+        if final_lag:
+            print(log_tail(log, 40))
         third = max(1, len(rss) // 3)
         early, late = float(np.median(rss[third : 2 * third])), float(np.median(rss[-third:]))
         print(f"  published {sent.value:,} events in {args.minutes:g} min "

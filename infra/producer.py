@@ -11,8 +11,9 @@ from infra.config import KafkaConfig
 from infra.topics import client_timeouts
 
 
-def make_producer(kafka: KafkaConfig) -> KafkaProducer:
-    """A kafka-python producer as featflow's own tools send with."""
+def make_producer(kafka: KafkaConfig, *, linger_ms: int = 5) -> KafkaProducer:
+    """A kafka-python producer as featflow's own tools send with; ``linger_ms``: how long a
+    batch waits to fill (longer: fewer, larger batches)."""
     # acks=all and no idempotence: the embedded broker (Tansu) does not support
     # idempotent producers; retries may duplicate, which offsets make visible.
     # Bootstrap gives up after connect_timeout_s; max_block_ms stays at its default,
@@ -20,7 +21,7 @@ def make_producer(kafka: KafkaConfig) -> KafkaProducer:
     return KafkaProducer(
         **kafka.python_args(),
         acks="all",
-        linger_ms=5,
+        linger_ms=linger_ms,
         batch_size=256 * 1024,
         enable_idempotence=False,
         **client_timeouts(kafka.connect_timeout_s),
