@@ -98,6 +98,11 @@ class PartitionedWorker(ABC, Generic[P, E]):
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._inflight: asyncio.Task[None] | None = None  # the last fetch's writes
+        # held while a fetch is processed until its writes are in flight: a release waits
+        # for it, so it never copies a state a thread is changing (process_in_thread; a
+        # rebalance under load crashed the process in malloc) nor checkpoints records whose
+        # writes were not yet started
+        self._busy = asyncio.Lock()
         # sends whose acknowledgement a checkpoint must wait for, but the next fetch need not
         self._unacked: list[asyncio.Future[object]] = []
         self._stopping = asyncio.Event()
@@ -190,7 +195,12 @@ class PartitionedWorker(ABC, Generic[P, E]):
             probe.close()
 
     async def release(self, partitions: list[TopicPartition]) -> None:
-        """Give up ``partitions`` (revoked or stopping): drain the writes, then checkpoint."""
+        """Give up ``partitions`` (revoked or stopping): wait for the fetch being processed,
+        drain the writes, then checkpoint."""
+        async with self._busy:
+            await self._release(partitions)
+
+    async def _release(self, partitions: list[TopicPartition]) -> None:
         await self.drain()  # a checkpoint must not get ahead of the stores
         await self.checkpointer.settle()  # nor be overtaken by an older one
         dlq_from = await self.dlq_end()
@@ -264,22 +274,22 @@ class PartitionedWorker(ABC, Generic[P, E]):
                 timeout_ms=self.config.batch_max_wait_ms or 1,
                 max_records=self.config.batch_max_records,
             )
-            parts = []
-            fetched_records = 0
-            for tp, records in fetched.items():
-                fetched_records += len(records)
-                processor = self.processors.get(tp.partition)
-                if processor is None:  # revoked while the fetch was in flight
-                    continue
-                process = processor.process
-                if self.process_in_thread:
-                    parts.append(await asyncio.to_thread(process, records))
-                else:
-                    parts.append(process(records))
-            if parts:
-                effects = self.merge(parts)
-                await self._settle()  # at most one fetch's effects in flight
-                self._inflight = asyncio.create_task(self.apply(effects))
+            fetched_records = sum(len(records) for records in fetched.values())
+            async with self._busy:
+                parts = []
+                for tp, records in fetched.items():
+                    processor = self.processors.get(tp.partition)
+                    if processor is None:  # revoked while the fetch was in flight
+                        continue
+                    process = processor.process
+                    if self.process_in_thread:
+                        parts.append(await asyncio.to_thread(process, records))
+                    else:
+                        parts.append(process(records))
+                if parts:
+                    effects = self.merge(parts)
+                    await self._settle()  # at most one fetch's effects in flight
+                    self._inflight = asyncio.create_task(self.apply(effects))
             await self.checkpointer.maybe(self.processors, self.drain)
             if self.pace_s and fetched_records < self.config.batch_max_records:
                 with contextlib.suppress(TimeoutError):
