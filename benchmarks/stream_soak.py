@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         publisher = multiprocessing.Process(target=_publish, args=(settings, args, sent))
         rows: list[list[object]] = []
         rss: list[float] = []
+        times: list[float] = []
         lags: list[int] = []
         try:
             time.sleep(15)  # the worker's start-up and group join
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 lag = group_lag(settings.kafka, settings.consumer_group, settings.topics.events)
                 rows_lag = group_lag(settings.kafka, merchant_group, settings.topics.merchant_rows)
                 rss.append(_rss_mib(worker.pid))
+                times.append(time.monotonic() - t0)
                 lags.append(lag)
                 now, was = time.monotonic(), cpu
                 cpu = (_cpu_s(worker.pid), _cpu_s(srv.broker_pid))
@@ -237,10 +239,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
               f"({sent.value / (args.minutes * 60):,.0f}/s); lag max {max(lags):,}, "
               f"after the stream {final_lag:,}")  # fmt: skip
         growth = late / early
+        # the last 40 %: once the states have reached their high-water mark (they fill for
+        # the windows' span, then saw-tooth as idle users go), the RSS should stop rising
+        tail = slice(len(rss) * 3 // 5, None)
+        minutes = np.array(times[tail]) / 60
+        slope = float(np.polyfit(minutes, rss[tail], 1)[0]) if len(minutes) > 1 else 0.0
         print(f"  worker RSS, median of the middle third {early:,.0f} MiB, of the last third "
-              f"{late:,.0f} MiB ({growth:.2f} x); tracebacks in its log: {crashed}; "
-              f"dead letters by reason: {dict(letters) or 'none'}")  # fmt: skip
-    return {"lag_max": float(max(lags)), "rss_growth": growth, "crashed": float(crashed)}
+              f"{late:,.0f} MiB ({growth:.2f} x); the last 40 %: {min(rss[tail]):,.0f} to "
+              f"{max(rss[tail]):,.0f} MiB, slope {slope:+.1f} MiB/min; tracebacks in its log: "
+              f"{crashed}; dead letters by reason: {dict(letters) or 'none'}")  # fmt: skip
+    return {"lag_max": float(max(lags)), "rss_growth": growth, "rss_slope": slope,
+            "crashed": float(crashed)}  # fmt: skip
 
 
 if __name__ == "__main__":
