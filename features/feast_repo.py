@@ -182,10 +182,11 @@ def apply_repo(stores: Stores, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES) 
     """Write and register the repo (like ``feast apply``); returns the store.
 
     Registering is skipped when this process's definitions are the ones last registered and
-    the registry is as that registration left it (``_APPLIED``): ``FeatureStore.apply`` was
-    most of a worker's start-up (~2 s alone, ~6 s beside a loaded broker) and every service
-    and restart paid it for nothing. Anything else that writes the registry (another repo's
-    ``feast apply``, a deleted file) makes the next start register again.
+    the registry is as that registration left it (``_APPLIED``): ``FeatureStore.apply`` took
+    0.53 s on an idle machine and ~6 s of a worker's start-up beside a loaded broker, and
+    every service and restart paid it for nothing; skipped, the call takes ~1 ms. Anything
+    else that writes the registry (another repo's ``feast apply``, a deleted file) makes the
+    next start register again.
     """
     import feast
     from feast import Entity, FeatureStore, FeatureView, FileSource, PushSource
