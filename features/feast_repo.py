@@ -184,10 +184,9 @@ def apply_repo(stores: Stores, specs: Sequence[FeatureSpec] = DEFAULT_FEATURES) 
     Registering is skipped when this process's definitions are the ones last registered and
     the registry is as that registration left it (``_APPLIED``): ``FeatureStore.apply`` took
     0.53 s (Feast imported, beside a test run) and ~6 s of a worker's start-up beside a busy
-    broker, and
-    every service and restart paid it for nothing; skipped, the call takes ~1 ms. Anything
-    else that writes the registry (another repo's ``feast apply``, a deleted file) makes the
-    next start register again.
+    broker, and every service and restart paid it for nothing; skipped, the call takes ~1 ms.
+    Anything else that writes the registry (another repo's ``feast apply``, a deleted file)
+    makes the next start register again.
     """
     import feast
     from feast import Entity, FeatureStore, FeatureView, FileSource, PushSource
