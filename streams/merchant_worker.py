@@ -60,8 +60,7 @@ class MerchantWorker(PartitionedWorker[MerchantProcessor, MerchantEffects]):
             dead_letters=dict(self.dead_letters),
             store_errors=dict(self.store_retry.errors),
             stores_up=self.store_retry.up(),
-            state_bytes=sum(p.state.nbytes for p in list(self.processors.values())),
-            state_entities=sum(p.state.n_entities for p in list(self.processors.values())),
+            **self.states_held(),
         )
 
     def new_processor(self, partition: int, checkpoint: Checkpoint | None) -> MerchantProcessor:

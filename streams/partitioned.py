@@ -122,6 +122,15 @@ class PartitionedWorker(ABC, Generic[P, E]):
     async def apply(self, effects: E) -> None:
         """Perform one fetch's effects (stores, topics); runs while the next is processed."""
 
+    def states_held(self) -> dict[str, int]:
+        """What the owned partitions' states hold: ``state_bytes`` and ``state_entities``
+        (the stats' fields of ``/metrics``)."""
+        states = [p.state for p in list(self.processors.values())]
+        return {
+            "state_bytes": sum(s.nbytes for s in states),
+            "state_entities": sum(s.n_entities for s in states),
+        }
+
     async def prepare(self) -> None:
         """Open the stores (before the consumer joins its group)."""
 

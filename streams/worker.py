@@ -70,8 +70,7 @@ class FeatureWorker(PartitionedWorker[PartitionProcessor, Effects]):
             outcomes_stored=self.outcomes_stored,
             store_errors=dict(self.store_retry.errors),
             stores_up=self.store_retry.up(),
-            state_bytes=sum(p.state.nbytes for p in list(self.processors.values())),
-            state_entities=sum(p.state.n_entities for p in list(self.processors.values())),
+            **self.states_held(),
         )
 
     def new_processor(self, partition: int, checkpoint: Checkpoint | None) -> PartitionProcessor:

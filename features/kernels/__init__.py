@@ -15,8 +15,8 @@ kernels stay plain loops. Read the modules in this order:
   sums, monotonic stacks, distinct links), promote/demote/rebuild.
 * :mod:`~features.kernels.late`: out-of-order rows of promoted entities.
 * :mod:`~features.kernels.ddarith`: the double-double arithmetic of the running sums.
-* :mod:`~features.kernels.arena`: allocation, id mapping, compaction, snapshot gather,
-  restore.
+* :mod:`~features.kernels.arena`: allocation, id mapping, compaction, the drop of idle
+  entities, snapshot gather, restore.
 
 Every kernel is ``@njit(cache=True)``. Numba's disk cache is keyed on the file that defines
 a function only: after editing a module whose kernels are inlined elsewhere (``ddarith``,

@@ -185,10 +185,11 @@ def drop_entities(
     Each dropped entity leaves the id table, gives its side storage back (``demote``: its
     distinct-merchant entries leave the maps) and its block becomes arena garbage (the next
     compaction reclaims it). Then the survivors with the highest indexes fill the holes, so
-    entities ``0..n - gone.sum() - 1`` are the survivors: O(dropped + moved), where rebuilding
-    the state without them was O(state). A moved promoted entity's map entries are re-keyed
-    in one pass over the maps (they are keyed by dense index); its running sums move with
-    its slot, so no value changes by a rounding.
+    entities ``0..n - gone.sum() - 1`` are the survivors: one scan of the flags, then
+    O(dropped + moved) work, where rebuilding the state without them copied all of it. A
+    moved promoted entity's map entries are re-keyed in one pass over the maps (they are
+    keyed by dense index); its running sums move with its slot, so no value changes by a
+    rounding.
     """
     seg, keys, ewm = st.seg, st.keys, st.ewm
     for e in range(n):
